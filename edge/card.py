@@ -1,0 +1,268 @@
+"""Model cards (``models/<name>/card.toml``) and loading a model folder against its card.
+
+The card is the contract between a model file and everything that uses it: what goes in, what
+comes out, what the outputs mean, and how well it does (metrics written by ``emoedge eval``,
+never typed in). Loading checks the ONNX graph against the card and records the file's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.errors import CardError, ModelError
+from edge.paths import models_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Dtype = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
+PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Strict):
+    """One named input or output. A string dimension (``"batch"``) is dynamic."""
+
+    name: str
+    shape: list[int | str]
+    dtype: Dtype = "float32"
+    layout: str | None = Field(None, description="e.g. NCHW, NC, N1MT (mel x time)")
+    normalisation: str | None = None
+    sample_rate: float | None = Field(None, gt=0)
+    window_s: float | None = Field(None, gt=0)
+    meaning: str | None = Field(None, description="for outputs: logits over labels, valence/arousal in [-1, 1], ...")
+
+
+class FeatureRecipe(_Strict):
+    """Which function of ``edge.features`` turns a sample into this model's input, with its parameters."""
+
+    recipe: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingInfo(_Strict):
+    data: str = Field(description="data set(s) and split used")
+    terms: str = Field(description="licence or terms of the data, which bind the weights")
+    command: str | None = Field(None, description="the command that trained it")
+    teacher: str | None = None
+    seconds: float | None = Field(None, ge=0, description="wall time of the training run")
+    seed: int | None = None
+
+
+class QuantizationPolicy(_Strict):
+    max_loss_points: float = Field(1.0, ge=0, le=100, description="largest metric loss allowed for FP16/INT8, in points")
+    metric: str = Field("accuracy", description="the task metric the gate compares")
+
+
+class MetricRecord(_Strict):
+    """Metrics as written by one run of ``emoedge eval``."""
+
+    command: str
+    data: str
+    split: str
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    mode: str = Field("default", description="e.g. per-speaker normalisation")
+    measured_at: str
+    values: dict[str, Any]
+
+
+class ArtifactRecord(_Strict):
+    """A derived artifact (FP16, INT8) and the result of its accuracy gate."""
+
+    precision: Literal["fp16", "int8"]
+    file: str
+    sha256: str
+    metric: str
+    fp32: float
+    value: float
+    loss_points: float
+    top1_agreement: float
+    passed: bool
+    command: str
+    measured_at: str
+    calibration: str | None = None
+    method: str | None = None
+
+
+class ModelCard(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$")
+    version: str
+    modality: Literal["face", "speech", "eeg", "vision", "text"]
+    description: str = ""
+    status: Literal["trained", "untrained"] = Field(
+        "trained", description="untrained: architecture and recipe only, no weights shipped"
+    )
+    labels: list[str] = Field(default_factory=list)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    features: FeatureRecipe
+    parameters: int = Field(ge=0)
+    training: TrainingInfo
+    quantization: QuantizationPolicy = QuantizationPolicy()
+    metrics: list[MetricRecord] = Field(default_factory=list)
+    artifacts: list[ArtifactRecord] = Field(default_factory=list)
+    notes: str = ""
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Read and validate a ``card.toml``."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CardError(f"{p}: model card not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CardError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise CardError(f"{p}: invalid model card:\n" + "\n".join(lines)) from None
+
+
+def save_card(card: ModelCard, path: str | os.PathLike[str]) -> None:
+    """Write a card back (after eval or quantize added records), atomically."""
+    import tomli_w
+
+    p = Path(path)
+    data = card.model_dump(mode="json", exclude_none=True)
+    tmp = p.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    tmp.replace(p)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
+
+
+def onnx_io(path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an ONNX file as TensorSpecs (dynamic dims as their symbolic names)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a corrupt file
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    initializers = {i.name for i in proto.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        t = value.type.tensor_type
+        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return TensorSpec(name=value.name, shape=dims, dtype=_ONNX_DTYPES.get(t.elem_type, "float32"))
+
+    inputs = [spec(v) for v in proto.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in proto.graph.output]
+
+
+def check_against_card(card: ModelCard, onnx_path: Path, card_path: Path, allow_dtype: Dtype | None = None) -> None:
+    """Raise CardError naming both files if the ONNX inputs/outputs differ from the card."""
+    inputs, outputs = onnx_io(onnx_path)
+    problems: list[str] = []
+    for kind, declared, actual in (("input", card.inputs, inputs), ("output", card.outputs, outputs)):
+        by_name = {t.name: t for t in actual}
+        for spec in declared:
+            got = by_name.get(spec.name)
+            if got is None:
+                problems.append(f"{kind} '{spec.name}' is in the card but not in the model (model has {sorted(by_name)})")
+                continue
+            if got.dtype != spec.dtype and got.dtype != allow_dtype:
+                problems.append(f"{kind} '{spec.name}': card says {spec.dtype}, model has {got.dtype}")
+            if len(got.shape) != len(spec.shape) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, got.shape)
+            ):
+                problems.append(f"{kind} '{spec.name}': card says shape {spec.shape}, model has {got.shape}")
+        extra = set(by_name) - {t.name for t in declared}
+        if extra:
+            problems.append(f"model has {kind}(s) {sorted(extra)} that the card does not declare")
+    if problems:
+        raise CardError(f"{card_path} does not match {onnx_path}:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Model:
+    """A model folder whose card has been checked against its ONNX file."""
+
+    folder: Path
+    card: ModelCard
+    precision: str
+    path: Path
+    sha256: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def card_path(self) -> Path:
+        return self.folder / "card.toml"
+
+
+def resolve_model_folder(name_or_path: str | os.PathLike[str], models: str | os.PathLike[str] | None = None) -> Path:
+    """A model name (``face``) looks in the models folder; anything with a slash is a path."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    candidate = models_dir(models) / str(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    root = models_dir(models)
+    known = sorted(d.name for d in root.iterdir() if (d / "card.toml").exists()) if root.is_dir() else []
+    raise ModelError(f"no model folder '{name_or_path}' (looked in {root}; models there: {', '.join(known) or 'none'})")
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], precision: str = "fp32", models: str | os.PathLike[str] | None = None
+) -> Model:
+    """Load a model folder: validate the card, find the artifact for ``precision``, check it, hash it."""
+    if precision not in PRECISION_FILES:
+        raise ModelError(f"unknown precision '{precision}' (expected one of {', '.join(PRECISION_FILES)})")
+    folder = resolve_model_folder(name_or_path, models)
+    card_path = folder / "card.toml"
+    card = load_card(card_path)
+    if card.status == "untrained":
+        raise ModelError(
+            f"model '{card.name}' ships no trained weights ({card_path}: status = untrained). "
+            f"Train it first: {card.training.command or 'emoedge train ' + card.name}"
+        )
+    path = folder / PRECISION_FILES[precision]
+    if not path.exists():
+        hint = f"; make it with: emoedge quantize {card.name} --precision {precision}" if precision != "fp32" else ""
+        raise ModelError(f"{path}: no {precision} artifact for model '{card.name}'{hint}")
+    # FP16 artifacts keep FP32 inputs and outputs, so the card's dtypes hold for every precision.
+    check_against_card(card, path, card_path)
+    return Model(folder=folder, card=card, precision=precision, path=path, sha256=sha256_file(path))
+
+
+def list_models(models: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Model folders (those with a card) in the models folder."""
+    root = models_dir(models)
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if (d / "card.toml").is_file())

@@ -1,0 +1,380 @@
+"""The one config file of a device (TOML), validated by pydantic.
+
+Every error names the key path (``sources[1].baudrate``) and, where it can be found, the line.
+Secrets never live in the file: the file names the environment variable that holds them, and the
+resolved values are ``SecretStr`` so that they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on JetPack 6
+    import tomli as tomllib
+
+Backend = Literal["auto", "onnxruntime", "tensorrt"]
+Precision = Literal["fp32", "fp16", "int8"]
+SECRET_KEYS = {"password", "key_password", "passphrase"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    """TLS to the broker: a CA file, and optionally a client certificate and key."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password_env: str | None = Field(None, description="environment variable holding the key passphrase")
+    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+    def key_password(self) -> SecretStr | None:
+        return _secret_from_env(self.key_password_env)
+
+
+class QosConfig(_Strict):
+    status: Literal[0, 1, 2] = 1
+    estimate: Literal[0, 1, 2] = 1
+    state: Literal[0, 1, 2] = 1
+    stats: Literal[0, 1, 2] = 0
+
+
+class OutboxConfig(_Strict):
+    """On-disk queue that keeps messages while the broker is away."""
+
+    path: Path | None = Field(None, description="SQLite file; default under the cache folder")
+    max_messages: int = Field(100_000, ge=10, le=10_000_000)
+
+
+class MqttConfig(_Strict):
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    topic_root: str = Field("emoedge", description="topics are <topic_root>/<device_id>/...")
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password_env: str | None = Field("EMOEDGE_MQTT_PASSWORD", description="environment variable with the password")
+    tls: TlsConfig | None = None
+    qos: QosConfig = QosConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    stats_interval_s: float = Field(10.0, gt=0, le=3600)
+    state_interval_s: float = Field(5.0, gt=0, le=3600, description="retained state is re-sent at least this often")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in SECRET_KEYS & set(data):
+                raise ValueError(
+                    f"'{key}' must not be written in the config file; put it in an environment variable "
+                    f"and name that variable with '{key}_env'"
+                )
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
+        if parts.password:
+            raise ValueError("the URL must not carry a password; use password_env")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}") from exc
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"port out of range in {value!r}")
+        return value
+
+    @field_validator("topic_root")
+    @classmethod
+    def _topic_root(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("topic_root must be non-empty, without wildcards (#, +) and without a leading or trailing /")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls is not None or urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+    def password(self) -> SecretStr | None:
+        return _secret_from_env(self.password_env)
+
+
+class ModelSettings(_Strict):
+    """How one model of the zoo runs on this device."""
+
+    enabled: bool = True
+    path: Path | None = Field(None, description="model folder; default models/<name>")
+    backend: Backend | None = Field(None, description="default: [backend].default")
+    precision: Precision = "fp32"
+    max_batch: int = Field(8, ge=1, le=256)
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="used in MQTT topics: <name>/estimate")
+    model: str = Field(description="a key of [models]")
+    enabled: bool = True
+    window_s: float | None = Field(None, gt=0, le=60, description="default: the model card's window")
+    hop_s: float | None = Field(None, gt=0, le=60, description="default: half the window")
+
+
+class CameraSource(_SourceBase):
+    kind: Literal["camera"]
+    device: int | str = Field(0, description="index, video file, RTSP URL or GStreamer pipeline")
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30, gt=0, le=240)
+    detect_every: int = Field(5, ge=1, le=300, description="run the face detector every N frames; track between")
+
+
+class MicrophoneSource(_SourceBase):
+    kind: Literal["microphone"]
+    device: str | int | None = Field(None, description="ALSA device name or index; default device when absent")
+    sample_rate: int = Field(16000, ge=8000, le=192000)
+    block_s: float = Field(0.1, gt=0, le=2)
+
+
+class SerialSource(_SourceBase):
+    kind: Literal["serial"]
+    port: str | None = Field(None, description="device path, e.g. /dev/ttyACM0")
+    usb: str | None = Field(None, description="VID:PID[:SERIAL] in hex, stable across re-plugging")
+    baudrate: int = Field(921600, ge=1200, le=12_000_000)
+    text_mode: bool = Field(False, description="plain-text lines of numbers instead of binary frames")
+
+    @model_validator(mode="after")
+    def _one_address(self) -> SerialSource:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.usb is not None and not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:\S+)?", self.usb):
+            raise ValueError(f"usb must be VID:PID[:SERIAL] in hex, got {self.usb!r}")
+        return self
+
+
+class ReplaySource(_SourceBase):
+    kind: Literal["replay"]
+    path: Path = Field(description="WAV, video or recorded EEG file")
+    realtime: bool = True
+    loop: bool = False
+
+
+Source = Annotated[CameraSource | MicrophoneSource | SerialSource | ReplaySource, Field(discriminator="kind")]
+
+
+class BackendConfig(_Strict):
+    default: Backend = "auto"
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per core")
+    engine_cache: Path | None = Field(None, description="TensorRT engine cache; default EMOEDGE_CACHE")
+
+
+class FusionConfig(_Strict):
+    confidence_floor: float = Field(0.35, ge=0, le=1, description="below this the fused state is 'unknown'")
+    stale_after_s: float = Field(3.0, gt=0, le=600, description="an estimate older than this stops counting")
+    half_life_s: float = Field(1.0, gt=0, le=600, description="freshness weight halves every half_life_s")
+    smoothing_s: float = Field(1.0, ge=0, le=600, description="time constant of the exponential smoothing")
+    weights: dict[str, float] = Field(default_factory=dict, description="per-modality prior weights")
+
+
+class DeviceConfig(_Strict):
+    """The whole config of one device."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="used in MQTT topics")
+    mqtt: MqttConfig = MqttConfig()
+    backend: BackendConfig = BackendConfig()
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    sources: list[Source] = Field(default_factory=list)
+    fusion: FusionConfig = FusionConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _sources_name_models(self) -> DeviceConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        for source in self.sources:
+            if source.model not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise ValueError(f"source '{source.name}' uses model '{source.model}', not in [models] (known: {known})")
+        return self
+
+
+def _secret_from_env(var: str | None) -> SecretStr | None:
+    if not var:
+        return None
+    value = os.environ.get(var)
+    return SecretStr(value) if value is not None else None
+
+
+def _loc_to_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """('sources', 1, 'serial', 'baudrate') -> 'sources[1].baudrate' (dropping union tags)."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if isinstance(node, dict) and part not in node and part in ("camera", "microphone", "serial", "replay"):
+            continue  # pydantic's discriminator tag, not a key of the file
+        out += f".{part}" if out else str(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line of the key named by ``loc`` (tomllib gives positions only for syntax errors).
+
+    Finds the table header of the first key (the n-th ``[[sources]]`` for ``sources[n]``), then the
+    last key's assignment inside that table.
+    """
+    keys = [p for p in loc if isinstance(p, str)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    begin, end = 0, len(lines)
+    if len(loc) > 1:
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(keys[0]) + r"\s*[\].]")
+        hits = [i for i, line in enumerate(lines) if header.match(line)]
+        if not hits:
+            return None
+        nth = loc[1] if isinstance(loc[1], int) and loc[1] < len(hits) else 0
+        begin = hits[nth]
+        end = next((i for i in range(begin + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    assignment = re.compile(r"^\s*" + re.escape(keys[-1]) + r"\s*=")
+    for i in range(begin, end):
+        if assignment.match(lines[i]):
+            return i + 1
+    return begin + 1 if len(loc) > 1 else None
+
+
+def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
+    """Parse and validate config text; every problem is reported at once, with key path and line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return DeviceConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = _loc_to_path(tuple(err["loc"]), data)
+            line = _find_line(text, tuple(err["loc"]))
+            at = f" (line {line})" if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required value missing"
+            given = ""
+            if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict | list):
+                given = f" (given: {err.get('input')!r})"
+            problems.append(f"  {where}{at}: {msg}{given}")
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> DeviceConfig:
+    """Load a device config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    return parse_config(text, str(p))
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, for editors and validators."""
+    schema = DeviceConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "EmoEdge device config"
+    return schema
+
+
+EXAMPLE_CONFIG = """\
+# EmoEdge device config. Check it with: emoedge config check device.toml
+device_id = "jetson-01"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"          # mqtts://host:8883 for TLS
+topic_root = "emoedge"                 # topics: emoedge/jetson-01/...
+protocol = "5"                         # or "3.1.1"
+# username = "robot"
+password_env = "EMOEDGE_MQTT_PASSWORD" # the password is read from this environment variable
+stats_interval_s = 10
+
+# [mqtt.tls]
+# ca_file = "/etc/emoedge/ca.crt"
+# cert_file = "/etc/emoedge/client.crt"
+# key_file = "/etc/emoedge/client.key"
+
+[backend]
+default = "auto"                       # TensorRT where an engine exists, else ONNX Runtime
+threads = 0
+
+[models.face]
+precision = "fp32"
+
+[models.speech]
+precision = "fp32"
+
+[models.eeg]
+precision = "fp32"
+
+[[sources]]
+name = "camera"
+kind = "camera"
+model = "face"
+device = 0                             # index, file, rtsp:// URL or GStreamer pipeline
+width = 640
+height = 480
+
+[[sources]]
+name = "mic"
+kind = "microphone"
+model = "speech"
+sample_rate = 16000
+
+[[sources]]
+name = "eeg"
+kind = "serial"
+model = "eeg"
+port = "/dev/ttyACM0"                  # or usb = "2e8a:000a"
+baudrate = 921600
+
+[fusion]
+confidence_floor = 0.35
+stale_after_s = 3.0
+"""

@@ -1,0 +1,31 @@
+"""Error types that the command line turns into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class EmoEdgeError(Exception):
+    """Base of every error EmoEdge reports to a user (not a bug: bad input or a missing part)."""
+
+    exit_code = 2
+
+
+class ConfigError(EmoEdgeError):
+    """The config file is malformed or does not validate."""
+
+
+class CardError(EmoEdgeError):
+    """A model card is malformed, or does not match its model file."""
+
+
+class ModelError(EmoEdgeError):
+    """A model or engine file is missing, corrupt or unusable."""
+
+
+class InputError(EmoEdgeError):
+    """A feed given to a runner has wrong names, shapes or dtypes."""
+
+
+class BackendUnavailable(EmoEdgeError):
+    """A backend that was asked for cannot run on this machine; the message says how to get it."""
+
+    exit_code = 3
