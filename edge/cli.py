@@ -20,6 +20,8 @@ from edge.errors import EmoEdgeError
 VERBS: dict[str, str] = {
     "doctor": "edge.verbs.doctor",
     "config": "edge.verbs.config",
+    "train": "edge.verbs.train",
+    "eval": "edge.verbs.eval",
 }
 
 

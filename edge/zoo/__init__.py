@@ -1,0 +1,16 @@
+"""Model architectures, data set loaders, training and distillation (needs the ``train`` extra: torch).
+
+Never imported by the runtime. One module per model, registered in ``RECIPES``; each has
+
+    add_arguments(parser)                       recipe-specific options of ``emoedge train NAME``
+    train(data_dir, out_dir, args) -> Path      trains, exports model.onnx + card.toml into out_dir
+"""
+
+from __future__ import annotations
+
+RECIPES: dict[str, str] = {
+    "face": "edge.zoo.face",
+    "speech": "edge.zoo.speech",
+    "eeg": "edge.zoo.eeg",
+    "histn": "edge.zoo.histn",
+}

@@ -1,0 +1,130 @@
+"""The one interface every source implements, real or simulated: it yields timestamped samples.
+
+A Sample carries both clocks: the sensor's own (``board_time``, seconds, first sample of the block;
+None where the sensor has no clock) and the host's receive time (``host_time``, ``time.time()`` when
+the block arrived), so that features can window by sensor time and latency is measured on the host.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SampleKind = Literal["eeg", "audio", "video"]
+
+
+@dataclass
+class Sample:
+    """One block from one source.
+
+    data:
+      eeg   -> float32 (channels, samples), microvolts
+      audio -> float32 (samples,), mono, in [-1, 1]
+      video -> uint8 (height, width, 3), BGR (OpenCV order)
+    """
+
+    source: str
+    kind: SampleKind
+    data: np.ndarray
+    sample_rate: float  # Hz for eeg and audio, frames per second for video
+    host_time: float
+    board_time: float | None = None
+    seq: int = 0
+    channels: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """A source runs its own reader thread and hands samples out through a bounded queue.
+
+    ``read(timeout)`` returns the next Sample or None on timeout; iterating yields until ``stop()``.
+    ``stats()`` returns counters for the ``stats`` topic (frames, drops, gaps, reconnects, ...).
+    """
+
+    kind: SampleKind
+
+    def __init__(self, name: str, max_queue: int = 256) -> None:
+        self.name = name
+        self._queue: queue.Queue[Sample] = queue.Queue(max_queue)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def start(self) -> Source:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run_guarded, name=f"source-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close()
+
+    def __enter__(self) -> Source:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def read(self, timeout: float | None = None) -> Sample | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def __iter__(self) -> Iterator[Sample]:
+        while not (self._stop.is_set() and self._queue.empty()):
+            sample = self.read(timeout=0.1)
+            if sample is not None:
+                yield sample
+
+    def _emit(self, sample: Sample, drop_oldest: bool = False) -> None:
+        """Queue a sample. Video may drop the oldest (newest frame wins); others block (never drop)."""
+        while True:
+            try:
+                self._queue.put(sample, timeout=0.1 if not drop_oldest else 0)
+                return
+            except queue.Full:
+                if drop_oldest:
+                    try:
+                        self._queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+                elif self._stop.is_set():
+                    return
+
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._stop.set()
+
+    @abstractmethod
+    def _run(self) -> None:
+        """Reader loop: produce samples with ``_emit`` until ``self.stopped``."""
+
+    def _close(self) -> None:
+        """Release devices after the thread ended."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "queued": self._queue.qsize()}
+
+
+def now() -> float:
+    return time.time()
