@@ -1,8 +1,9 @@
 """Binary frame codec between sensor boards and the host (spec: ``firmware_bridge/PROTOCOL.md``).
 
-A frame on the wire is ``COBS(header | payload | crc32) 0x00``. COBS removes every zero byte from
-the frame, so 0x00 only ever means "end of frame": after any corruption the decoder resynchronises
-at the next delimiter and loses at most the frame that was hit. The CRC-32 (zlib's) catches what
+A frame on the wire is ``0x00 COBS(header | payload | crc32) 0x00``. COBS removes every zero byte
+from the frame, so 0x00 only ever means "frame boundary": after any corruption the decoder
+resynchronises at the next delimiter and loses at most the frame that was hit; the leading
+delimiter keeps line noise between frames (a boot message, a glitch) from merging into the next. The CRC-32 (zlib's) catches what
 COBS cannot; the 16-bit sequence number reveals frames lost in between; the board's microsecond
 timestamp lets the host measure the board clock's drift against its own.
 
@@ -239,7 +240,7 @@ class FrameEncoder:
         head = HEADER.pack(MAGIC, VERSION, ftype, self.sensor, flags, 0, self.seq, t_us & 0xFFFFFFFF, len(payload))
         self.seq = (self.seq + 1) & 0xFFFF
         body = head + payload
-        return cobs.encode(body + struct.pack("<I", crc32(body))) + b"\x00"
+        return b"\x00" + cobs.encode(body + struct.pack("<I", crc32(body))) + b"\x00"
 
     def info(self, t_us: int, sample_format: int, channels: int, sample_rate: float, scale: float,
              name: str, channel_names: list[str] | None = None) -> bytes:

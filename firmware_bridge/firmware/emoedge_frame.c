@@ -44,11 +44,12 @@ typedef struct {
 static void w_begin(writer_t *w, uint8_t *out, size_t cap) {
     w->out = out;
     w->cap = cap;
-    w->code_pos = 0;
-    w->pos = 1;
+    w->ok = cap >= 3u;
+    if (w->ok) out[0] = 0x00u; /* leading delimiter: line noise before the frame cannot merge into it */
+    w->code_pos = 1;
+    w->pos = 2;
     w->code = 1;
     w->open = 1;
-    w->ok = cap >= 2u;
     w->crc = 0xFFFFFFFFu;
 }
 
@@ -124,7 +125,7 @@ static size_t w_finish(writer_t *w, emoedge_encoder_t *enc) {
     if (!w->ok) return 0;
     if (w->open) w->out[w->code_pos] = w->code;
     if (w->pos >= w->cap) return 0;
-    w->out[w->pos++] = 0x00u; /* delimiter */
+    w->out[w->pos++] = 0x00u; /* trailing delimiter */
     enc->seq = (uint16_t)(enc->seq + 1u);
     enc->flags = 0;
     return w->pos;

@@ -2,7 +2,7 @@
  * emoedge_frame.h - reference encoder of the EmoEdge serial frame protocol, version 1.0.
  *
  * C99, no malloc, no stdio: a board fills a caller-owned buffer with one complete wire frame
- * (COBS-encoded header | payload | CRC-32, then the 0x00 delimiter) and writes it to its UART/USB.
+ * (0x00, COBS-encoded header | payload | CRC-32, 0x00) and writes it to its UART/USB.
  * The spec is firmware_bridge/PROTOCOL.md; the Python decoder is held to this file by the test
  * vectors that test_vectors.c writes.
  */
@@ -47,9 +47,9 @@ extern "C" {
 #define EMOEDGE_HEADER_SIZE 14u
 #define EMOEDGE_CRC_SIZE 4u
 #define EMOEDGE_MAX_PAYLOAD 4096u
-/* bytes needed in the output buffer for a payload of n bytes (COBS overhead and delimiter included) */
+/* bytes needed in the output buffer for a payload of n bytes (COBS overhead and both delimiters) */
 #define EMOEDGE_ENCODED_SIZE(n) \
-    ((EMOEDGE_HEADER_SIZE + (n) + EMOEDGE_CRC_SIZE) + (EMOEDGE_HEADER_SIZE + (n) + EMOEDGE_CRC_SIZE) / 254u + 2u)
+    ((EMOEDGE_HEADER_SIZE + (n) + EMOEDGE_CRC_SIZE) + (EMOEDGE_HEADER_SIZE + (n) + EMOEDGE_CRC_SIZE) / 254u + 3u)
 
 typedef struct {
     uint16_t seq;  /* sequence number of the next frame (wraps at 65536) */
@@ -62,7 +62,7 @@ void emoedge_encoder_init(emoedge_encoder_t *enc, uint8_t sensor);
 /* Flag the next frame: samples were dropped before it (the board's buffer overflowed). */
 void emoedge_mark_overflow(emoedge_encoder_t *enc);
 
-/* Each encoder returns the number of bytes written to out (delimiter included), or 0 if out_cap is
+/* Each encoder returns the number of bytes written to out (both delimiters included), or 0 if out_cap is
  * too small or the payload would exceed EMOEDGE_MAX_PAYLOAD (the sequence number is then unchanged). */
 
 /* Any frame from a ready payload. */
