@@ -14,6 +14,7 @@ raises: every anomaly is a counter in ``stats()``.
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 import zlib
@@ -156,6 +157,7 @@ class Frame:
     host_time: float
     body: Body
     version: int = VERSION
+    gap: int = 0  # frames lost just before this one (a window spanning it has a hole)
 
     @property
     def type_name(self) -> str:
@@ -456,11 +458,12 @@ class FrameDecoder:
         except MalformedPayload:
             self.malformed += 1
             return
+        lost_before = self.lost_frames
         if not self._track_sequence(seq, flags):
             return
         board_us = self._clock.unwrap(t_us)
         self._clock.add(host_time, board_us)
-        frame = Frame(ftype, sensor, flags, seq, board_us, host_time, body, version)
+        frame = Frame(ftype, sensor, flags, seq, board_us, host_time, body, version, self.lost_frames - lost_before)
         self.frames += 1
         name = FRAME_TYPE_NAMES[ftype]
         self.frames_by_type[name] = self.frames_by_type.get(name, 0) + 1
@@ -552,4 +555,113 @@ class FrameDecoder:
                 "name": self.info.name, "channels": self.info.channel_names or self.info.channels,
                 "sample_rate": self.info.sample_rate, "format": FORMAT_NAMES.get(self.info.sample_format),
             },
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# plain-text mode
+
+
+class TextLineDecoder:
+    """Lines of comma-, tab- or space-separated numbers, one sample per line (what the Edge Impulse
+    data forwarder accepts), for quick sketches that ``Serial.println`` their readings.
+
+    The first line after opening is dropped (usually half a line). The column count is set by the
+    first whole line; a line with another count is dropped and counted, and after ``reconfigure_after``
+    consecutive lines of a new count the new count is taken (the sketch changed). Lines starting with
+    ``ERR`` are the board's error messages: counted and kept, never parsed. The sample rate is
+    estimated from the arrival rate of lines over the last ``rate_window_s`` seconds.
+    """
+
+    def __init__(self, max_line: int = 4096, rate_window_s: float = 2.5, reconfigure_after: int = 5) -> None:
+        self.max_line = max_line
+        self.rate_window_s = rate_window_s
+        self.reconfigure_after = reconfigure_after
+        self._buf = bytearray()
+        self._first = True
+        self._times: deque[float] = deque()
+        self._new_columns: int | None = None
+        self._new_count = 0
+        self.columns: int | None = None
+        self.bytes = 0
+        self.lines = 0
+        self.bad_lines = 0
+        self.discarded_lines = 0
+        self.column_changes = 0
+        self.oversize = 0
+        self.board_errors = 0
+        self.last_error: str | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview, host_time: float | None = None) -> list[np.ndarray]:
+        """Consume a chunk; return one float32 row per good line. Never raises on any input."""
+        if host_time is None:
+            host_time = time.time()
+        self.bytes += len(data)
+        self._buf += data
+        rows: list[np.ndarray] = []
+        *complete, rest = self._buf.split(b"\n")
+        self._buf = bytearray(rest)
+        if len(self._buf) > self.max_line:
+            self.oversize += 1
+            self._buf.clear()
+            self._first = True  # the next newline ends the tail of the runaway line
+        for raw in complete:
+            if self._first:
+                self._first = False
+                self.discarded_lines += 1
+                continue
+            row = self._parse(raw.strip())
+            if row is not None:
+                rows.append(row)
+                self.lines += 1
+                self._times.append(host_time)
+        while self._times and self._times[0] < host_time - self.rate_window_s:
+            self._times.popleft()
+        return rows
+
+    def _parse(self, line: bytes) -> np.ndarray | None:
+        if not line:
+            return None
+        if line.startswith((b"ERR", b"<ERR")):
+            self.board_errors += 1
+            self.last_error = line.decode("utf-8", "replace")[:200]
+            return None
+        try:
+            values = np.array([float(tok) for tok in re.split(rb"[,\t ]+", line) if tok], dtype=np.float32)
+        except ValueError:
+            self.bad_lines += 1
+            return None
+        if values.size == 0:
+            return None
+        if self.columns is None:
+            self.columns = values.size
+        if values.size != self.columns:
+            if values.size == self._new_columns:
+                self._new_count += 1
+            else:
+                self._new_columns, self._new_count = values.size, 1
+            if self._new_count >= self.reconfigure_after:
+                self.columns = values.size
+                self.column_changes += 1
+                self._new_columns, self._new_count = None, 0
+                return values
+            self.bad_lines += 1
+            return None
+        self._new_columns, self._new_count = None, 0
+        return values
+
+    def rate_hz(self) -> float:
+        if len(self._times) < 3:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "bytes": self.bytes, "frames": self.lines, "lines": self.lines, "columns": self.columns,
+            "bad_lines": self.bad_lines, "discarded_lines": self.discarded_lines,
+            "column_changes": self.column_changes, "oversize": self.oversize,
+            "board_errors": self.board_errors, "last_board_error": self.last_error,
+            "crc_errors": 0, "lost_frames": 0, "resyncs": self.discarded_lines + self.oversize,
+            "rate_hz": round(self.rate_hz(), 3), "drift_ppm": None, "frames_by_type": {"text": self.lines},
         }
