@@ -133,6 +133,7 @@ class BoardSimulator(ABC):
         self.bytes_sent = 0
         self.board_dropped = 0  # samples not sent (port full or gone)
         self.reopens = 0
+        self.partial_frames = 0  # frames cut short when the port stopped taking bytes mid-frame
         self._fd: int | None = None
         self._serial: Any = None
         self._stop = threading.Event()
@@ -168,7 +169,7 @@ class BoardSimulator(ABC):
         self._fd = None
 
     def _write(self, data: bytes, may_drop: bool) -> bool:
-        """Write a whole frame; False (nothing written) when the port stays full or is gone."""
+        """Write a whole frame; False when the port stays full past the write timeout or is gone."""
         if self._fd is None and not (not isinstance(self.port, int) and self._reopen()):
             return False
         view = memoryview(data)
@@ -190,10 +191,14 @@ class BoardSimulator(ABC):
                 return False
             if self._stop.is_set():
                 return False
-            if may_drop and not started and time.monotonic() > deadline:
-                return False
+            wait = 0.05
+            if may_drop:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:  # a board cannot wait: drop the frame (cut short if it had begun)
+                    self.partial_frames += started
+                    return False
             try:
-                select.select([], [self._fd], [], 0.05)
+                select.select([], [self._fd], [], wait)
             except (OSError, ValueError):
                 return False
         return True
@@ -298,7 +303,7 @@ class BoardSimulator(ABC):
 
     def stats(self) -> dict[str, Any]:
         return {"frames_sent": self.frames_sent, "blocks_sent": self.blocks_sent, "bytes_sent": self.bytes_sent,
-                "board_dropped": self.board_dropped, "reopens": self.reopens, "seq_next": self.encoder.seq,
+                "board_dropped": self.board_dropped, "partial_frames": self.partial_frames, "reopens": self.reopens, "seq_next": self.encoder.seq,
                 "error": self.error}
 
 
@@ -323,6 +328,10 @@ class EegBoardSimulator(BoardSimulator):
         self.scale_uv = scale_uv if sample_format != P.FMT_FLOAT32 else 1.0
         self.noise_uv = noise_uv
         self.name = name
+        payload = P.EEG_HEAD.size + len(self.channels) * block * P.FORMAT_SIZES[sample_format]
+        if payload > P.MAX_PAYLOAD:
+            raise ValueError(f"{len(self.channels)} channels x {block} samples make a {payload}-byte frame; "
+                             f"the protocol allows {P.MAX_PAYLOAD}: use a smaller block")
         rng = np.random.default_rng(seed)
         self._rng = rng
         n = len(self.channels)
