@@ -22,6 +22,9 @@ VERBS: dict[str, str] = {
     "config": "edge.verbs.config",
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "ports": "edge.verbs.ports",
+    "listen": "edge.verbs.listen",
+    "simulate": "edge.verbs.simulate",
 }
 
 
