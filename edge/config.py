@@ -62,7 +62,10 @@ class OutboxConfig(_Strict):
     """On-disk queue that keeps messages while the broker is away."""
 
     path: Path | None = Field(None, description="SQLite file; default under the cache folder")
-    max_messages: int = Field(100_000, ge=10, le=10_000_000)
+    max_messages: int = Field(100_000, ge=10, le=10_000_000, description="when full, the oldest are evicted (counted in stats)")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives a crash of the process; full: also a power cut (one fsync a message)"
+    )
 
 
 class MqttConfig(_Strict):
