@@ -7,6 +7,7 @@ queued messages survive a restart of the broker, as they do on a real deployment
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -48,8 +49,10 @@ class Mosquitto:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = folder / "mosquitto.conf"
+        # run as root, mosquitto drops to the "mosquitto" user, which cannot read pytest's private tmp folders
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"per_listener_settings false\n"
+            f"{user}per_listener_settings false\n"
             f"listener {self.port} 127.0.0.1\n"
             f"{listener_conf}"
             f"persistence true\n"
