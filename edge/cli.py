@@ -22,6 +22,8 @@ VERBS: dict[str, str] = {
     "config": "edge.verbs.config",
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "run": "edge.verbs.run",
+    "watch": "edge.verbs.watch",
 }
 
 

@@ -120,3 +120,50 @@ def demo_config(broker_url: str, eeg_port: str | None, video: str | None, models
         "models": {m: ({"path": str(models[m])} if m in models else {}) for m in used},
         "sources": sources,
     })
+
+
+class Demo:
+    """Starts what the demo needs (broker, EEG simulator) and builds its config; a context manager."""
+
+    def __init__(self, video: str | None = None, mqtt_url: str | None = None, config_path: str | None = None) -> None:
+        self.video = video
+        self.mqtt_url = mqtt_url
+        self.config_path = config_path
+        self.broker: EmbeddedBroker | None = None
+        self.simulator: Any = None
+        self.sources: dict[str, Any] = {}
+        self.config: DeviceConfig
+
+    @property
+    def broker_url(self) -> str:
+        return self.config.mqtt.url
+
+    def __enter__(self) -> Demo:
+        try:
+            if self.mqtt_url is None:
+                self.broker = EmbeddedBroker().start()
+            url = self.mqtt_url or (self.broker.url if self.broker else "")
+            eeg_port = self._start_eeg_simulator()
+            self.config = demo_config(url, eeg_port, self.video)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start_eeg_simulator(self) -> str | None:
+        """A simulated EEG board on a pseudo-terminal; returns the port the serial source opens."""
+        try:
+            from firmware_bridge.simulate import start_eeg_simulator  # type: ignore[import-not-found]
+        except ImportError:
+            log.warning("no EEG board simulator in this install (firmware_bridge.simulate); the demo runs without EEG")
+            return None
+        self.simulator, port = start_eeg_simulator()
+        return str(port)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+            self.simulator = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
