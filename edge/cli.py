@@ -25,6 +25,8 @@ VERBS: dict[str, str] = {
     "ports": "edge.verbs.ports",
     "listen": "edge.verbs.listen",
     "simulate": "edge.verbs.simulate",
+    "run": "edge.verbs.run",
+    "watch": "edge.verbs.watch",
 }
 
 
