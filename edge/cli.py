@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "config": "edge.verbs.config",
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "bench": "edge.verbs.bench",
 }
 
 
