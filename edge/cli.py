@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
     "bench": "edge.verbs.bench",
+    "bundle": "edge.verbs.bundle",
 }
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bench import harness, report
-from edge.bench.harness import BenchOptions, PeakMemory, Target, run_bench, targets_from_models
+from edge.bench import report
+from edge.bench.harness import BenchOptions, PeakMemory, run_bench, targets_from_models
 
 ROOT = Path(__file__).resolve().parent.parent
 
