@@ -27,6 +27,8 @@ VERBS: dict[str, str] = {
     "simulate": "edge.verbs.simulate",
     "run": "edge.verbs.run",
     "watch": "edge.verbs.watch",
+    "bench": "edge.verbs.bench",
+    "bundle": "edge.verbs.bundle",
 }
 
 
