@@ -22,6 +22,9 @@ VERBS: dict[str, str] = {
     "config": "edge.verbs.config",
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "calibrate": "edge.verbs.calibrate",
+    "quantize": "edge.verbs.quantize",
+    "build": "edge.verbs.build",
 }
 
 
