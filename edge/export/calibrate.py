@@ -86,8 +86,9 @@ def stratified_indices(keys: np.ndarray, count: int, seed: int) -> np.ndarray:
     quota = np.floor(exact).astype(int)
     if count >= len(classes):
         quota = np.maximum(quota, 1)
-    while quota.sum() > count:  # the minimum of one pushed us over: take back from the largest quotas
-        quota[np.argmax(quota - exact)] -= 1
+    while quota.sum() > count:  # the minimum of one pushed us over: take back where it hurts the shares least
+        over = np.where(quota > 1, quota - exact, -np.inf)
+        quota[int(np.argmax(over))] -= 1
     remainder = exact - quota
     for i in np.argsort(-remainder, kind="stable"):
         if quota.sum() >= count:
