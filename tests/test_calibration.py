@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import quant_toys
+
 from edge.card import load_card
 from edge.errors import CardError, InputError
 from edge.export.calibrate import (

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import quant_toys
 from onnx import TensorProto, helper, numpy_helper
 
-import quant_toys
 from edge.card import load_card, load_model, save_card, sha256_file
 from edge.errors import CardError, ModelError
 from edge.export.calibrate import make_calibration_set

@@ -96,7 +96,7 @@ def stratified_indices(keys: np.ndarray, count: int, seed: int) -> np.ndarray:
         if quota[i] < sizes[i]:
             quota[i] += 1
     chosen = []
-    for cls, q in zip(classes, quota):
+    for cls, q in zip(classes, quota, strict=True):
         members = np.flatnonzero(keys == cls)
         chosen.append(rng.choice(members, size=min(q, len(members)), replace=False))
     return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
@@ -260,7 +260,7 @@ def _check_inputs(card: ModelCard, inputs: dict[str, np.ndarray], where: str) ->
         if array.shape[0] == 0:
             problems.append(f"input '{name}' has no samples (the set is empty)")
         fits = array.ndim == len(spec.shape) and all(
-            not isinstance(d, int) or d == s for d, s in zip(spec.shape, array.shape)
+            not isinstance(d, int) or d == s for d, s in zip(spec.shape, array.shape, strict=True)
         )
         if not fits:
             problems.append(f"input '{name}' has shape {list(array.shape)}, the card says {spec.shape}")

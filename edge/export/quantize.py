@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.card import PRECISION_FILES, ArtifactRecord, Model, check_against_card, load_card, load_model, save_card, sha256_file
+from edge.card import (
+    PRECISION_FILES,
+    ArtifactRecord,
+    Model,
+    check_against_card,
+    load_card,
+    load_model,
+    save_card,
+    sha256_file,
+)
 from edge.errors import InputError
 from edge.export.calibrate import CalibrationSet, load_calibration_set
 from edge.export.gate import GateFailed, GateResult, gate_on_labelled_data, gate_on_samples
