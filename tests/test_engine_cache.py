@@ -240,3 +240,23 @@ def test_two_processes_never_build_the_same_engine_at_once(toy: dict[str, Path],
     assert counter.read_text().count("build") == 1
     assert sorted(out.strip() for out, _ in results) == ["built", "cached"]
     assert any("another process is building" in err for _, err in results)
+
+
+def test_runtime_picks_the_engine_of_the_asked_precision(toy: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """choose_backend on a machine that has TensorRT and a GPU (both stood in for: neither exists here)."""
+    from edge.backends import choose_backend, probe
+
+    quantize_model(toy["folder"], "int8", data_dir=toy["data"])
+    built = build(toy, FakeTensorRTBuilder(), precision="int8", gpu="Orin")
+    real_import_status = probe.import_status
+    monkeypatch.setattr(probe, "import_status", lambda m: ("10.3.0", None) if m == "tensorrt" else real_import_status(m))
+    monkeypatch.setattr(probe, "cuda_gpus", lambda: [probe.GpuInfo("Orin", "8.7", 7000)])
+    choice = choose_backend(load_model(toy["folder"], "int8"), "auto")
+    assert choice.backend == "tensorrt" and choice.engine == built.engine
+    fp32 = choose_backend(load_model(toy["folder"], "fp32"), "auto")
+    assert fp32.backend == "onnxruntime" and "no fp32 engine for toyconv" in fp32.reason
+    monkeypatch.setattr(probe, "cuda_gpus", lambda: [probe.GpuInfo("Thor", "11.0", 100000)])
+    other = choose_backend(load_model(toy["folder"], "int8"), "auto")
+    assert other.backend == "onnxruntime" and "cached ones do not fit: GPU changed (Orin -> Thor)" in other.reason
+    with pytest.raises(BackendUnavailable, match="GPU changed"):
+        choose_backend(load_model(toy["folder"], "int8"), "tensorrt")
