@@ -29,6 +29,9 @@ VERBS: dict[str, str] = {
     "watch": "edge.verbs.watch",
     "bench": "edge.verbs.bench",
     "bundle": "edge.verbs.bundle",
+    "calibrate": "edge.verbs.calibrate",
+    "quantize": "edge.verbs.quantize",
+    "build": "edge.verbs.build",
 }
 
 
