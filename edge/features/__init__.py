@@ -1,0 +1,1 @@
+"""Feature code shared by training (``edge.zoo``) and the runtime: one definition per modality."""
