@@ -13,7 +13,6 @@ import os
 import time
 import zlib
 
-import numpy as np
 import pytest
 from cobs import cobs
 
