@@ -10,7 +10,14 @@ import pytest
 
 from edge.errors import InputError
 from edge.features.face import (
-    crop_face, detect_faces, face_input, frame_to_input, load_image, normalise, resize_gray, to_gray,
+    crop_face,
+    detect_faces,
+    face_input,
+    frame_to_input,
+    load_image,
+    normalise,
+    resize_gray,
+    to_gray,
 )
 
 

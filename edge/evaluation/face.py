@@ -62,7 +62,7 @@ def stratified_slice(targets: np.ndarray, limit: int, seed: int) -> np.ndarray:
     classes, counts = np.unique(targets, return_counts=True)
     quotas = np.floor(counts / len(targets) * limit).astype(int)
     quotas[np.argsort(-(counts / len(targets) * limit - quotas))[: limit - quotas.sum()]] += 1
-    for cls, quota in zip(classes, quotas):
+    for cls, quota in zip(classes, quotas, strict=True):
         members = np.flatnonzero(targets == cls)
         chosen.append(rng.choice(members, size=min(quota, len(members)), replace=False))
     return np.sort(np.concatenate(chosen))
@@ -116,6 +116,10 @@ def evaluate(runner: Any, card: ModelCard, data: LabelledSet) -> dict[str, Any]:
     return result
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def print_report(result: dict[str, Any]) -> None:
     """Accuracy, macro-F1, balanced accuracy, per-class recall and the confusion matrix as rich tables."""
     from rich.console import Console
@@ -136,10 +140,9 @@ def print_report(result: dict[str, Any]) -> None:
     per_class = Table("class", "recall", "precision", "f1", "support", title="per class")
     for label in labels:
         row = result["per_class"][label]
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
-        per_class.add_row(label, fmt(row["recall"]), fmt(row["precision"]), fmt(row["f1"]), str(row["support"]))
+        per_class.add_row(label, _fmt(row["recall"]), _fmt(row["precision"]), _fmt(row["f1"]), str(row["support"]))
     console.print(per_class)
     confusion = Table("true \\ predicted", *labels, title="confusion matrix")
-    for label, row in zip(labels, result["confusion"]):
+    for label, row in zip(labels, result["confusion"], strict=True):
         confusion.add_row(label, *(str(v) for v in row))
     console.print(confusion)

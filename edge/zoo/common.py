@@ -116,7 +116,7 @@ def export_onnx(
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     got = session.run(list(output_names), {input_name: example.numpy()})
     diffs: dict[str, float] = {}
-    for name, want, have in zip(output_names, expected, got):
+    for name, want, have in zip(output_names, expected, got, strict=True):
         want_np = want.numpy()
         diffs[name] = float(np.max(np.abs(want_np - have))) if want_np.size else 0.0
         if not np.allclose(have, want_np, atol=atol, rtol=rtol):

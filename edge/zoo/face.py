@@ -30,9 +30,16 @@ from edge.errors import InputError
 from edge.evaluation.face import class_folder_root, list_images, read_images
 from edge.evaluation.metrics import classification_metrics
 from edge.features.face import DEFAULT_MARGIN, DEFAULT_SIZE, NORMALISATION
-from edge.paths import PROJECT_ROOT, cache_dir, data_dir as default_data_dir, models_dir
+from edge.paths import PROJECT_ROOT, cache_dir, models_dir
+from edge.paths import data_dir as default_data_dir
 from edge.zoo.common import (
-    command_line, count_parameters, distillation_loss, export_onnx, progress, seed_everything, write_card,
+    command_line,
+    count_parameters,
+    distillation_loss,
+    export_onnx,
+    progress,
+    seed_everything,
+    write_card,
 )
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -42,6 +49,7 @@ TEACHER_FILES = ["fer2013_mini_XCEPTION.102-0.66.hdf5", "fer2013_mini_XCEPTION.1
                  "fer2013_big_XCEPTION.54-0.66.hdf5"]
 TEACHER_SIZE = 64
 MAX_PARAMETERS = 60_000
+MIRROR_AVERAGE = True  # the exported graph averages the face and its mirror image (see MirrorAverage)
 DEFAULTS = {"epochs": 15, "batch_size": 128, "lr": 4e-3}
 FER2013_TERMS = (
     "FER2013 (Goodfellow et al., ICML 2013 Kaggle challenge 'Challenges in Representation Learning'): "
@@ -151,7 +159,7 @@ class FaceStudent(nn.Module):
             nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(widths[1:-1], widths[2:])):
+        for i, (cin, cout) in enumerate(zip(widths[1:-1], widths[2:], strict=True)):
             blocks.append(XceptionBlock(cin, cout))
             if i == 0:
                 blocks += [XceptionBlock(cout, cout, downsample=False) for _ in range(extra)]
@@ -163,6 +171,25 @@ class FaceStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.blocks(self.stem(x)).mean(dim=(2, 3))
         return self.head(self.dropout(embedding)), embedding
+
+
+class MirrorAverage(nn.Module):
+    """The shipped graph: the student's embedding averaged over the face and its mirror image, then its head.
+
+    Faces are left-right symmetric in meaning, so averaging both views is a cheap gain (twice the compute,
+    no extra parameters). The head is linear, so ``logits = head(embedding)`` still holds for the outputs.
+    """
+
+    def __init__(self, student: FaceStudent) -> None:
+        super().__init__()
+        self.student = student
+        self.embedding_size = student.embedding_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        both = torch.cat([x, torch.flip(x, dims=[3])], dim=0)
+        features = self.student.blocks(self.student.stem(both)).mean(dim=(2, 3))
+        embedding = 0.5 * (features[: x.shape[0]] + features[x.shape[0] :])
+        return self.student.head(embedding), embedding
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,11 +267,13 @@ def teacher_input(images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
+    """Predicted classes, as the shipped graph makes them (mirror-averaged when ``MIRROR_AVERAGE``)."""
     model.eval()
+    view = MirrorAverage(model) if MIRROR_AVERAGE and isinstance(model, FaceStudent) else model
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch):
-            out.append(model(x[start : start + batch])[0].argmax(dim=1).numpy())
+            out.append(view(x[start : start + batch])[0].argmax(dim=1).numpy())
     return np.concatenate(out)
 
 
@@ -270,6 +299,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     seed = int(getattr(args, "seed", 0) or 0)
     max_steps = getattr(args, "max_steps", None)
     show = not getattr(args, "no_progress", False)
+    checkpoints = not max_steps  # a full run writes its best model so far after each better epoch
     alpha, temperature, smoothing, weight_power, weight_decay = 0.5, 4.0, 0.1, 0.5, 0.01
     generator = seed_everything(seed, getattr(args, "threads", 0) or None)
 
@@ -299,6 +329,67 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
                                                    pct_start=0.15)
     weights = class_weights(y_train, weight_power)
     y_train_t = torch.from_numpy(y_train)
+    def _export(state: dict[str, torch.Tensor], epochs_done: int, final: bool) -> float:
+        """Write model.onnx and card.toml for ``state``; before the end, as a checkpoint of the run in progress."""
+        student = FaceStudent()
+        student.load_state_dict(state)
+        export_model = MirrorAverage(student).eval() if MIRROR_AVERAGE else student.eval()
+        out.mkdir(parents=True, exist_ok=True)
+        diffs = export_onnx(export_model, x_val[:8], out / "model.onnx", "face", ["logits", "embedding"])
+        seconds = time.perf_counter() - started
+        card = {
+            "name": "face",
+            "version": "1.0.0",
+            "modality": "face",
+            "description": (
+                f"Facial expression (7 FER2013 classes) from a {DEFAULT_SIZE}x{DEFAULT_SIZE} gray face crop: an "
+                f"Xception-style CNN of {parameters} parameters"
+                + (", distilled from the mini-Xception ensemble" if teachers else "") + "."
+            ),
+            "labels": LABELS,
+            "inputs": [{
+                "name": "face", "shape": ["batch", 1, DEFAULT_SIZE, DEFAULT_SIZE], "dtype": "float32",
+                "layout": "NCHW", "normalisation": NORMALISATION,
+            }],
+            "outputs": [
+                {"name": "logits", "shape": ["batch", len(LABELS)], "dtype": "float32",
+                 "meaning": "logits over labels"},
+                {"name": "embedding", "shape": ["batch", export_model.embedding_size], "dtype": "float32",
+                 "meaning": "global-average-pooled features that the final linear layer reads"},
+            ],
+            "features": {"recipe": "edge.features.face.face_input", "params": {
+                "size": DEFAULT_SIZE, "margin": DEFAULT_MARGIN, "detector": "OpenCV haarcascade_frontalface_default",
+                "face": "largest detected face, square box grown by the margin on each side, gray, resized",
+            }},
+            "parameters": parameters,
+            "training": {
+                "data": f"FER2013 train ({len(y_train)} images, {train_root}); selected on FER2013 validation "
+                        f"(PublicTest, {len(y_val)} images, {val_root})",
+                "terms": FER2013_TERMS,
+                "command": command_line(),
+                "teacher": ", ".join(p.name for p in teachers) if teachers else None,
+                "seconds": round(seconds, 1),
+                "seed": seed,
+            },
+            "notes": (
+                ("" if final else f"CHECKPOINT of a run in progress (after epoch {epochs_done} of {epochs}); "
+                 "seconds so far. ")
+                + f"Recipe: {epochs} epochs (best epoch {best['epoch']}, by validation accuracy), batch {batch_size}, "
+                f"AdamW lr {lr} one-cycle, weight decay {weight_decay}, label smoothing {smoothing}, class weights "
+                f"(1/count)^{weight_power}, augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
+                f"brightness-contrast"
+                + (f", distillation alpha {alpha} T {temperature} from the teachers' mean logits on the unaugmented "
+                   f"(or mirrored) training images" if teachers else "")
+                + (". The graph averages the embedding of the face and of its mirror image (test-time flip; "
+                   "selection on validation used the same)" if MIRROR_AVERAGE else "")
+                + ". ONNX Runtime vs torch max abs difference: "
+                + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()) + " (tolerance 1e-4 + 1e-3*|x|)."
+                + (f" Stopped after {step} steps (--max-steps)." if max_steps else "")
+            ),
+        }
+        write_card(card, out)
+        return seconds
+
     best: dict[str, Any] = {"accuracy": -1.0}
     history = []
     step = 0
@@ -334,60 +425,12 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
               f"  macro-F1 {metrics['macro_f1']:.4f}", flush=True)
         if metrics["accuracy"] > best["accuracy"]:
             best = {"accuracy": metrics["accuracy"], "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            if checkpoints and step < total_steps and epoch + 1 < epochs:
+                _export(best["state"], epochs_done=epoch + 1, final=False)
         if step >= total_steps:
             break
 
-    model.load_state_dict(best["state"])
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    diffs = export_onnx(model, x_val[:8], out / "model.onnx", "face", ["logits", "embedding"])
-    seconds = time.perf_counter() - started
-    card = {
-        "name": "face",
-        "version": "1.0.0",
-        "modality": "face",
-        "description": (
-            f"Facial expression (7 FER2013 classes) from a {DEFAULT_SIZE}x{DEFAULT_SIZE} gray face crop: an "
-            f"Xception-style CNN of {parameters} parameters"
-            + (", distilled from the mini-Xception ensemble" if teachers else "") + "."
-        ),
-        "labels": LABELS,
-        "inputs": [{
-            "name": "face", "shape": ["batch", 1, DEFAULT_SIZE, DEFAULT_SIZE], "dtype": "float32", "layout": "NCHW",
-            "normalisation": NORMALISATION,
-        }],
-        "outputs": [
-            {"name": "logits", "shape": ["batch", len(LABELS)], "dtype": "float32", "meaning": "logits over labels"},
-            {"name": "embedding", "shape": ["batch", model.embedding_size], "dtype": "float32",
-             "meaning": "global-average-pooled features that the final linear layer reads"},
-        ],
-        "features": {"recipe": "edge.features.face.face_input", "params": {
-            "size": DEFAULT_SIZE, "margin": DEFAULT_MARGIN, "detector": "OpenCV haarcascade_frontalface_default",
-            "face": "largest detected face, square box grown by the margin on each side, gray, resized",
-        }},
-        "parameters": parameters,
-        "training": {
-            "data": f"FER2013 train ({len(y_train)} images, {train_root}); selected on FER2013 validation "
-                    f"(PublicTest, {len(y_val)} images, {val_root})",
-            "terms": FER2013_TERMS,
-            "command": command_line(),
-            "teacher": ", ".join(p.name for p in teachers) if teachers else None,
-            "seconds": round(seconds, 1),
-            "seed": seed,
-        },
-        "notes": (
-            f"Recipe: {epochs} epochs (best epoch {best['epoch']}, by validation accuracy), batch {batch_size}, "
-            f"AdamW lr {lr} one-cycle, weight decay {weight_decay}, label smoothing {smoothing}, class weights "
-            f"(1/count)^{weight_power}, augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
-            f"brightness-contrast"
-            + (f", distillation alpha {alpha} T {temperature} from teacher logits on the unaugmented (and "
-               f"mirrored) training images" if teachers else "")
-            + f". ONNX Runtime vs torch max abs difference: "
-            + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()) + f" (tolerance 1e-4 + 1e-3*|x|)."
-            + (f" Stopped after {step} steps (--max-steps)." if max_steps else "")
-        ),
-    }
-    write_card(card, out)
+    final = _export(best["state"], epochs_done=len(history), final=True)
     print(f"face: best validation accuracy {best['accuracy']:.4f} at epoch {best['epoch']}; {parameters} parameters; "
-          f"{seconds:.0f} s")
+          f"{final:.0f} s")
     return out

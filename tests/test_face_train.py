@@ -1,0 +1,74 @@
+"""A tiny end-to-end face training run (3 steps, distilled from the converted teacher) makes a loadable model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("h5py")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _small_copy(source: Path, target: Path, per_class: int) -> None:
+    """A few images per class of each split, copied into a temporary folder (never into the repo)."""
+    for split in ("train", "validation"):
+        for folder in sorted((source / split).iterdir()):
+            (target / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:per_class]:
+                shutil.copy(image, target / split / folder.name / image.name)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_tiny_distilled_training_run(data_dir: Path, tmp_path: Path) -> None:
+    from edge.backends.ort import OnnxRuntimeRunner
+    from edge.card import load_model
+
+    _small_copy(data_dir / "fer2013", tmp_path / "fer", per_class=6)
+    teacher = data_dir / "teachers" / "fer_mini_xception" / "fer2013_mini_XCEPTION.102-0.66.hdf5"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "train", "face", "--data", str(tmp_path / "fer"), "--out", str(out),
+         "--teacher", str(teacher), "--max-steps", "3", "--batch-size", "8", "--threads", "1", "--seed", "7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher: fer2013_mini_XCEPTION.102-0.66.hdf5" in done.stdout
+    assert "epoch 1" in done.stdout
+    assert "it/s" in done.stderr or "s/it" in done.stderr  # the progress bar
+    model = load_model(out)
+    assert model.card.parameters <= 60_000 and model.card.training.teacher
+    assert "--max-steps 3" in (model.card.training.command or "")
+    with OnnxRuntimeRunner(model.path) as runner:
+        result = runner.infer({"face": np.zeros((2, 1, 48, 48), np.float32)})
+    assert result["logits"].shape == (2, 7)
+
+
+def test_class_weights_lift_the_rare_class() -> None:
+    from edge.zoo.face import class_weights
+
+    y = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 480, 310])
+    w = class_weights(y, power=0.5).numpy()
+    assert w[1] > 3 * w[3]  # disgust weighs more than happy
+    assert w[y].mean() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(class_weights(y, power=0.0).numpy(), 1.0)
+
+
+def test_augment_is_seeded_and_keeps_the_range() -> None:
+    import torch
+
+    from edge.zoo.face import augment
+
+    x = torch.rand(4, 1, 48, 48) * 2 - 1
+    flip = torch.tensor([True, False, True, False])
+    a = augment(x, torch.Generator().manual_seed(1), flip)
+    b = augment(x, torch.Generator().manual_seed(1), flip)
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
