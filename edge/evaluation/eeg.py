@@ -52,7 +52,7 @@ def stratified_slice(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     picked: list[np.ndarray] = []
     classes, counts = np.unique(labels, return_counts=True)
     quotas = np.maximum(1, np.floor(counts / counts.sum() * limit).astype(int))
-    for c, q in zip(classes, quotas):
+    for c, q in zip(classes, quotas, strict=False):
         idx = np.flatnonzero(labels == c)
         picked.append(rng.choice(idx, size=min(q, len(idx)), replace=False))
     return np.sort(np.concatenate(picked))[:limit]
@@ -143,7 +143,7 @@ def format_classification(title: str, m: dict[str, Any]) -> str:
     ]
     width = max(6, *(len(lab) for lab in labels)) + 1
     lines.append("    " + " " * width + "".join(f"{lab:>{width}}" for lab in labels))
-    for lab, row in zip(labels, m["confusion"]):
+    for lab, row in zip(labels, m["confusion"], strict=False):
         lines.append("    " + f"{lab:>{width}}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,14 @@ from torch import nn
 from edge.errors import ConfigError
 from edge.features.eeg import DEAP_BANDS, DEAP_ELECTRODES, load_deap_features, standardise
 from edge.paths import data_dir as find_data
-from edge.zoo.signal_common import count_parameters, export_onnx, prepare_out, progress, setup, training_command
+from edge.zoo.signal_common import (
+    count_parameters,
+    export_onnx,
+    prepare_out,
+    progress,
+    setup,
+    training_command,
+)
 
 VALIDATION_SUBJECTS = (3, 7, 11, 15, 19, 23)
 VALENCE_LABELS = ("negative", "positive")
