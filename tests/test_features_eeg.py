@@ -115,3 +115,15 @@ def test_load_deap_features_errors(tmp_path) -> None:  # type: ignore[no-untyped
     (tmp_path / "valence_arousal_label.txt").write_text("1 1\n")
     with pytest.raises(EmoEdgeError, match="expected 160 columns"):
         load_deap_features(tmp_path)
+
+
+def test_deap_features_from_a_named_board() -> None:
+    from edge.features.eeg import deap_features
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((32, 4 * RATE))
+    x[DEAP_GENEVA_ELECTRODES.index("O1")] += sine(10.0, 20.0, seconds=4)
+    f = deap_features(x, RATE, DEAP_GENEVA_ELECTRODES).reshape(5, 32)
+    assert int(np.argmax(f[2])) == DEAP_ELECTRODES.index("O1")  # alpha is highest at O1 in the model's order
+    with pytest.raises(InputError, match="without names"):
+        deap_features(x[:14], RATE)

@@ -170,3 +170,12 @@ def clip_inputs(path_or_audio: str | os.PathLike[str] | np.ndarray, sample_rate:
     if sample_rate is None:
         raise InputError("clip_inputs: audio given as an array needs its sample_rate")
     return log_mel(to_mono_16k(path_or_audio, sample_rate))
+
+
+def model_windows(
+    audio: np.ndarray, sample_rate: int, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """Audio at any rate -> the speech model's input ``[n, 1, N_MELS, WINDOW_FRAMES]``, z-scored with
+    ``mean``/``std`` (the card's population statistics, or a speaker's own from ``bin_statistics``).
+    Average the model's logits over the n windows for one estimate of the clip."""
+    return standardise(windows(log_mel(to_mono_16k(audio, sample_rate))), mean, std)[:, None]
