@@ -37,16 +37,27 @@ from edge.zoo.signal_common import (
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 VALIDATION_ACTORS = (5, 10, 15, 20)  # 5 and 15 male, 10 and 20 female
 
+# the recipe (defaults of `emoedge train speech`)
+WIDTHS = (16, 32, 64, 128)
+EPOCHS = 70
+LR = 3e-3
+WEIGHT_DECAY = 1e-2
+BATCH = 32
+MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weight ...
+MIXUP_P = 0.5  # ... applied to this share of batches
+SPEAKER_NORM_P = 0.3  # share of training windows z-scored with their speaker's statistics
+LABEL_SMOOTHING = 0.05
+
 
 class SpeechCNN(nn.Module):
     """Four conv blocks (3x3 conv, BN, ReLU, 2x2 max-pool) over [B, 1, mels, frames]; mean over
     frequency, mean+max over time, then a linear layer. About 100k parameters."""
 
-    def __init__(self, n_classes: int = len(EMOTIONS), widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.3):
+    def __init__(self, n_classes: int = len(EMOTIONS), widths: tuple[int, ...] | None = None, dropout: float = 0.3):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
-        for i, c in enumerate(widths):
+        for i, c in enumerate(widths or WIDTHS):
             # the first conv strides by 2: full-resolution feature maps cost most of the time on a CPU
             stride = 2 if i == 0 else 1
             layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
@@ -130,7 +141,7 @@ class Augmenter:
         gain = float(rng.uniform(-1.0, 1.0))  # +-8.7 dB (natural-log units of power)
         speech = out > F.SILENCE + 1e-3
         out = np.where(speech, out + gain, out)
-        mean, std = self.speaker[int(self.actors[i])] if rng.random() < 0.5 else self.pop
+        mean, std = self.speaker[int(self.actors[i])] if rng.random() < SPEAKER_NORM_P else self.pop
         x = F.standardise(out, mean, std)
         for _ in range(2):  # SpecAugment: two frequency and two time masks, filled with 0 (the mean)
             f = int(rng.integers(0, 9))
@@ -173,10 +184,10 @@ def fit(
     args: argparse.Namespace, epochs: int, seed: int,
 ) -> tuple[SpeechCNN, int]:
     model = SpeechCNN()
-    batch = args.batch_size or 32
+    batch = args.batch_size or BATCH
     steps_per_epoch = (len(mels) + batch - 1) // batch
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 2e-3, weight_decay=5e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr or 2e-3, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr or LR, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr or LR, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     aug = Augmenter(mels, actors, mean, std, seed)
     rng = np.random.default_rng(seed + 1)
     y_all = torch.from_numpy(labels)
@@ -190,11 +201,12 @@ def fit(
             idx = order[start : start + batch]
             x = aug.batch(idx)
             y = nn.functional.one_hot(y_all[idx], len(EMOTIONS)).float()
-            lam = float(rng.beta(0.4, 0.4))  # mixup
-            perm = torch.from_numpy(rng.permutation(len(idx)))
-            x = lam * x + (1 - lam) * x[perm]
-            y = lam * y + (1 - lam) * y[perm]
-            y = y * 0.9 + 0.1 / len(EMOTIONS)  # label smoothing
+            if rng.random() < MIXUP_P:
+                lam = float(rng.beta(MIXUP_ALPHA, MIXUP_ALPHA))
+                perm = torch.from_numpy(rng.permutation(len(idx)))
+                x = lam * x + (1 - lam) * x[perm]
+                y = lam * y + (1 - lam) * y[perm]
+            y = y * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / len(EMOTIONS)
             logits, _ = model(x)
             loss = -(y * torch.log_softmax(logits, 1)).sum(1).mean()
             opt.zero_grad()
@@ -202,7 +214,7 @@ def fit(
             opt.step()
             sched.step()
             steps += 1
-            total += float(loss)
+            total += float(loss.detach())
             if args.max_steps and steps >= args.max_steps:
                 return model.eval(), steps
         if hasattr(bar, "set_postfix"):
@@ -215,7 +227,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     folder = Path(data) if data else find_data() / "ravdess_speech_16k"
     out = prepare_out(out or Path("models/speech"))
     mels, labels, actors = load_corpus(folder, args)
-    epochs = args.epochs or 50
+    epochs = args.epochs or EPOCHS
     train_mask = ~np.isin(actors, VALIDATION_ACTORS)
     idx = np.flatnonzero(train_mask)
     if getattr(args, "cv", 0):
