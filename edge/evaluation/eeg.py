@@ -49,12 +49,16 @@ def stratified_slice(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if limit >= len(labels):
         return np.arange(len(labels))
-    picked: list[np.ndarray] = []
     classes, counts = np.unique(labels, return_counts=True)
-    quotas = np.maximum(1, np.floor(counts / counts.sum() * limit).astype(int))
-    for c, q in zip(classes, quotas, strict=False):
-        idx = np.flatnonzero(labels == c)
-        picked.append(rng.choice(idx, size=min(q, len(idx)), replace=False))
+    exact = counts / counts.sum() * limit
+    quotas = np.floor(exact).astype(int)
+    # hand out what flooring left over to the classes with the largest remainders
+    for i in np.argsort(-(exact - quotas), kind="stable")[: limit - int(quotas.sum())]:
+        quotas[i] += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=min(q, int(n)), replace=False)
+        for c, q, n in zip(classes, quotas, counts, strict=True)
+    ]
     return np.sort(np.concatenate(picked))[:limit]
 
 

@@ -57,7 +57,8 @@ class SpeechCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
-        for i, c in enumerate(widths or WIDTHS):
+        widths = widths or WIDTHS
+        for i, c in enumerate(widths):
             # the first conv strides by 2: full-resolution feature maps cost most of the time on a CPU
             stride = 2 if i == 0 else 1
             layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
