@@ -49,12 +49,16 @@ def stratified_slice(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if limit >= len(labels):
         return np.arange(len(labels))
-    picked: list[np.ndarray] = []
     classes, counts = np.unique(labels, return_counts=True)
-    quotas = np.maximum(1, np.floor(counts / counts.sum() * limit).astype(int))
-    for c, q in zip(classes, quotas):
-        idx = np.flatnonzero(labels == c)
-        picked.append(rng.choice(idx, size=min(q, len(idx)), replace=False))
+    exact = counts / counts.sum() * limit
+    quotas = np.floor(exact).astype(int)
+    # hand out what flooring left over to the classes with the largest remainders
+    for i in np.argsort(-(exact - quotas), kind="stable")[: limit - int(quotas.sum())]:
+        quotas[i] += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=min(q, int(n)), replace=False)
+        for c, q, n in zip(classes, quotas, counts, strict=True)
+    ]
     return np.sort(np.concatenate(picked))[:limit]
 
 
@@ -143,7 +147,7 @@ def format_classification(title: str, m: dict[str, Any]) -> str:
     ]
     width = max(6, *(len(lab) for lab in labels)) + 1
     lines.append("    " + " " * width + "".join(f"{lab:>{width}}" for lab in labels))
-    for lab, row in zip(labels, m["confusion"]):
+    for lab, row in zip(labels, m["confusion"], strict=False):
         lines.append("    " + f"{lab:>{width}}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
 

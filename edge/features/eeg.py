@@ -180,3 +180,17 @@ def load_deap_features(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.n
     if len(n) != 1:
         raise EmoEdgeError(f"{folder}: the three files have different row counts {[a.shape[0] for a in arrays]}")
     return arrays[0].astype(np.float32), arrays[1].astype(np.int64), arrays[2].astype(np.int64)
+
+
+def deap_features(
+    samples: np.ndarray, sample_rate: float, channels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Raw EEG ``[channels, time]`` in microvolts (at least 1 s; the DEAP features used 60 s) -> the
+    160 log band powers of the DEAP layout, reordered from the board's ``channels`` names when given.
+    Normalise the result per subject (``SubjectNormaliser``) before the band-power model."""
+    x = np.asarray(samples)
+    if channels is not None:
+        x = reorder_channels(x, channels, DEAP_ELECTRODES)
+    elif x.shape[0] != len(DEAP_ELECTRODES):
+        raise InputError(f"EEG: {x.shape[0]} channels without names; the band-power model needs the 32 DEAP electrodes")
+    return band_power(x, sample_rate)

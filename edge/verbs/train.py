@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         sub, "train", "train or distil a model of the zoo on a data folder (seeded, reproducible)",
         "  emoedge train eeg --data ../shared/data/eeg_deap_bandpower --out models/eeg\n"
         "  emoedge train face --data ../shared/data/fer2013 --out models/face --epochs 30\n"
-        "  emoedge train speech --data ../shared/data/ravdess_speech_16k --out /tmp/speech --max-steps 5",
+        "  emoedge train speech --data ../shared/data/ravdess_speech_16k --out /tmp/speech --max-steps 5\n"
+        "  emoedge train histn --data PATH/TO/DREAMER.mat --out models/histn --target arousal",
     )
     parser.add_argument("name", choices=sorted(RECIPES), help="which model recipe")
     parser.add_argument("--data", help="data folder (default: the matching folder in EMOEDGE_DATA)")
@@ -32,6 +33,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", help="input normalisation to train with, where the recipe has several "
                         "(eeg: subject-norm | population-norm)")
+    parser.add_argument("--target", help="which rating to learn, where the recipe has several (histn: valence | arousal | dominance)")
     parser.add_argument("--cv", type=int, default=0,
                         help="run K-fold leave-groups-out cross-validation over the training groups "
                         "(subjects, actors) and print it, instead of training (where the recipe has it)")

@@ -2,7 +2,7 @@
 
 In the style of HiSTN (Kuang et al. 2024): electrodes -> scalp regions -> one global node, with
 Chebyshev polynomial graph filters at the electrode and region levels and softmax attention pooling
-between levels; the readout sees all three levels. It reads the 160 DEAP band-power features
+between levels; the readout sees all three levels and, through a linear path, the inputs themselves. It reads the 160 DEAP band-power features
 (5 bands x 32 electrodes, band-major, see ``edge.features.eeg``), z-scored per feature.
 
 Split by subject: the subjects in ``VALIDATION_SUBJECTS`` never reach training. ``--cv K`` runs
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +23,20 @@ from torch import nn
 from edge.errors import ConfigError
 from edge.features.eeg import DEAP_BANDS, DEAP_ELECTRODES, load_deap_features, standardise
 from edge.paths import data_dir as find_data
-from edge.zoo.signal_common import count_parameters, export_onnx, prepare_out, progress, setup, training_command
+from edge.zoo.signal_common import (
+    count_parameters,
+    export_onnx,
+    prepare_out,
+    progress,
+    setup,
+    training_command,
+)
 
 VALIDATION_SUBJECTS = (3, 7, 11, 15, 19, 23)
 VALENCE_LABELS = ("negative", "positive")
 AROUSAL_LABELS = ("low", "high")
 MODES = ("subject-norm", "population-norm")
-HIDDEN = 12
+HIDDEN = 8
 
 # Approximate scalp positions (x: left -> right, y: back -> front) of the 10-20 sites in DEAP_ELECTRODES.
 POSITIONS: dict[str, tuple[float, float]] = {
@@ -130,7 +136,7 @@ class AttentionPool(nn.Module):
 class BandPowerHiSTN(nn.Module):
     """Electrode -> region -> global graph network on [B, 160] z-scored band power."""
 
-    def __init__(self, hidden: int = 12, order: int = 3, dropout: float = 0.25) -> None:
+    def __init__(self, hidden: int = 8, order: int = 3, dropout: float = 0.25) -> None:
         super().__init__()
         n_bands, n_el = len(DEAP_BANDS), len(DEAP_ELECTRODES)
         self.n_bands, self.n_el = n_bands, n_el
@@ -148,7 +154,10 @@ class BandPowerHiSTN(nn.Module):
         self.to_global = AttentionPool([list(range(len(groups)))], hidden)
         self.act = nn.ELU()
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(3 * hidden, 4)
+        # the readout reads the graph levels and the band powers themselves (a linear path per
+        # electrode and band: in cross-validation over the training subjects the graph levels alone
+        # lost the arousal information that a linear model finds)
+        self.head = nn.Linear(3 * hidden + n_bands * n_el, 4)
         # per-feature gain and offset: the graph filters are shared by all electrodes, this lets the
         # network weight each electrode and band on its own (as a linear model does)
         self.gain = nn.Parameter(torch.ones(n_bands * n_el))
@@ -162,7 +171,8 @@ class BandPowerHiSTN(nn.Module):
         r = r + self.act(self.region(r))
         g = self.to_global(r).squeeze(1)
         embedding = torch.cat([h.mean(1), r.mean(1), g], dim=1)
-        logits = self.head(self.drop(embedding))
+        embedding = torch.cat([embedding, band_power], dim=1)
+        logits = self.head(torch.cat([self.drop(embedding[:, : -band_power.shape[1]]), band_power], dim=1))
         valence, arousal = logits[:, :2], logits[:, 2:]
         # continuous score in [-1, 1]: p(positive) - p(negative) = tanh((z1 - z0) / 2)
         va = torch.tanh(torch.stack([valence[:, 1] - valence[:, 0], arousal[:, 1] - arousal[:, 0]], dim=1) / 2)
@@ -288,7 +298,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     mode = getattr(args, "mode", None) or "subject-norm"
     if mode not in MODES:
         raise ConfigError(f"eeg: unknown --mode {mode!r} (expected one of {', '.join(MODES)})")
-    epochs = args.epochs or 30
+    epochs = args.epochs or 60
     train_mask = ~np.isin(subjects, VALIDATION_SUBJECTS)
     mean = features[train_mask].mean(0)
     std = features[train_mask].std(0)
@@ -306,18 +316,17 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
         model, [example], ["band_power"], ["valence_logits", "arousal_logits", "va", "embedding"], out / "model.onnx"
     )
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
-    write_card(out, n_params, seed, seconds, mode, mean, std, folder, int(model.head.in_features), steps, args)
+    write_card(out, n_params, seed, seconds, mode, mean, std, folder, int(model.head.in_features), steps, worst)
     return out
 
 
 def write_card(
     out: Path, n_params: int, seed: int, seconds: float, mode: str, mean: np.ndarray, std: np.ndarray,
-    folder: Path, emb: int, steps: int, args: argparse.Namespace,
+    folder: Path, emb: int, steps: int, worst: float,
 ) -> None:
-    from edge.card import FeatureRecipe, ModelCard, TensorSpec, TrainingInfo, load_card, save_card
+    from edge.card import FeatureRecipe, ModelCard, TensorSpec, TrainingInfo, save_card
 
     train_subjects = [s for s in range(1, 25) if s not in VALIDATION_SUBJECTS]
-    previous = load_card(out / "card.toml") if (out / "card.toml").exists() else None
     card = ModelCard(
         name="eeg",
         version="1.0.0",
@@ -346,7 +355,7 @@ def write_card(
                 name="va", shape=["batch", 2],
                 meaning="continuous [valence, arousal] in [-1, 1]: p(positive) - p(negative), p(high) - p(low)",
             ),
-            TensorSpec(name="embedding", shape=["batch", emb], meaning="features the last layer reads (node, region, global means)"),
+            TensorSpec(name="embedding", shape=["batch", emb], meaning="features the last layer reads: means of the node, region and global features (3 x 8), then the 160 inputs"),
         ],
         features=FeatureRecipe(
             recipe="edge.features.eeg.band_power",
@@ -371,14 +380,13 @@ def write_card(
             seed=seed,
             holdout={"subjects": list(VALIDATION_SUBJECTS), "train_subjects": train_subjects},
         ),
-        metrics=[],
         notes=(
+            f"Export: FP32 ONNX, opset 17, dynamic batch; ONNX Runtime matches torch within 1e-4 + 1e-3*|x| "
+            f"(max abs difference at export {worst:.1e}). "
             f"Label coding of the DEAP files: valence 1=positive 2=negative, arousal 1=high 2=low; the model's "
             f"index 1 is positive / high. {steps} optimiser steps. Validation = every subject not in "
             "training.holdout.train_subjects. Metrics are written by `emoedge eval eeg ... --write-card`; "
             "their `mode` says how inputs were normalised."
         ),
     )
-    if previous is not None and previous.parameters == n_params:
-        card.metrics = []  # new weights: old metrics no longer apply
     save_card(card, out / "card.toml")

@@ -90,9 +90,9 @@ def export_onnx(
         expected = model(*examples)
     if isinstance(expected, torch.Tensor):
         expected = (expected,)
-    got = session.run(list(output_names), {n: e.numpy() for n, e in zip(input_names, examples)})
+    got = session.run(list(output_names), {n: e.numpy() for n, e in zip(input_names, examples, strict=False)})
     worst = 0.0
-    for name, want, have in zip(output_names, expected, got):
+    for name, want, have in zip(output_names, expected, got, strict=False):
         want = want.numpy()
         diff = np.abs(want - have)
         worst = max(worst, float(diff.max(initial=0.0)))

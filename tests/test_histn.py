@@ -1,0 +1,158 @@
+"""HiSTN for raw EEG: size, ONNX export, the DREAMER loader on a generated file, a tiny training run,
+the untrained card, and the ordinal metrics (Seq2HR, Tri-P) on hand-checked examples."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.evaluation.ordinal import (
+    gaussian_ordinal_targets,
+    ordinal_metrics,
+    seq2hr,
+    top2_accuracy,
+    tri_p,
+    weighted_f1,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gaussian_ordinal_targets_match_the_paper_code() -> None:
+    p = gaussian_ordinal_targets(np.array([2, 0]))
+    np.testing.assert_allclose(p[0], [0.0003, 0.1065, 0.7866, 0.1065, 0.0003], atol=1e-4)
+    np.testing.assert_allclose(p[1], [0.8805, 0.1192, 0.0003, 0.0, 0.0], atol=1e-4)
+
+
+def test_seq2hr_tri_p_top2_by_hand() -> None:
+    scores = np.array([
+        [0.1, 0.6, 0.3, 0.0, 0.0],  # top 1, 2 (neighbours); y=2 -> hit
+        [0.6, 0.0, 0.3, 0.1, 0.0],  # top 0, 2 (not neighbours); y=2 -> in top 2, no Seq2HR
+        [0.0, 0.0, 0.2, 0.7, 0.1],  # top 3, 2 (neighbours); y=4 -> miss
+        [0.0, 0.0, 0.1, 0.2, 0.7],  # top 4, 3 (neighbours); y=4 -> hit
+    ])
+    y = np.array([2, 2, 4, 4])
+    assert seq2hr(scores, y) == pytest.approx(2 / 4)
+    assert top2_accuracy(scores, y) == pytest.approx(3 / 4)
+    # predictions 1, 0, 3, 4 against 2, 2, 4, 4: off by 1, 2, 1, 0
+    assert tri_p(scores.argmax(1), y) == pytest.approx(3 / 4)
+    m = ordinal_metrics(scores, y)
+    assert m["accuracy"] == pytest.approx(1 / 4) and m["n"] == 4
+    assert np.array(m["confusion"]).shape == (5, 5)  # every level, even those missing from y
+
+
+def test_weighted_f1_by_hand() -> None:
+    pred = np.array([0, 1, 1, 1])
+    y = np.array([0, 0, 1, 1])
+    # class 0: tp 1, predicted 1, support 2 -> p 1, r 0.5, f1 2/3; class 1: tp 2, predicted 3 -> p 2/3, r 1, f1 0.8
+    assert weighted_f1(pred, y, 5) == pytest.approx((2 / 3 * 2 + 0.8 * 2) / 4)
+
+
+def test_model_size_and_onnx_export(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from edge.zoo.histn import HiSTN, parameter_counts
+    from edge.zoo.signal_common import export_onnx
+
+    model = HiSTN()
+    trainable, stats = parameter_counts(model)
+    assert trainable == 1181 and stats == 84  # the research notes derive 1,181 + 84 from the authors' code
+    torch.manual_seed(0)
+    x = torch.randn(3, 14, 128)
+    worst = export_onnx(model, [x], ["eeg"], ["logits", "embedding"], tmp_path / "m.onnx")
+    assert worst < 1e-4
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"eeg": np.random.randn(7, 14, 128).astype(np.float32)})
+    assert out[0].shape == (7, 5) and out[1].shape == (7, 19)
+
+
+def fake_subjects(n_subjects: int = 3, trials: int = 2, seconds: int = 62, seed: int = 0):  # type: ignore[no-untyped-def]
+    from edge.zoo.dreamer import Subject
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_subjects):
+        base = [rng.normal(0, 4, (7808, 14)) + 4200 for _ in range(trials)]
+        stim = [rng.normal(0, 6, (seconds * 128 + 17 * t, 14)) + 4200 for t in range(trials)]
+        scores = {k: rng.integers(1, 6, trials) for k in ("valence", "arousal", "dominance")}
+        out.append(Subject(index=s + 1, baseline=base, stimuli=stim, scores=scores))
+    return out
+
+
+def test_dreamer_loader_reads_a_generated_file(tmp_path: Path) -> None:
+    from scipy.io import loadmat
+
+    from edge.zoo.dreamer import (
+        EMOTIV_ELECTRODES,
+        load_dreamer,
+        preprocess_trial,
+        windows_and_labels,
+        write_dreamer_like,
+    )
+
+    subjects = fake_subjects()
+    path = tmp_path / "DREAMER.mat"
+    write_dreamer_like(path, subjects)
+    # the indexing the research notes give for the real file works on ours
+    m = loadmat(str(path))["DREAMER"][0, 0]
+    assert m["Data"][0, 1]["EEG"][0, 0]["stimuli"][0, 0][1, 0].shape == (62 * 128 + 17, 14)
+    loaded, meta = load_dreamer(path)
+    assert meta == {"sample_rate": 128, "electrodes": list(EMOTIV_ELECTRODES)}
+    assert len(loaded) == 3 and loaded[2].index == 3
+    np.testing.assert_array_equal(loaded[1].stimuli[1], subjects[1].stimuli[1])
+    np.testing.assert_array_equal(loaded[0].scores["arousal"], subjects[0].scores["arousal"])
+    trial = preprocess_trial(loaded[0].stimuli[0], loaded[0].baseline[0])
+    assert trial.shape == (14, 7680) and np.abs(trial).max() == pytest.approx(1.0)
+    x, y, owner = windows_and_labels(loaded, "valence")
+    assert x.shape == (3 * 2 * 60, 14, 128) and set(owner) == {1, 2, 3}
+    assert y[0] == subjects[0].scores["valence"][0] - 1
+
+
+def test_dreamer_loader_errors(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    from edge.errors import EmoEdgeError
+    from edge.zoo.dreamer import load_dreamer
+
+    with pytest.raises(EmoEdgeError, match="not found"):
+        load_dreamer(tmp_path / "missing.mat")
+    savemat(str(tmp_path / "other.mat"), {"X": np.zeros(3)})
+    with pytest.raises(EmoEdgeError, match="no variable 'DREAMER'"):
+        load_dreamer(tmp_path / "other.mat")
+
+
+def test_tiny_training_run_on_a_generated_file(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from edge.zoo.dreamer import write_dreamer_like
+
+    write_dreamer_like(tmp_path / "DREAMER.mat", fake_subjects(n_subjects=2, trials=1))
+    out = tmp_path / "histn"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "train", "histn", "--data", str(tmp_path / "DREAMER.mat"), "--out", str(out),
+         "--max-steps", "3", "--no-progress", "--target", "arousal"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    from edge.card import load_model
+
+    model = load_model(out)
+    assert model.card.status == "trained" and model.card.training.holdout["target"] == "arousal"
+
+
+def test_shipped_card_is_untrained_and_refuses_to_load() -> None:
+    pytest.importorskip("torch")
+    from edge.card import load_card, load_model
+    from edge.errors import ModelError
+    from edge.zoo.histn import HiSTN, parameter_counts
+
+    folder = ROOT / "models" / "histn"
+    card = load_card(folder / "card.toml")
+    assert card.status == "untrained" and not card.metrics
+    assert not (folder / "model.onnx").exists()
+    assert card.parameters == parameter_counts(HiSTN())[0]
+    with pytest.raises(ModelError, match="emoedge train histn"):
+        load_model(folder)
