@@ -127,6 +127,8 @@ def build_engine(
     opt = opt_batch or max_batch
     if not 1 <= opt <= max_batch:
         raise ModelError(f"the optimal batch {opt} must lie in 1..{max_batch}")
+    if dla_core is not None and precision == "fp32":
+        raise ModelError("a DLA core runs FP16 or INT8 only: build with --precision fp16 or int8 for --dla")
     if builder is None or open_engine is None or trt_version is None or gpu is None:
         real_builder, real_opener, real_version, real_gpu = _real_builder()
         builder, open_engine = builder or real_builder, open_engine or real_opener
