@@ -59,6 +59,10 @@ class TrainingInfo(_Strict):
     teacher: str | None = None
     seconds: float | None = Field(None, ge=0, description="wall time of the training run")
     seed: int | None = None
+    holdout: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the training run held out for validation (e.g. subjects or actors); evaluators read it",
+    )
 
 
 class QuantizationPolicy(_Strict):
