@@ -55,6 +55,12 @@ class QuantizeOutcome:
             raise GateFailed(self.gate.describe(f"{self.precision} artifact of {self.model.name}") + kept)
 
 
+def _worst(gate: GateResult) -> str:
+    head, values = max(gate.per_head.items(), key=lambda kv: kv[1]["loss_points"])
+    where = f"{head} " if head != "all" else ""
+    return f"{where}{gate.metric} lost {values['loss_points']:.2f} points (allowance {gate.allowance:g})"
+
+
 def _calibration(model: Model, calibration: str | os.PathLike[str] | None, required: bool) -> CalibrationSet | None:
     folder = calibration_dir(calibration) / model.card.name
     if not required and not (folder / "manifest.json").exists():
@@ -135,7 +141,7 @@ def quantize_model(
             n=gate.n,
             allowance=allowance,
             per_head={h: {k: round(float(v), 6) for k, v in d.items()} for h, d in gate.per_head.items()} if len(gate.per_head) > 1 else {},
-            note=gate.note or None,
+            note=gate.note or (None if gate.passed else f"refused: {_worst(gate)}"),
         )
         kept_previous = False
         if gate.passed:
