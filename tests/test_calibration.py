@@ -197,3 +197,11 @@ def test_manifest_without_its_samples_says_how_to_remake_them(toy: dict[str, Pat
     again = make_calibration_set(card, toy["data"], out, count=20, seed=2, command="emoedge calibrate toyconv --data X")
     assert again.previous_sha256 == first.manifest["samples_sha256"] == again.manifest["samples_sha256"]
     assert again.manifest["created_at"] == first.manifest["created_at"]  # no churn in the committed manifest
+
+
+def test_uint8_encoding_survives_float32_rounding_of_the_normalisation() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    image = pixels.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # as edge.features.face does
+    stored, spec = encode(image)
+    assert spec["stored"] == "uint8-affine" and np.array_equal(stored, pixels)
+    np.testing.assert_allclose(decode(stored, spec), image, atol=1e-6)

@@ -115,7 +115,9 @@ def encode(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     if finite:
         levels = np.unique(array)
         if 1 < len(levels) <= 256:
-            low, step = float(levels[0]), float(np.min(np.diff(levels.astype(np.float64))))
+            low, high = float(levels[0]), float(levels[-1])
+            # the smallest gap is one level up to float32 rounding; the span over the number of levels is exact
+            step = (high - low) / max(1, round((high - low) / float(np.min(np.diff(levels.astype(np.float64))))))
             q = np.rint((array.astype(np.float64) - low) / step)
             decoded = (low + q * step).astype(np.float32)
             error = float(np.max(np.abs(decoded - array)))
