@@ -291,3 +291,15 @@ def test_lock_held_elsewhere_times_out_with_a_clear_message(toy: dict[str, Path]
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_engine_the_runner_cannot_load_leaves_nothing_behind(toy: dict[str, Path]) -> None:
+    """A build whose output does not deserialize (here: garbage bytes) fails with the runner's message."""
+    from edge.errors import ModelError
+
+    def garbage(request: BuildRequest) -> tuple[bytes, dict]:
+        return b"\x00not an engine", {}
+
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        build_engine(toy["folder"], "fp32", builder=garbage, open_engine=ort_engine, trt_version="10.3.0", gpu="Orin")
+    assert not list(toy["engines"].glob("*.engine")) and not list(toy["engines"].glob("*.json"))
