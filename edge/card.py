@@ -102,6 +102,7 @@ class ArtifactRecord(_Strict):
     measured_at: str
     calibration: str | None = Field(None, description="calibration set (folder and samples sha256) of an INT8 artifact")
     method: str | None = Field(None, description="INT8 calibration method: minmax, entropy, percentile")
+    op_types: str | None = Field(None, description="INT8: which operators were quantized (weighted, all)")
     data: str | None = Field(None, description="the samples the gate measured on")
     n: int | None = Field(None, ge=0, description="how many samples the gate measured")
     allowance: float | None = Field(None, description="max_loss_points of the card when measured")

@@ -165,3 +165,43 @@ def test_missing_set_says_how_to_make_one(toy: dict[str, Path]) -> None:
     card = load_card(toy["folder"] / "card.toml")
     with pytest.raises(CardError, match="emoedge calibrate toyconv --data DIR"):
         load_calibration_set(toy["calibration"] / "toyconv", card)
+
+
+def test_set_made_for_another_model_is_refused(toy: dict[str, Path]) -> None:
+    card = load_card(toy["folder"] / "card.toml")
+    out = toy["calibration"] / "toyconv"
+    make_calibration_set(card, toy["data"], out, count=20)
+    other = card.model_copy(update={"name": "face"})
+    with pytest.raises(CardError, match="made for model 'toyconv', not 'face'"):
+        load_calibration_set(out, other)
+
+
+def test_recorded_command_hides_the_machine_path_of_the_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edge.verbs.calibrate import recorded_command
+
+    (tmp_path / "fer2013").mkdir()
+    monkeypatch.setenv("EMOEDGE_DATA", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["emoedge", "calibrate", "face", "--data", str(tmp_path / "fer2013"), "--count", "64"])
+    assert recorded_command("calibrate", "x") == "emoedge calibrate face --data $EMOEDGE_DATA/fer2013 --count 64"
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert recorded_command("calibrate", "fallback") == "fallback"
+
+
+def test_manifest_without_its_samples_says_how_to_remake_them(toy: dict[str, Path]) -> None:
+    card = load_card(toy["folder"] / "card.toml")
+    out = toy["calibration"] / "toyconv"
+    first = make_calibration_set(card, toy["data"], out, count=20, seed=2, command="emoedge calibrate toyconv --data X")
+    (out / "samples.npz").unlink()  # as in a fresh clone: only the manifest is committed
+    with pytest.raises(CardError, match="not its samples.*remake them .* with: emoedge calibrate toyconv --data X"):
+        load_calibration_set(out, card)
+    again = make_calibration_set(card, toy["data"], out, count=20, seed=2, command="emoedge calibrate toyconv --data X")
+    assert again.previous_sha256 == first.manifest["samples_sha256"] == again.manifest["samples_sha256"]
+    assert again.manifest["created_at"] == first.manifest["created_at"]  # no churn in the committed manifest
+
+
+def test_uint8_encoding_survives_float32_rounding_of_the_normalisation() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    image = pixels.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # as edge.features.face does
+    stored, spec = encode(image)
+    assert spec["stored"] == "uint8-affine" and np.array_equal(stored, pixels)
+    np.testing.assert_allclose(decode(stored, spec), image, atol=1e-6)

@@ -260,3 +260,46 @@ def test_runtime_picks_the_engine_of_the_asked_precision(toy: dict[str, Path], m
     assert other.backend == "onnxruntime" and "cached ones do not fit: GPU changed (Orin -> Thor)" in other.reason
     with pytest.raises(BackendUnavailable, match="GPU changed"):
         choose_backend(load_model(toy["folder"], "int8"), "tensorrt")
+
+
+def test_dla_needs_fp16_or_int8(toy: dict[str, Path]) -> None:
+    from edge.errors import ModelError
+
+    with pytest.raises(ModelError, match="DLA core runs FP16 or INT8 only"):
+        build(toy, FakeTensorRTBuilder(), precision="fp32", dla_core=0)
+    outcome = build(toy, FakeTensorRTBuilder(), precision="fp32", max_batch=2)
+    assert "-dla" not in outcome.engine.name
+
+
+def test_lock_held_elsewhere_times_out_with_a_clear_message(toy: dict[str, Path]) -> None:
+    from filelock import FileLock
+
+    from edge.backends.engine_cache import engine_lock
+    from edge.errors import ModelError
+
+    model = load_model(toy["folder"])
+    key = EngineKey("toyconv", model.sha256, "10.3.0", "Orin (nvgpu)", "fp32", 1, 8, 8)
+    holder = engine_lock(toy["engines"], key)
+    assert isinstance(holder, FileLock)
+    script = (f"from filelock import FileLock; import time; l = FileLock({str(toy['engines'] / key.lock_name)!r}); "
+              "l.acquire(); print('held', flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(ModelError, match=r"gave up after 1 s waiting for the build of .* by another process \(lock file"):
+            build(toy, FakeTensorRTBuilder(), lock_timeout=1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_engine_the_runner_cannot_load_leaves_nothing_behind(toy: dict[str, Path]) -> None:
+    """A build whose output does not deserialize (here: garbage bytes) fails with the runner's message."""
+    from edge.errors import ModelError
+
+    def garbage(request: BuildRequest) -> tuple[bytes, dict]:
+        return b"\x00not an engine", {}
+
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        build_engine(toy["folder"], "fp32", builder=garbage, open_engine=ort_engine, trt_version="10.3.0", gpu="Orin")
+    assert not list(toy["engines"].glob("*.engine")) and not list(toy["engines"].glob("*.json"))

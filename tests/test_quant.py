@@ -244,3 +244,49 @@ def test_quantize_keeps_other_card_parts(toy: dict[str, Path]) -> None:
     after = load_card(toy["folder"] / "card.toml")
     assert sorted(a.precision for a in after.artifacts) == ["fp16", "int8"]
     assert after.model_dump(exclude={"artifacts"}) == before.model_dump(exclude={"artifacts"})
+
+
+def test_fp16_of_a_model_whose_output_is_also_read_inside(tmp_path: Path) -> None:
+    """The converter used to cast such an output under its own name, leaving its readers with FP32 inputs."""
+    from edge.backends.ort import OnnxRuntimeRunner
+    from edge.export.fp16 import convert_fp16
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["embedding"]), helper.make_node("Gemm", ["embedding", "v", "b"], ["logits"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal((3, 2)).astype(np.float32), "v"),
+         numpy_helper.from_array(np.zeros(2, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    convert_fp16(tmp_path / "m.onnx", tmp_path / "m.fp16.onnx")
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    with OnnxRuntimeRunner(tmp_path / "m.onnx") as a, OnnxRuntimeRunner(tmp_path / "m.fp16.onnx") as b:
+        ref, half = a.infer({"x": x}), b.infer({"x": x})
+    assert [o.name for o in b.outputs] == ["logits", "embedding"]
+    for name in ("logits", "embedding"):
+        assert half[name].dtype == np.float32
+        np.testing.assert_allclose(half[name], ref[name], rtol=1e-2, atol=1e-2)
+
+
+def test_histogram_methods_take_a_set_that_does_not_fill_the_last_batch(toy: dict[str, Path]) -> None:
+    """ORT's entropy and percentile calibrators stack per-batch outputs; 50 samples in batches of 32 broke them."""
+    calib = make_calibration_set(load_card(toy["folder"] / "card.toml"), toy["data"], toy["calibration"] / "toyconv",
+                                 count=50)
+    for method in ("entropy", "percentile"):
+        quantize_int8(toy["folder"] / "model.onnx", toy["folder"] / "x.onnx", calib.batches(32), method=method)
+
+
+def test_all_operators_or_only_weighted_ones(toy: dict[str, Path]) -> None:
+    from edge.export.calibrate import load_calibration_set
+
+    calib = load_calibration_set(toy["calibration"] / "toyconv", load_card(toy["folder"] / "card.toml"))
+    weighted = quantize_int8(toy["folder"] / "model.onnx", toy["folder"] / "w.onnx", calib.batches(32))
+    everything = quantize_int8(toy["folder"] / "model.onnx", toy["folder"] / "a.onnx", calib.batches(32), op_types="all")
+    assert {"Conv", "Gemm"} <= set(weighted.quantized_ops)
+    assert everything.qdq_nodes >= weighted.qdq_nodes

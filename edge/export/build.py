@@ -102,6 +102,25 @@ def gate_engine(
     )
 
 
+def _gate_new_engine(card: Any, calib: Any, batches: list[dict[str, Any]], fp32_path: Path, artifact_path: Path,
+                     precision: str, engine_path: Path, open_engine: EngineOpener) -> GateResult:
+    from edge.backends.ort import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(fp32_path) as fp32:
+        artifact_runner = OnnxRuntimeRunner(artifact_path) if precision != "fp32" else None
+        try:
+            if artifact_runner is not None:
+                artifact_runner.activate()
+            with open_engine(engine_path) as engine:
+                return gate_engine(
+                    card, batches, fp32, artifact_runner, engine, card.quantization.max_loss_points,
+                    data=f"calibration/{card.name} ({len(calib)} samples)",
+                )
+        finally:
+            if artifact_runner is not None:
+                artifact_runner.deactivate()
+
+
 def build_engine(
     name_or_path: str | os.PathLike[str],
     precision: str = "fp32",
@@ -120,13 +139,14 @@ def build_engine(
     lock_timeout: float = LOCK_TIMEOUT_S,
 ) -> BuildOutcome:
     """Build (or reuse) the engine of one model artifact; see the module docstring for the steps."""
-    from edge.backends.ort import OnnxRuntimeRunner
 
     if max_batch < 1:
         raise ModelError(f"--max-batch must be at least 1 (got {max_batch})")
     opt = opt_batch or max_batch
     if not 1 <= opt <= max_batch:
         raise ModelError(f"the optimal batch {opt} must lie in 1..{max_batch}")
+    if dla_core is not None and precision == "fp32":
+        raise ModelError("a DLA core runs FP16 or INT8 only: build with --precision fp16 or int8 for --dla")
     if builder is None or open_engine is None or trt_version is None or gpu is None:
         real_builder, real_opener, real_version, real_gpu = _real_builder()
         builder, open_engine = builder or real_builder, open_engine or real_opener
@@ -192,23 +212,15 @@ def build_engine(
 
         batch = min(max_batch, 32)
         batches = calib.batches(batch)
-        with OnnxRuntimeRunner(fp32_path) as fp32:
-            artifact_runner = OnnxRuntimeRunner(model.path) if precision != "fp32" else None
-            try:
-                if artifact_runner is not None:
-                    artifact_runner.activate()
-                with open_engine(engine_path) as engine:
-                    gate = gate_engine(
-                        card, batches, fp32, artifact_runner, engine, card.quantization.max_loss_points,
-                        data=f"calibration/{card.name} ({len(calib)} samples)",
-                    )
-            finally:
-                if artifact_runner is not None:
-                    artifact_runner.deactivate()
+        try:
+            gate = _gate_new_engine(card, calib, batches, fp32_path, model.path, precision, engine_path, open_engine)
+        except BaseException:
+            engine_path.unlink(missing_ok=True)  # an engine that cannot even be checked is never left behind
+            raise
         manifest = EngineManifest(
             key=key, onnx_file=model.path.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             build_seconds=round(seconds, 3), status="ok" if gate.passed else "rejected",
-            gate={k: v for k, v in asdict(gate).items() if k not in ("data",)} | {"data": gate.data},
+            gate=asdict(gate),
             engine_sha256=sha256_file(engine_path), builder=info, rebuilt_because=reasons,
         )
         if gate.passed:

@@ -3,7 +3,8 @@
 A set is a folder ``calibration/<name>/`` with
 
 - ``samples.npz``: one array per model input (and the labels), written with fixed zip timestamps so
-  that the same command makes the same bytes; each input is stored in the smallest encoding that
+  that the same command makes the same bytes (it is not committed for research-only data: the
+  manifest is, and ``emoedge calibrate`` remakes the samples and says whether they match it); each input is stored in the smallest encoding that
   keeps it: ``uint8-affine`` when the values lie on at most 256 evenly spaced levels (images scaled
   from 8-bit pixels, exact), else ``float16`` (relative error at most 2**-11, far below INT8's
   resolution of 1/127 of the range), else ``float32``;
@@ -48,6 +49,7 @@ class CalibrationSet:
     inputs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     manifest: dict[str, Any]
+    previous_sha256: str | None = None  # after making a set: the sha256 its folder's manifest had before
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
@@ -113,7 +115,9 @@ def encode(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     if finite:
         levels = np.unique(array)
         if 1 < len(levels) <= 256:
-            low, step = float(levels[0]), float(np.min(np.diff(levels.astype(np.float64))))
+            low, high = float(levels[0]), float(levels[-1])
+            # the smallest gap is one level up to float32 rounding; the span over the number of levels is exact
+            step = (high - low) / max(1, round((high - low) / float(np.min(np.diff(levels.astype(np.float64))))))
             q = np.rint((array.astype(np.float64) - low) / step)
             decoded = (low + q * step).astype(np.float32)
             error = float(np.max(np.abs(decoded - array)))
@@ -158,8 +162,11 @@ def _per_class(labels: np.ndarray | dict[str, np.ndarray], card: ModelCard) -> d
             out[key] = out.get(key, 0) + 1
         return dict(sorted(out.items()))
 
-    if isinstance(labels, dict):
-        return {head: counts(values, []) for head, values in sorted(labels.items())}
+    if isinstance(labels, dict):  # heads name their classes in the card as "head:class" (EEG: "valence:positive")
+        return {
+            head: counts(values, [lab.split(":", 1)[1] for lab in card.labels if lab.startswith(head + ":")])
+            for head, values in sorted(labels.items())
+        }
     return counts(labels, card.labels)
 
 
@@ -209,6 +216,11 @@ def make_calibration_set(
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous_sha = None
+    try:
+        previous_sha = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("samples_sha256")
+    except (OSError, ValueError):
+        pass
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write_npz(staging / SAMPLES, arrays)
@@ -233,6 +245,10 @@ def make_calibration_set(
             "command": command,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if previous_sha is not None and previous_sha == manifest["samples_sha256"]:
+            # the same set again: keep the manifest as it was (no churn in a committed file)
+            previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+            manifest["created_at"] = previous.get("created_at", manifest["created_at"])
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -244,7 +260,9 @@ def make_calibration_set(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return load_calibration_set(out, card)
+    calib = load_calibration_set(out, card)
+    calib.previous_sha256 = previous_sha
+    return calib
 
 
 def _check_inputs(card: ModelCard, inputs: dict[str, np.ndarray], where: str) -> None:
@@ -277,7 +295,7 @@ def load_calibration_set(folder: str | os.PathLike[str], card: ModelCard) -> Cal
     """Read a set, check the samples against the manifest's sha256 and the inputs against the card."""
     folder = Path(folder)
     manifest_path, samples_path = folder / MANIFEST, folder / SAMPLES
-    if not manifest_path.is_file() or not samples_path.is_file():
+    if not manifest_path.is_file():
         raise CardError(
             f"no calibration set for model '{card.name}' in {folder} (needs {MANIFEST} and {SAMPLES}); "
             f"make one with: emoedge calibrate {card.name} --data DIR"
@@ -286,6 +304,12 @@ def load_calibration_set(folder: str | os.PathLike[str], card: ModelCard) -> Cal
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise CardError(f"{manifest_path}: not valid JSON: {exc}") from None
+    if not samples_path.is_file():
+        raise CardError(
+            f"{folder} has the manifest of a calibration set but not its samples ({SAMPLES} is not committed: the "
+            f"data's terms forbid redistributing it); remake them where the data is at hand with: "
+            f"{manifest.get('command') or f'emoedge calibrate {card.name} --data DIR'}"
+        )
     digest = sha256_file(samples_path)
     if manifest.get("samples_sha256") != digest:
         raise CardError(

@@ -25,6 +25,15 @@ from edge.errors import ModelError
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
+# What is quantized by default: the operators with weights, where INT8 pays (TensorRT's own placement
+# advice: Q/DQ on the inputs of weighted layers), plus the data-movement and pooling operators that let
+# INT8 run on between them. "all" quantizes every operator ONNX Runtime can (Add, Softmax, Div, ...),
+# which costs accuracy on small models for little speed.
+WEIGHTED_OP_TYPES = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul",
+    "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
+)
 MAX_OPSET = 20
 # Operators that carry weights: their second input must be a per-channel INT8 tensor after quantization.
 WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
@@ -41,8 +50,12 @@ class QdqSummary:
     qdq_nodes: int = 0
 
 
-def inspect_qdq(model: Any) -> QdqSummary:
-    """Summarise a QDQ ``onnx.ModelProto``: quantized and float ops, zero points, weight scales."""
+def inspect_qdq(model: Any, op_types: tuple[str, ...] | None = None) -> QdqSummary:
+    """Summarise a QDQ ``onnx.ModelProto``: quantized and float ops, zero points, weight scales.
+
+    An operator counts as quantized when it reads a DequantizeLinear output and is of a type that was
+    asked to be quantized (``op_types``; None: any), so a float Add after a quantized MatMul is not.
+    """
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -57,7 +70,9 @@ def inspect_qdq(model: Any) -> QdqSummary:
                     summary.nonzero_zero_points.append(node.name or node.output[0])
             continue
         fed = [producers.get(i) for i in node.input]
-        if any(p is not None and p.op_type == "DequantizeLinear" for p in fed):
+        if any(p is not None and p.op_type == "DequantizeLinear" for p in fed) and (
+            op_types is None or node.op_type in op_types
+        ):
             summary.quantized_ops[node.op_type] = summary.quantized_ops.get(node.op_type, 0) + 1
             index = WEIGHTED_OPS.get(node.op_type)
             if index is not None and len(node.input) > index:
@@ -71,6 +86,16 @@ def inspect_qdq(model: Any) -> QdqSummary:
     return summary
 
 
+def _equal_batches(batches: list[dict[str, np.ndarray]], largest: int = 32) -> list[dict[str, np.ndarray]]:
+    """The same samples in batches of one size (ORT's histogram calibrators, entropy and percentile, stack
+    the outputs of every batch and fail on a shorter last batch): the largest size up to ``largest``
+    that divides the sample count."""
+    merged = {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
+    n = len(next(iter(merged.values())))
+    size = max(d for d in range(1, min(largest, n) + 1) if n % d == 0)
+    return [{k: v[i : i + size] for k, v in merged.items()} for i in range(0, n, size)]
+
+
 def default_opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
@@ -80,9 +105,11 @@ def quantize_int8(
     dst: str | os.PathLike[str],
     batches: list[dict[str, np.ndarray]],
     method: str = "minmax",
+    op_types: str | tuple[str, ...] = "weighted",
 ) -> QdqSummary:
     """Write the QDQ INT8 version of ``src`` to ``dst``, calibrated on ``batches``; return its summary.
 
+    ``op_types``: "weighted" (``WEIGHTED_OP_TYPES``), "all" (whatever ONNX Runtime can), or a tuple of types.
     Raises ModelError when ONNX Runtime cannot quantize the model (e.g. an operator it cannot run),
     when nothing in it could be quantized, or when the result breaks what TensorRT requires.
     """
@@ -100,6 +127,8 @@ def quantize_int8(
         raise ModelError(f"unknown calibration method '{method}' (expected one of {', '.join(METHODS)})")
     if not batches or not any(len(next(iter(b.values()))) for b in batches):
         raise ModelError("the calibration set is empty: nothing to calibrate INT8 ranges on")
+    batches = _equal_batches(batches)
+    types = None if op_types == "all" else list(WEIGHTED_OP_TYPES if op_types == "weighted" else op_types)
     calibrate_method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -154,11 +183,12 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate_method,
+                op_types_to_quantize=types,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         except Exception as exc:  # ORT raises Fail/InvalidGraph/... from the calibration session
             raise ModelError(f"{src}: ONNX Runtime could not quantize this model: {type(exc).__name__}: {exc}") from None
-    summary = inspect_qdq(onnx.load(str(dst)))
+    summary = inspect_qdq(onnx.load(str(dst)), None if op_types == "all" else tuple(types or ()))
     if not summary.quantized_ops:
         Path(dst).unlink(missing_ok=True)
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(summary.float_ops.items())) or "none"

@@ -55,6 +55,12 @@ class QuantizeOutcome:
             raise GateFailed(self.gate.describe(f"{self.precision} artifact of {self.model.name}") + kept)
 
 
+def _worst(gate: GateResult) -> str:
+    head, values = max(gate.per_head.items(), key=lambda kv: kv[1]["loss_points"])
+    where = f"{head} " if head != "all" else ""
+    return f"{where}{gate.metric} lost {values['loss_points']:.2f} points (allowance {gate.allowance:g})"
+
+
 def _calibration(model: Model, calibration: str | os.PathLike[str] | None, required: bool) -> CalibrationSet | None:
     folder = calibration_dir(calibration) / model.card.name
     if not required and not (folder / "manifest.json").exists():
@@ -66,6 +72,7 @@ def quantize_model(
     name_or_path: str | os.PathLike[str],
     precision: str,
     method: str = "minmax",
+    op_types: str = "weighted",
     data_dir: str | os.PathLike[str] | None = None,
     split: str = "validation",
     limit: int | None = None,
@@ -95,7 +102,7 @@ def quantize_model(
             from edge.export.int8 import quantize_int8
 
             assert calib is not None
-            summary = quantize_int8(model.path, candidate, calib.batches(batch_size), method=method)
+            summary = quantize_int8(model.path, candidate, calib.batches(batch_size), method=method, op_types=op_types)
         check_against_card(card, candidate, model.card_path)
 
         with OnnxRuntimeRunner(model.path, threads=threads) as reference, OnnxRuntimeRunner(candidate, threads=threads) as cand:
@@ -129,11 +136,12 @@ def quantize_model(
             calibration=(f"calibration/{card.name} (samples sha256 {str(calib.manifest.get('samples_sha256'))[:16]})"
                          if calib is not None and precision == "int8" else None),
             method=method if precision == "int8" else None,
+            op_types=op_types if precision == "int8" else None,
             data=gate.data,
             n=gate.n,
             allowance=allowance,
             per_head={h: {k: round(float(v), 6) for k, v in d.items()} for h, d in gate.per_head.items()} if len(gate.per_head) > 1 else {},
-            note=gate.note or None,
+            note=gate.note or (None if gate.passed else f"refused: {_worst(gate)}"),
         )
         kept_previous = False
         if gate.passed:
@@ -151,6 +159,6 @@ def quantize_model(
     if summary is not None:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(summary.quantized_ops.items()))
         left = ", ".join(f"{k} x{v}" for k, v in sorted(summary.float_ops.items())) or "none"
-        details = f"INT8 ({method}): quantized {ops}; left in float: {left}"
+        details = f"INT8 ({method}, {op_types} operators): quantized {ops}; left in float: {left}"
     return QuantizeOutcome(precision, model, gate, record, final if gate.passed else None, kept_previous, details)
 

@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibration set for {model.card.name}: {m['count']} samples of {m['available']} drawn ({m['split']} split, "
           f"seed {m['seed']}), {m['samples_bytes'] / 1024:.0f} KiB ({stored}) in {out}")
     print(f"per class: {m['per_class']}")
+    if calib.previous_sha256 is not None:
+        same = calib.previous_sha256 == m["samples_sha256"]
+        print(f"samples sha256 {m['samples_sha256'][:16]}: "
+              + ("identical to the set this manifest described before" if same else
+                 f"DIFFERENT from the set described before ({calib.previous_sha256[:16]}): data, features or code changed"))
     if m["samples_bytes"] > 5 * (1 << 20):
         print(f"warning: {m['samples_bytes'] / (1 << 20):.1f} MiB is large for a committed set; try a smaller --count",
               file=sys.stderr)

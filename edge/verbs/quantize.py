@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--precision", required=True, choices=["fp16", "int8"])
     parser.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
                         help="INT8 calibration method (default: minmax)")
+    parser.add_argument("--op-types", default="weighted", choices=["weighted", "all"],
+                        help="INT8: quantize the weighted operators and what runs between them (default), or all "
+                        "that ONNX Runtime can (Add, Softmax, ...)")
     parser.add_argument("--data", help="labelled data folder for the gate (its validation split)")
     parser.add_argument("--split", default="validation", help="split of --data the gate measures on")
     parser.add_argument("--limit", type=int, help="measure on at most N samples (seeded, stratified)")
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = recorded_command("quantize", f"emoedge quantize {args.name} --precision {args.precision}")
     outcome = quantize_model(
-        args.name, args.precision, method=args.method, data_dir=args.data, split=args.split, limit=args.limit,
+        args.name, args.precision, method=args.method, op_types=args.op_types, data_dir=args.data, split=args.split, limit=args.limit,
         models=args.models, calibration=args.calibration, command=command, threads=args.threads,
     )
     if args.json:
