@@ -112,7 +112,7 @@ class LabelMap:
         if not labels:
             raise ConfigError(f"model '{model}': its card lists no labels, so fusion cannot place it on the circumplex")
         protos = [prototype(label, overrides) for label in labels]
-        missing = [label for label, p in zip(labels, protos) if p is None]
+        missing = [label for label, p in zip(labels, protos, strict=True) if p is None]
         if missing:
             raise ConfigError(
                 f"model '{model}': no circumplex prototype for label(s) {missing}; add them under "

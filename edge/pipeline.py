@@ -127,7 +127,7 @@ class OutputReader:
         for p in probs.reshape(len(probs), -1):
             v, a = self.label_map.read(p)
             items.append(
-                ({lab: float(x) for lab, x in zip(self.labels, p)}, self.labels[int(p.argmax())],
+                ({lab: float(x) for lab, x in zip(self.labels, p, strict=True)}, self.labels[int(p.argmax())],
                  chance_corrected_confidence(p), v, a)
             )
         return items
@@ -431,7 +431,7 @@ class Pipeline:
             outputs = run.runner.infer({run.runner.inputs[0].name: items})
             t2 = time.perf_counter()
             estimates = []
-            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs)):
+            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
                                           run.window_s, run.info, lat))
@@ -460,7 +460,7 @@ class Pipeline:
             t3 = time.perf_counter()
             run.faces += len(tracks)
             estimates = []
-            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs)):
+            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,

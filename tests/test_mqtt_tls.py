@@ -11,7 +11,7 @@ import pytest
 
 from edge.config import MqttConfig, OutboxConfig, TlsConfig
 from edge.publish import BrokerError, Publisher
-from tests.mqtt_broker import Collector, Mosquitto
+from tests.mqtt_broker import Mosquitto
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.config import MqttConfig, OutboxConfig
 from edge.estimate import Contribution, EmotionState
 from edge.publish import Publisher
-from tests.mqtt_broker import Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.mqtt_broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def publish_state(url: str, tmp: Path, device: str) -> Publisher:
     return pub
 
 
-def test_watch_prints_the_retained_state(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+def test_watch_prints_the_retained_state(mosquitto: Mosquitto, tmp_path: Path) -> None:
     pub = publish_state(mosquitto.url, tmp_path, "watchdev")
     result = subprocess.run(
         [sys.executable, "-m", "edge", "watch", "--mqtt", mosquitto.url, "--device", "watchdev", "--count", "1",
@@ -42,7 +42,7 @@ def test_watch_unreachable_broker_is_a_clear_error() -> None:
     assert result.returncode != 0 and "cannot reach the broker" in result.stderr
 
 
-def test_subscriber_example(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+def test_subscriber_example(mosquitto: Mosquitto, tmp_path: Path) -> None:
     pub = publish_state(mosquitto.url, tmp_path, "exampledev")
     result = subprocess.run(
         [sys.executable, "tools/subscriber_example.py", "--port", str(mosquitto.port), "--device", "exampledev",

@@ -76,7 +76,7 @@ def test_eeg_and_audio_windows_are_never_dropped_and_match_the_model(tmp_path: P
     mic = [e for e in got if e.source == "mic"]
     assert len(eeg) == (1280 - 128) // 32 + 1  # every hop of 0.25 s, none dropped
     assert len(mic) == (80000 - 4000) // 1600 + 1
-    assert all(a.ts < b.ts for a, b in zip(eeg, eeg[1:]))
+    assert all(a.ts < b.ts for a, b in zip(eeg, eeg[1:], strict=False))
     # the third EEG window is samples 64..191; its estimate must be the model's answer on exactly that
     window = np.concatenate(eeg_blocks, axis=1)[:, 64:192].reshape(1, -1)
     model = load_model(models / "eeg")
@@ -132,7 +132,7 @@ def test_tracker_keeps_the_id_and_follows_between_detections() -> None:
         assert [t.id for t in tracks] == [1]
         boxes.append(tracks[0].box)
     assert len(calls) == 4  # frames 0, 5, 10, 15
-    for i, (x, y, w, h) in enumerate(boxes):
+    for i, (x, *_) in enumerate(boxes):
         assert abs(x - (100 + 4 * i)) <= 4, (i, boxes[i])  # followed between detections, not frozen
     # a face that leaves is dropped after max_missed detections; a new one gets a new id
     empty = np.full_like(frames[0], 20)

@@ -16,7 +16,7 @@ import pytest
 from edge.config import DeviceConfig
 from edge.publish.schemas import kind_of_topic, validate
 from edge.verbs.run import serve, with_broker
-from tests.mqtt_broker import Collector, Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.mqtt_broker import Collector, Mosquitto
 from tests.pipeline_helpers import RAVDESS, ListSource, make_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def emoedge(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path) -> None:
     models = tmp_path / "models"
     make_model(models, "speech", 4000, RAVDESS, "speech", window_s=0.25)
     cfg = DeviceConfig.model_validate({
