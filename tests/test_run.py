@@ -32,7 +32,8 @@ def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path)
     make_model(models, "speech", 4000, RAVDESS, "speech", window_s=0.25)
     cfg = DeviceConfig.model_validate({
         "device_id": "sigdev",
-        "mqtt": {"url": mosquitto.url, "outbox": {"path": str(tmp_path / "o.sqlite")}, "state_interval_s": 0.5},
+        "mqtt": {"url": mosquitto.url, "outbox": {"path": str(tmp_path / "o.sqlite")}, "state_interval_s": 0.5,
+                 "stats_interval_s": 0.5},
         "models": {"speech": {"path": str(models / "speech")}}, "backend": {"threads": 1},
         "sources": [{"name": "mic", "kind": "replay", "path": "x", "model": "speech", "hop_s": 0.1}],
     })
@@ -50,7 +51,8 @@ def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path)
     assert len(estimates) == (len(blocks) * 1600 - 4000) // 1600 + 1  # every window read before the stop
     assert [e["seq"] for e in estimates] == list(range(len(estimates)))
     assert [b["status"] for b in sub.on("/status")] == ["online", "stopped"]
-    assert sub.on("/state")
+    assert sub.on("/state") and sub.on("/stats")
+    assert sub.on("/stats")[-1]["sources"]["mic"]["latency_ms"]["infer"]["p99"] >= 0
     for topic, body, _, _ in sub.messages:
         validate(kind_of_topic(topic) or "?", body)
 
