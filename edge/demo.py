@@ -131,6 +131,7 @@ class Demo:
         self.config_path = config_path
         self.broker: EmbeddedBroker | None = None
         self.simulator: Any = None
+        self._pty: Any = None
         self.sources: dict[str, Any] = {}
         self.config: DeviceConfig
 
@@ -153,17 +154,21 @@ class Demo:
     def _start_eeg_simulator(self) -> str | None:
         """A simulated EEG board on a pseudo-terminal; returns the port the serial source opens."""
         try:
-            from firmware_bridge.simulate import start_eeg_simulator  # type: ignore[import-not-found]
+            from firmware_bridge.simulator import EegBoardSimulator, open_pty  # type: ignore[attr-defined]
         except ImportError:
-            log.warning("no EEG board simulator in this install (firmware_bridge.simulate); the demo runs without EEG")
+            log.warning("no EEG board simulator in this install (firmware_bridge.simulator); the demo runs without EEG")
             return None
-        self.simulator, port = start_eeg_simulator()
-        return str(port)
+        self._pty = open_pty()
+        self.simulator = EegBoardSimulator(self._pty.master_fd).start()
+        return str(self._pty.slave_path)
 
     def __exit__(self, *exc: object) -> None:
         if self.simulator is not None:
             self.simulator.stop()
             self.simulator = None
+        if self._pty is not None:
+            self._pty.close()
+            self._pty = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None

@@ -573,9 +573,9 @@ def _jsonable(value: Any) -> Any:
 def make_source(src: SourceConfig) -> Source:
     """The firmware_bridge source for one ``[[sources]]`` entry."""
     try:
-        from firmware_bridge.sources import from_config  # type: ignore[attr-defined]
+        from firmware_bridge.sources import make_source as firmware_make_source  # type: ignore[attr-defined]
     except ImportError:
         raise EmoEdgeError(
             f"source '{src.name}' ({src.kind}): the firmware_bridge sources are not available in this install"
         ) from None
-    return from_config(src)  # type: ignore[no-any-return]
+    return firmware_make_source(src)  # type: ignore[no-any-return]
