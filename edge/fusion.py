@@ -69,6 +69,10 @@ SYNONYMS: dict[str, str] = {
     "positive": "high_valence", "negative": "low_valence",
     "valence_high": "high_valence", "valence_low": "low_valence",
     "arousal_high": "high_arousal", "arousal_low": "low_arousal",
+    # head:value labels of multi-head models (models/eeg)
+    "valence:positive": "high_valence", "valence:negative": "low_valence",
+    "valence:high": "high_valence", "valence:low": "low_valence",
+    "arousal:high": "high_arousal", "arousal:low": "low_arousal",
 }
 
 # Labels the fused state may take: the nearest of these prototypes to the fused (valence, arousal).

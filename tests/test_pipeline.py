@@ -184,3 +184,32 @@ def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
     wait(lambda: len(got) > n + 2)
     pipe.stop()
     assert len(got) > n
+
+
+def test_output_reader_multi_head_labels_and_va_output() -> None:
+    from edge.card import ModelCard
+    from edge.pipeline import OutputReader
+
+    card = ModelCard.model_validate({
+        "name": "eeg", "version": "1", "modality": "eeg", "parameters": 1,
+        "labels": ["valence:negative", "valence:positive", "arousal:low", "arousal:high"],
+        "inputs": [{"name": "band_power", "shape": ["batch", 160]}],
+        "outputs": [{"name": "valence_logits", "shape": ["batch", 2], "meaning": "logits over valence"},
+                    {"name": "arousal_logits", "shape": ["batch", 2], "meaning": "logits over arousal"},
+                    {"name": "va", "shape": ["batch", 2]}, {"name": "embedding", "shape": ["batch", 36]}],
+        "features": {"recipe": "edge.features.eeg.band_power"},
+        "training": {"data": "x", "terms": "x"},
+    })
+    reader = OutputReader(card)
+    out = {"valence_logits": np.array([[0.0, 2.0]], np.float32), "arousal_logits": np.array([[1.0, 1.0]], np.float32),
+           "va": np.array([[0.76, 0.0]], np.float32), "embedding": np.zeros((1, 36), np.float32)}
+    [(probs, label, conf, v, a)] = reader.read(out)
+    assert label == "valence:positive arousal:low"  # a tie goes to the first
+    assert probs["valence:positive"] == pytest.approx(1 / (1 + np.exp(-2)))
+    assert probs["arousal:low"] == pytest.approx(0.5)
+    assert conf == pytest.approx((2 * probs["valence:positive"] - 1 + 0.0) / 2)
+    assert (v, a) == (pytest.approx(0.76), 0.0)
+    del out["va"]
+    reader.va_output = None
+    [(_, _, _, v2, a2)] = reader.read(out)
+    assert v2 == pytest.approx(0.6 * (2 * probs["valence:positive"] - 1)) and a2 == pytest.approx(0.0)
