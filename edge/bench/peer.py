@@ -1,0 +1,123 @@
+"""The face peer: Arriaga et al.'s mini-Xception (FER2013) converted to ONNX, benchmarked beside our face model.
+
+The Keras file lives in the research data folder (``teachers/fer_mini_xception``); the conversion is
+``tools/convert_mini_xception.py`` (the face model's converter), and its ONNX output goes to the cache,
+never into the repository. The peer is evaluated on the same FER2013 validation folder as the face
+model, with its own preprocessing (64x64 grayscale scaled to [-1, 1]) and its own label order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bench.harness import BenchOptions, Target
+from edge.paths import PROJECT_ROOT, cache_dir
+
+PEER_NAME = "mini-xception"
+TEACHER_FILE = Path("teachers/fer_mini_xception/fer2013_mini_XCEPTION.102-0.66.hdf5")
+# The order of the model's outputs (face_classification's get_labels('fer2013')).
+PEER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+SIZE = 64
+
+
+def _converter() -> Any | None:
+    path = PROJECT_ROOT / "tools" / "convert_mini_xception.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("convert_mini_xception", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parameters(onnx_path: Path) -> int:
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    return int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
+
+
+def load_fer_validation(folder: Path, limit: int | None, seed: int) -> Any:
+    """FER2013 validation images as [N, 64, 64, 1] in [-1, 1] with indices into PEER_LABELS.
+
+    With a limit, a seeded random slice of the whole split (the same for every run with that seed).
+    """
+    import cv2
+
+    from edge.evaluation import LabelledSet
+
+    files: list[tuple[Path, int]] = []
+    for label_index, label in enumerate(PEER_LABELS):
+        files += [(p, label_index) for p in sorted((folder / label).glob("*.jpg"))]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no FER2013 class folders ({', '.join(PEER_LABELS)}) with .jpg files")
+    if limit and limit < len(files):
+        order = np.random.default_rng(seed).permutation(len(files))[:limit]
+        files = [files[i] for i in sorted(order)]
+    images = np.empty((len(files), SIZE, SIZE, 1), dtype=np.float32)
+    for i, (path, _) in enumerate(files):
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise FileNotFoundError(f"{path}: unreadable image")
+        images[i, :, :, 0] = cv2.resize(gray, (SIZE, SIZE)).astype(np.float32) / 255.0 * 2.0 - 1.0
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    return LabelledSet(inputs={}, labels=labels, description=f"FER2013 validation ({folder})",
+                       extra={"images": images})
+
+
+def peer_target(data_dir: Path | None) -> tuple[Target | None, str]:
+    """The peer as a bench Target, or None and the reason it is skipped."""
+    if data_dir is None:
+        return None, "face peer skipped: no data folder (give --data or set EMOEDGE_DATA)"
+    h5 = Path(data_dir) / TEACHER_FILE
+    if not h5.is_file():
+        return None, f"face peer skipped: {h5} not found"
+    converter = _converter()
+    if converter is None:
+        return None, "face peer skipped: tools/convert_mini_xception.py (from the face model's branch) is not in this checkout"
+    from edge.card import ModelCard, onnx_io, sha256_file
+
+    out_dir = cache_dir() / "peers" / sha256_file(h5)[:16]
+    onnx_path = out_dir / "mini_xception.onnx"
+    if not onnx_path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            onnx_path = Path(converter.convert(h5, onnx_path))
+        except Exception as exc:  # the converter needs its own dependencies (h5py, a Keras reader)
+            return None, f"face peer skipped: converting {h5.name} failed ({type(exc).__name__}: {exc})"
+    inputs, outputs = onnx_io(onnx_path)
+    input_name = inputs[0].name
+    card = ModelCard.model_validate({
+        "name": PEER_NAME, "version": "fer2013_mini_XCEPTION.102", "modality": "face", "labels": PEER_LABELS,
+        "inputs": [{**inputs[0].model_dump(exclude_none=True), "shape": ["batch", SIZE, SIZE, 1], "layout": "NHWC",
+                    "normalisation": "x / 255 * 2 - 1"}],
+        "outputs": [o.model_dump(exclude_none=True) for o in outputs],
+        "features": {"recipe": "mini_xception_64"},
+        "parameters": _parameters(onnx_path),
+        "training": {"data": "FER2013 (Arriaga et al. 2017, oarriaga/face_classification)", "terms": "MIT weights; FER2013 research-only"},
+    })
+    fer = Path(data_dir) / "fer2013" / "validation"
+
+    def load_validation(options: BenchOptions) -> Any:
+        data = load_fer_validation(fer, options.limit, options.seed)
+        data.inputs = {input_name: data.extra.pop("images")}
+        return data
+
+    def evaluate(runner: Any, data: Any) -> dict[str, Any]:
+        from edge.bench.harness import _run_batched
+        from edge.evaluation.metrics import classification_metrics
+
+        out = _run_batched(runner, data.inputs, 64)
+        scores = out[outputs[0].name]
+        return classification_metrics(data.labels, scores.argmax(axis=1), PEER_LABELS)
+
+    note = (f"face peer: {h5.name} (mini-Xception, Arriaga et al. 2017) converted to ONNX by "
+            "tools/convert_mini_xception.py; FP32 only; its input is 64x64 in [-1, 1], ours is the face card's")
+    return Target(name=PEER_NAME, card=card, folder=None, peer=True, note=note,
+                  artifacts={"fp32": onnx_path}, load_validation=load_validation if fer.is_dir() else None,
+                  evaluate=evaluate), ""

@@ -1,0 +1,122 @@
+"""tegrastats parsing on lines of several Jetson modules, and the sampler against a stand-in binary."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.bench.tegrastats import TegrastatsSampler, parse_line, summarise, window_energy
+from edge.errors import BackendUnavailable
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tegrastats"
+
+
+def lines(name: str) -> list[str]:
+    return [ln for ln in (FIXTURES / name).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_nano_l4t32() -> None:
+    idle, busy = (parse_line(ln) for ln in lines("nano_l4t32.txt"))
+    assert (idle.ram_used_mb, idle.ram_total_mb, idle.swap_used_mb) == (2239, 3956, 0)
+    assert idle.cpu_load == [12, 3, 5, 4] and idle.cpu_mhz == [1479] * 4
+    assert (idle.emc_load, idle.emc_mhz, idle.gpu_load, idle.gpu_mhz) == (3, 1600, 0, 76)
+    assert idle.temperatures["cpu"] == 26.5 and idle.temperatures["gpu"] == 25.5
+    assert idle.rails == {"POM_5V_IN": (2615, 2615), "POM_5V_GPU": (40, 40), "POM_5V_CPU": (521, 521)}
+    assert idle.input_power_mw == 2615 and idle.power_source == "POM_5V_IN"
+    assert busy.gpu_load == 99 and busy.gpu_mhz == 921 and busy.input_power_mw == 5412
+
+
+def test_xavier_nx_l4t32_cores_off_and_emc_without_clock() -> None:
+    s = parse_line(lines("xavier_nx_l4t32.txt")[1])
+    assert s.cpu_load == [45, 38, 40, 51, None, None] and s.cpu_load_mean == pytest.approx(43.5)
+    assert (s.emc_load, s.emc_mhz, s.gpu_load, s.gpu_mhz) == (12, None, 87, None)
+    assert s.rails["VDD_IN"] == (7340, 5778) and s.input_power_mw == 7340
+    assert s.temperatures["thermal"] == 35.0
+
+
+def test_xavier_nx_l4t35_mw_units_and_bracketed_gpu_clock() -> None:
+    s = parse_line(lines("xavier_nx_l4t35.txt")[1])
+    assert s.ram_used_mb == 2090 and s.gpu_load == 76 and s.gpu_mhz == 1109
+    assert s.rails == {"VDD_IN": (6722, 5318), "VDD_CPU_GPU_CV": (2386, 1409), "VDD_SOC": (1761, 1452)}
+    assert "VIC_FREQ" not in s.rails and "APE" not in s.rails
+
+
+def test_agx_orin_sums_rails_and_drops_powered_off_sensors() -> None:
+    idle, busy = (parse_line(ln) for ln in lines("agx_orin_l4t35.txt"))
+    assert len(idle.cpu_load) == 12
+    assert "cv0" not in idle.temperatures and "gpu" not in idle.temperatures  # -256C = off
+    assert busy.temperatures["gpu"] == pytest.approx(45.843)
+    assert idle.input_power_mw == 2400 + 400 + 2321 + 301
+    assert idle.power_source.startswith("sum of ")
+    assert busy.gpu_mhz == 1300 and busy.emc_mhz == 3199
+
+
+def test_orin_nano_l4t36_lower_case_temperatures() -> None:
+    s = parse_line(lines("orin_nano_l4t36.txt")[0])
+    assert s.temperatures["cpu"] == pytest.approx(48.562) and s.temperatures["tj"] == pytest.approx(48.562)
+    assert s.input_power_mw == 4826 and s.gpu_mhz == 305 and s.emc_mhz == 2133
+    assert len(s.cpu_load) == 6
+
+
+def test_every_fixture_line_has_memory_cpu_and_power() -> None:
+    files = sorted(FIXTURES.glob("*.txt"))
+    assert len(files) >= 5
+    for f in files:
+        for ln in lines(f.name):
+            s = parse_line(ln)
+            assert s.ram_used_mb and s.cpu_load and s.input_power_mw and s.temperatures, (f.name, ln)
+
+
+def test_window_energy_integrates_between_samples() -> None:
+    a, b = (parse_line(ln) for ln in lines("orin_nano_l4t36.txt"))
+    a.time, b.time = 10.0, 11.0  # 4826 mW then 7912 mW one second later
+    got = window_energy([a, b], 10.0, 11.0)
+    assert got is not None
+    assert got["energy_mj"] == pytest.approx((4826 + 7912) / 2)
+    # A window between samples uses the interpolated curve; outside, the nearest reading.
+    assert window_energy([a, b], 10.5, 10.5 + 1e-3)["mean_power_mw"] == pytest.approx((4826 + 7912) / 2, rel=1e-3)
+    assert window_energy([a, b], 20.0, 22.0)["mean_power_mw"] == pytest.approx(7912)
+    summary = summarise([a, b], 10.0, 11.0)
+    assert summary["max_temperature_c"] == pytest.approx(50.312) and summary["gpu_load_pct"] == pytest.approx(47.5)
+
+
+def _fake_tegrastats(bin_dir: Path, line: str) -> None:
+    """A stand-in for the Jetson's tegrastats binary (absent here): prints a recorded line every interval."""
+    script = bin_dir / "tegrastats"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "# Stand-in for NVIDIA's tegrastats (a Jetson binary), for tests on machines without one.\n"
+        "import sys, time\n"
+        "ms = int(sys.argv[sys.argv.index('--interval') + 1]) if '--interval' in sys.argv else 1000\n"
+        f"line = {line!r}\n"
+        "while True:\n"
+        "    print(line, flush=True)\n"
+        "    time.sleep(ms / 1000)\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_sampler_reads_a_running_tegrastats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_tegrastats(tmp_path, lines("xavier_nx_l4t35.txt")[0])  # VDD_IN 3914 mW
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with TegrastatsSampler(interval_ms=20) as sampler:
+        assert sampler.wait_for_samples(2)
+        start = sampler.mark()
+        time.sleep(0.2)
+        end = sampler.mark()
+        summary = sampler.summarise(start, end)
+    assert summary["tegrastats_samples"] >= 3
+    assert summary["mean_power_mw"] == pytest.approx(3914)
+    assert summary["energy_mj"] == pytest.approx(3914 * (end - start), rel=1e-6)
+    assert sampler._proc is not None and sampler._proc.poll() is not None  # stopped on exit
+
+
+def test_sampler_without_tegrastats_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BackendUnavailable, match="needs a Jetson"):
+        TegrastatsSampler().__enter__()
