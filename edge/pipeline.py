@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import queue
 import threading
 import time
@@ -110,12 +111,21 @@ def _eeg_band_power(card: ModelCard, input_shape: tuple[int, ...], params: dict[
     pop_mean = np.asarray(params["population_mean"], np.float64) if "population_mean" in params else None
     pop_std = np.asarray(params["population_std"], np.float64) if "population_std" in params else None
     subject_norm = params.get("trained_mode", "subject-norm") == "subject-norm"
+    import scipy.signal  # noqa: F401  - band_power's import, paid at start-up rather than on the first window
     normaliser = eeg.SubjectNormaliser(int(np.prod(input_shape)))
 
+    warned: list[bool] = []
+
     def band_power(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
-        if channels is not None:
-            window = eeg.reorder_channels(window, channels, electrodes)
-        elif window.shape[0] != len(electrodes):
+        generic = channels is None or all(re.fullmatch(r"ch\d+", c) for c in channels)
+        if not generic:
+            window = eeg.reorder_channels(window, channels or [], electrodes)
+        elif window.shape[0] == len(electrodes):
+            if not warned:
+                warned.append(True)
+                log.warning("model '%s': the board does not name its %d EEG channels; assuming the model's order (%s ...)",
+                            card.name, window.shape[0], ", ".join(electrodes[:4]))
+        else:
             raise InputError(
                 f"model '{card.name}': the board names no channels and sends {window.shape[0]}; the model needs "
                 f"{len(electrodes)} in the order {', '.join(electrodes)}"
@@ -355,6 +365,7 @@ class SourceRun:
     channels: list[str] | None = None
     received: int = 0  # samples (eeg/audio) or frames (video)
     estimates: int = 0
+    errors: int = 0  # windows or faces skipped because features or the model refused them
     faces: int = 0
     latest: Estimate | None = None
     reading_done: threading.Event = field(default_factory=threading.Event)
@@ -416,6 +427,8 @@ class Pipeline:
         run = SourceRun(src, source, model, runner, reader, info, settings.max_batch)
         input_meta = runner.inputs[0]
         item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
+        if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
+            runner.infer({input_meta.name: np.zeros((1, *item_shape), dtype=input_meta.dtype)})
         if source.kind == "video":
             if detect is None or face_input is None:
                 default_detect, default_input = default_face_functions()
@@ -537,9 +550,13 @@ class Pipeline:
                 except queue.Empty:
                     break
             t0 = time.perf_counter()
-            items = np.stack([run.features(window, run.sample_rate, run.channels) for window, _, _ in batch])
-            t1 = time.perf_counter()
-            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            try:
+                items = np.stack([run.features(window, run.sample_rate, run.channels) for window, _, _ in batch])
+                t1 = time.perf_counter()
+                outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            except EmoEdgeError as exc:
+                self._skip(run, len(batch), exc)
+                continue
             t2 = time.perf_counter()
             estimates = []
             for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
@@ -565,9 +582,13 @@ class Pipeline:
             if not tracks:
                 continue
             tracks = tracks[: run.max_batch]
-            items = np.stack([run.face_input(frame, t.box) for t in tracks])
-            t2 = time.perf_counter()
-            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            try:
+                items = np.stack([run.face_input(frame, t.box) for t in tracks])
+                t2 = time.perf_counter()
+                outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            except EmoEdgeError as exc:
+                self._skip(run, len(tracks), exc)
+                continue
             t3 = time.perf_counter()
             run.faces += len(tracks)
             estimates = []
@@ -578,6 +599,12 @@ class Pipeline:
                                           sample.host_time, None, run.info, lat, track_id=track.id,
                                           box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
+
+    def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:
+        """A window or face the features or the model refused: counted and logged, the stream goes on."""
+        run.errors += n
+        if run.errors == n or run.errors % 100 < n:
+            log.warning("source %s: %d input(s) skipped (%d so far): %s", run.config.name, n, run.errors, exc)
 
     def _emit(self, run: SourceRun, estimates: list[Estimate], primary: Estimate | None) -> None:
         if not run.enabled:
@@ -641,7 +668,7 @@ class Pipeline:
             entry: dict[str, Any] = {
                 "kind": run.kind, "enabled": run.enabled, "model": run.model.name, "backend": run.info.backend,
                 "precision": run.info.precision, "rate_hz": round(rate, 2), "estimates": run.estimates,
-                "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "latency_ms": run.times.summary(),
+                "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "errors": run.errors, "latency_ms": run.times.summary(),
                 "link": _jsonable(run.source.stats()),
             }
             if run.tracker is not None:
