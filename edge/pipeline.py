@@ -164,18 +164,21 @@ def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[
     return log_mel
 
 
-def default_face_functions() -> tuple[DetectFn, FaceInputFn]:
-    """Detection and crop-to-input from ``edge.features.face`` (the same code as training)."""
+def default_face_functions(params: Mapping[str, Any] | None = None) -> tuple[DetectFn, FaceInputFn]:
+    """Detection and crop-to-input from ``edge.features.face`` (the same code as training), with the card's params."""
     try:
         face = importlib.import_module("edge.features.face")
     except ImportError as exc:
         raise ConfigError(f"a camera source needs the face features (edge.features.face): {exc}") from None
+    params = dict(params or {})
+    size = int(params.get("size", face.DEFAULT_SIZE))
+    margin = float(params.get("margin", face.DEFAULT_MARGIN))
 
     def detect(small: np.ndarray) -> list[tuple[int, int, int, int]]:
-        return list(face.detect_faces(small, min_size=20))
+        return list(face.detect_faces(small, scale=1.15, min_size=20))
 
     def face_input(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        return np.asarray(face.face_input(face.crop_face(frame, box)), dtype=np.float32)
+        return np.asarray(face.face_input(face.crop_face(frame, box, size=size, margin=margin), size), dtype=np.float32)
 
     return detect, face_input
 
@@ -431,7 +434,7 @@ class Pipeline:
             runner.infer({input_meta.name: np.zeros((1, *item_shape), dtype=input_meta.dtype)})
         if source.kind == "video":
             if detect is None or face_input is None:
-                default_detect, default_input = default_face_functions()
+                default_detect, default_input = default_face_functions(model.card.features.params)
                 detect, face_input = detect or default_detect, face_input or default_input
             every = src.detect_every if isinstance(src, CameraSource) else 5
             run.tracker = FaceTracker(detect, detect_every=every)
