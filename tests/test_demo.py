@@ -1,0 +1,50 @@
+"""``emoedge run --demo``: embedded broker, simulated EEG board on a pty, the project's own speech clip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.demo import DEMO_SPEECH
+from edge.paths import models_dir
+from edge.publish.schemas import kind_of_topic, validate
+from tests.mqtt_broker import Collector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_media_is_small_and_documented() -> None:
+    assert DEMO_SPEECH.exists() and DEMO_SPEECH.stat().st_size < 300_000
+    assert "espeak" in (DEMO_SPEECH.parent / "README.md").read_text().lower()
+
+
+def test_demo_publishes_from_every_source() -> None:
+    missing = [m for m in ("eeg", "speech") if not (models_dir() / m / "card.toml").exists()]
+    if missing:
+        pytest.skip(f"the demo runs the shipped models; missing: {', '.join(missing)}")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--demo", "--duration", "8", "--plain"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("demo: broker mqtt://127.0.0.1:"), first + (proc.stderr.read() if proc.stderr else "")
+        url = first.split()[2]
+        sub = Collector(int(url.rsplit(":", 1)[1]), "emoedge/demo/#")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    sub.close()
+    assert proc.returncode == 0, err
+    sources = {body["source"] for topic, body, _, _ in sub.messages if topic.endswith("/estimate")}
+    assert sources == {"mic", "eeg"}, (sources, out, err)
+    assert sub.on("/state")
+    assert [b["status"] for b in sub.on("/status")][-1] == "stopped"
+    for topic, body, _, _ in sub.messages:
+        validate(kind_of_topic(topic) or "?", body)
+    assert "stopped:" in out
