@@ -324,7 +324,7 @@ def run_e2e(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.bench.e2e", description=__doc__,
+    parser = argparse.ArgumentParser(prog="emoedge bench e2e --", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_e2e(parser.parse_args(argv))
