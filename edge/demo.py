@@ -103,10 +103,12 @@ def demo_config(broker_url: str, eeg_port: str | None, video: str | None, models
     """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked."""
     models = models or {}
     sources: list[dict[str, Any]] = [
-        {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True},
+        {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True,
+         "hop_s": 0.5},
     ]
     if eeg_port is not None:
-        sources.append({"name": "eeg", "kind": "serial", "model": "eeg", "port": eeg_port, "baudrate": 921600})
+        sources.append({"name": "eeg", "kind": "serial", "model": "eeg", "port": eeg_port, "baudrate": 921600,
+                        "window_s": 4.0, "hop_s": 0.5})
     if video is not None:
         if video.isdigit():
             sources.append({"name": "camera", "kind": "camera", "model": "face", "device": int(video)})
