@@ -17,7 +17,7 @@ def models_for_bench(tmp_path: Path) -> tuple[str, bool]:
     if all((shipped / m / "card.toml").exists() for m in ("eeg", "speech", "face")):
         return str(shipped), True
     root = tmp_path / "models"
-    make_model(root, "eeg", 32 * 128, ["low_valence", "high_valence"], "eeg", window_s=1.0)
+    make_model(root, "eeg", 32 * 256, ["low_valence", "high_valence"], "eeg")
     make_model(root, "speech", 8000, RAVDESS, "speech", window_s=0.5)
     return str(root), False
 

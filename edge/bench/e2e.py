@@ -67,10 +67,11 @@ c.loop_forever()
 class PacedSource(Source):
     """Streams prepared blocks at their real-time rate (one block every ``len/rate`` seconds), looping."""
 
-    def __init__(self, name: str, kind: str, blocks: list[np.ndarray], rate: float, block_period: float) -> None:
+    def __init__(self, name: str, kind: str, blocks: list[np.ndarray], rate: float, block_period: float,
+                 channels: list[str] | None = None) -> None:
         super().__init__(name, max_queue=64)
         self.kind = kind  # type: ignore[assignment]
-        self.blocks, self.rate, self.period = blocks, rate, block_period
+        self.blocks, self.rate, self.period, self.channels = blocks, rate, block_period, channels
 
     def _run(self) -> None:
         t = time.perf_counter()
@@ -81,7 +82,7 @@ class PacedSource(Source):
             if delay > 0:
                 time.sleep(delay)
             block = self.blocks[i % len(self.blocks)]
-            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i),  # type: ignore[arg-type]
+            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i, channels=self.channels),  # type: ignore[arg-type]
                        drop_oldest=self.kind == "video")
             i += 1
 
@@ -92,6 +93,14 @@ def eeg_blocks(seconds: float = 10.0, seed: int = 0) -> list[np.ndarray]:
     t = np.arange(n) / EEG_RATE
     data = (rng.standard_normal((EEG_CHANNELS, n)) * 10 + 20 * np.sin(2 * np.pi * 10 * t)).astype(np.float32)
     return [data[:, i : i + EEG_BLOCK] for i in range(0, n - EEG_BLOCK + 1, EEG_BLOCK)]
+
+
+def _eeg_channel_names() -> list[str] | None:
+    try:
+        from edge.features.eeg import DEAP_ELECTRODES
+    except ImportError:
+        return None
+    return list(DEAP_ELECTRODES)
 
 
 def audio_blocks() -> list[np.ndarray]:
@@ -212,8 +221,8 @@ def measure_e2e(
     parts = urlsplit(broker_url)
     protocol = "5" if broker_proc is not None else "3.1.1"  # 3.1.1 works with every broker, amqtt included
     sources = [
-        {"name": "eeg", "kind": "replay", "path": "synthetic", "model": "eeg"},
-        {"name": "mic", "kind": "replay", "path": "speech_demo.wav", "model": "speech"},
+        {"name": "eeg", "kind": "replay", "path": "synthetic", "model": "eeg", "window_s": 2.0, "hop_s": 0.25},
+        {"name": "mic", "kind": "replay", "path": "speech_demo.wav", "model": "speech", "hop_s": 0.25},
     ]
     if faces:
         sources.append({"name": "camera", "kind": "camera", "model": "face", "device": "bench", "detect_every": 5})
@@ -227,7 +236,7 @@ def measure_e2e(
     })
     frames, video_what = video_frames(video) if faces else ([], "none")
     feeds: dict[str, Source] = {
-        "eeg": PacedSource("eeg", "eeg", eeg_blocks(), EEG_RATE, EEG_BLOCK / EEG_RATE),
+        "eeg": PacedSource("eeg", "eeg", eeg_blocks(), EEG_RATE, EEG_BLOCK / EEG_RATE, channels=_eeg_channel_names()),
         "mic": PacedSource("mic", "audio", audio_blocks(), AUDIO_RATE, AUDIO_BLOCK_S),
     }
     if faces:
