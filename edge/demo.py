@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ class EmbeddedBroker:
             self._thread.join(5)
 
 
-def demo_config(broker_url: str, eeg_port: str | None, video: str | None, models: dict[str, Path] | None = None) -> DeviceConfig:
+def demo_config(
+    broker_url: str, eeg_port: str | None, video: str | None, models: dict[str, Path] | None = None,
+    outbox: Path | None = None,
+) -> DeviceConfig:
     """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked."""
     models = models or {}
     sources: list[dict[str, Any]] = [
@@ -117,7 +121,8 @@ def demo_config(broker_url: str, eeg_port: str | None, video: str | None, models
     used = {s["model"] for s in sources}
     return DeviceConfig.model_validate({
         "device_id": DEMO_DEVICE,
-        "mqtt": {"url": broker_url, "protocol": "3.1.1", "stats_interval_s": 2.0, "state_interval_s": 2.0},
+        "mqtt": {"url": broker_url, "protocol": "3.1.1", "stats_interval_s": 2.0, "state_interval_s": 2.0,
+                 "outbox": {"path": str(outbox)} if outbox else {}},
         "backend": {"threads": 1},
         "models": {m: ({"path": str(models[m])} if m in models else {}) for m in used},
         "sources": sources,
@@ -134,6 +139,7 @@ class Demo:
         self.broker: EmbeddedBroker | None = None
         self.simulator: Any = None
         self._pty: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.sources: dict[str, Any] = {}
         self.config: DeviceConfig
 
@@ -147,7 +153,8 @@ class Demo:
                 self.broker = EmbeddedBroker().start()
             url = self.mqtt_url or (self.broker.url if self.broker else "")
             eeg_port = self._start_eeg_simulator()
-            self.config = demo_config(url, eeg_port, self.video)
+            self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")  # the demo's outbox: not the device's
+            self.config = demo_config(url, eeg_port, self.video, outbox=Path(self._tmp.name) / "outbox.sqlite")
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -174,3 +181,6 @@ class Demo:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

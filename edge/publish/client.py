@@ -377,6 +377,7 @@ class Publisher:
         if self._sender is not None:
             self._sender.join(2.0)
         self.connected.clear()
+        self._client.disable_logger()  # paho's loop logs a spurious "not connected" error while it winds down
         self._client.disconnect()
         self._client.loop_stop()
         self.outbox.close()
