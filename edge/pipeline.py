@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 import queue
+import re
 import threading
 import time
 from collections import deque

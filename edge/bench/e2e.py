@@ -148,6 +148,7 @@ def video_frames(video: str | None, count: int = 90) -> tuple[list[np.ndarray], 
 def _detectable_faces(folder: Path, want: int = 3) -> list[np.ndarray]:
     """A few FER2013 faces, upscaled to 160 px, that the Haar detector finds at half resolution."""
     import cv2
+
     from edge.features import face as face_features
 
     if not folder.is_dir():
