@@ -435,7 +435,7 @@ class Pipeline:
                 default_detect, default_input = default_face_functions(model.card.features.params)
                 detect, face_input = detect or default_detect, face_input or default_input
             every = src.detect_every if isinstance(src, CameraSource) else 5
-            run.tracker = FaceTracker(detect, detect_every=every)
+            run.tracker = FaceTracker(detect, detect_every=every, background=True)
             run.face_input = face_input
             run.slot = NewestFrame()
         else:
@@ -485,6 +485,8 @@ class Pipeline:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._publish_state(force=True)
         for run in self.runs.values():
+            if run.tracker is not None:
+                run.tracker.close()
             run.runner.deactivate()
 
     def set_enabled(self, name: str, on: bool) -> None:
