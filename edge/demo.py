@@ -153,8 +153,11 @@ class Demo:
                 self.broker = EmbeddedBroker().start()
             url = self.mqtt_url or (self.broker.url if self.broker else "")
             eeg_port = self._start_eeg_simulator()
-            self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")  # the demo's outbox: not the device's
-            self.config = demo_config(url, eeg_port, self.video, outbox=Path(self._tmp.name) / "outbox.sqlite")
+            outbox = None
+            if self.broker is not None:  # the embedded broker dies with the demo: so may its outbox
+                self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")
+                outbox = Path(self._tmp.name) / "outbox.sqlite"
+            self.config = demo_config(url, eeg_port, self.video, outbox=outbox)
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -122,7 +122,9 @@ class Publisher:
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         client_id = cfg.client_id or f"emoedge-{self.device_id}-{uuid.uuid4().hex[:8]}"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-        client.enable_logger(logging.getLogger("edge.publish.paho"))
+        paho_log = logging.getLogger("edge.publish.paho")
+        if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every refused retry as an error: only at -vv
+            client.enable_logger(paho_log)
         client.max_inflight_messages_set(max(20, self.window))
         client.reconnect_delay_set(1, 8)
         if cfg.username is not None:
