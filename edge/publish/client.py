@@ -165,6 +165,7 @@ class Publisher:
         Raises BrokerError at once for what retrying cannot fix: TLS verification, refused credentials.
         """
         cfg = self.config
+        reachable = True
         try:
             self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         except ssl.SSLError as exc:
@@ -172,10 +173,11 @@ class Publisher:
         except OSError as exc:
             log.warning("broker %s:%s not reachable (%s); keeping messages in the outbox and retrying", cfg.host, cfg.port, exc)
             self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+            reachable = False
         self._client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
         self._sender.start()
-        if wait_s > 0:
+        if wait_s > 0 and reachable:  # wait for the CONNACK: refused credentials are reported here
             self._first_connack.wait(wait_s)
             self.check()
         return self
