@@ -101,11 +101,17 @@ class EmbeddedBroker:
 
 
 def demo_config(
-    broker_url: str, eeg_port: str | None, video: str | None, models: dict[str, Path] | None = None,
+    broker_url: str, eeg_port: str | None, video: str | None, models: Path | None = None,
     outbox: Path | None = None,
 ) -> DeviceConfig:
-    """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked."""
-    models = models or {}
+    """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked.
+
+    A source whose model is not in the models folder is left out with a warning, so that the demo
+    shows what this install has.
+    """
+    from edge.paths import models_dir
+
+    root = models_dir(models)
     sources: list[dict[str, Any]] = [
         {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True,
          "hop_s": 0.5},
@@ -118,14 +124,19 @@ def demo_config(
             sources.append({"name": "camera", "kind": "camera", "model": "face", "device": int(video)})
         else:
             sources.append({"name": "camera", "kind": "replay", "model": "face", "path": video, "realtime": True, "loop": True})
-    used = {s["model"] for s in sources}
+    have = [s for s in sources if (root / s["model"] / "card.toml").exists()]
+    for s in sources:
+        if s not in have:
+            log.warning("demo: no model '%s' in %s; the demo runs without the %s source", s["model"], root, s["name"])
+    if not have:
+        raise EmoEdgeError(f"demo: none of the demo's models (speech, eeg, face) is in {root}")
     return DeviceConfig.model_validate({
         "device_id": DEMO_DEVICE,
         "mqtt": {"url": broker_url, "protocol": "3.1.1", "stats_interval_s": 2.0, "state_interval_s": 2.0,
                  "outbox": {"path": str(outbox)} if outbox else {}},
         "backend": {"threads": 1},
-        "models": {m: ({"path": str(models[m])} if m in models else {}) for m in used},
-        "sources": sources,
+        "models": {m: {"path": str(root / m)} for m in {s["model"] for s in have}},
+        "sources": have,
     })
 
 
