@@ -14,7 +14,7 @@ from tests.pipeline_helpers import ListSource, make_face_model
 def test_faces_detected_at_reduced_resolution_and_tracked(tmp_path: Path, data_dir: Path) -> None:
     from edge.bench.e2e import video_frames
 
-    frames, what = video_frames(None, count=60)
+    frames, what = video_frames(count=60)
     assert "FER2013" in what, what
     models = tmp_path / "models"
     make_face_model(models)

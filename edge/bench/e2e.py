@@ -112,22 +112,28 @@ def audio_blocks() -> list[np.ndarray]:
     return [pcm[i : i + step] for i in range(0, len(pcm) - step + 1, step)]
 
 
-def video_frames(video: str | None, count: int = 90) -> tuple[list[np.ndarray], str]:
-    """Frames of ``video`` (resized to 640x480), else made here (with FER2013 faces when the data is present)."""
+def video_file(video: str | None, folder: Path, count: int = 150) -> tuple[Path, str]:
+    """``video`` itself, else a 640x480 MJPEG file written here (with FER2013 faces when the data is present).
+
+    Either way the bench replays a file through the replay source, so decoding is part of the measured path.
+    """
     import cv2
 
     if video:
-        cap = cv2.VideoCapture(video)
-        frames = []
-        while len(frames) < count:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.resize(frame, (WIDTH, HEIGHT)))
-        cap.release()
-        if not frames:
-            raise EmoEdgeError(f"{video}: no frames could be read")
-        return frames, f"video file {video}"
+        if not Path(video).exists():
+            raise EmoEdgeError(f"{video}: no such video file")
+        return Path(video), f"video file {video}"
+    frames, what = video_frames(count)
+    path = folder / "bench_faces.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path, f"{what}, MJPEG {WIDTH}x{HEIGHT} at {FPS:g} frames/s"
+
+
+def video_frames(count: int = 90) -> tuple[list[np.ndarray], str]:
+    """Frames made here: noise, and FER2013 validation faces (a new one every second) when the data is present."""
     from edge.paths import data_dir
 
     faces = _detectable_faces(data_dir() / "fer2013" / "validation")
@@ -141,7 +147,7 @@ def video_frames(video: str | None, count: int = 90) -> tuple[list[np.ndarray], 
             x, y = 240 + int(20 * np.sin(i / 10)), 160
             frame[y : y + 160, x : x + 160] = face[:, :, None]
         frames.append(frame)
-    what = f"made frames with {len(faces)} FER2013 validation faces" if faces else "made frames without faces (no data)"
+    what = f"frames made with {len(faces)} FER2013 validation faces" if faces else "frames made without faces (no data)"
     return frames, what
 
 
@@ -235,13 +241,15 @@ def measure_e2e(
         "models": {m: {"path": str(root / m)} for m in wanted},
         "sources": sources,
     })
-    frames, video_what = video_frames(video) if faces else ([], "none")
+    video_path, video_what = video_file(video, tmp) if faces else (None, "none")
     feeds: dict[str, Source] = {
         "eeg": PacedSource("eeg", "eeg", eeg_blocks(), EEG_RATE, EEG_BLOCK / EEG_RATE, channels=_eeg_channel_names()),
         "mic": PacedSource("mic", "audio", audio_blocks(), AUDIO_RATE, AUDIO_BLOCK_S),
     }
     if faces:
-        feeds["camera"] = PacedSource("camera", "video", frames, FPS, 1.0 / FPS)
+        from firmware_bridge.sources.replay import ReplaySource
+
+        feeds["camera"] = ReplaySource("camera", video_path, realtime=True, loop=True, max_queue=2)
     out = tmp / "received.txt"
     sub = subprocess.Popen(
         [sys.executable, "-c", _SUBSCRIBER, parts.hostname or "127.0.0.1", str(parts.port or 1883), "emoedge/e2e/+/estimate", str(out)],
