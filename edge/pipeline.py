@@ -509,6 +509,8 @@ class Pipeline:
                 sample = run.source.read(timeout=0.1)
                 if sample is None:
                     if run.source.stopped:
+                        if not self._stop.is_set():
+                            log.warning("source %s ended (end of its file, or its reader failed: see above)", run.config.name)
                         break
                     continue
                 run.received += 1 if run.kind == "video" else int(np.asarray(sample.data).shape[-1])
