@@ -89,3 +89,25 @@ def test_bad_options_are_clear(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="expected mqtt://host"):
         with_broker(cfg, "http://nope")
     assert with_broker(cfg, "mqtt://10.0.0.2:1884").mqtt.port == 1884
+
+
+def test_run_from_a_config_file_with_a_replayed_recording(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The config's sources are built by firmware_bridge (here: the demo WAV replayed in real time)."""
+    from edge.demo import DEMO_SPEECH
+
+    models = tmp_path / "models"
+    make_model(models, "speech", 16000, RAVDESS, "speech", window_s=1.0)
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'device_id = "filedev"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[mqtt.outbox]\npath = "{tmp_path / "o.sqlite"}"\n'
+        f'[models.speech]\npath = "{models / "speech"}"\n'
+        f'[[sources]]\nname = "mic"\nkind = "replay"\nmodel = "speech"\npath = "{DEMO_SPEECH}"\nhop_s = 0.5\n'
+    )
+    sub = Collector(mosquitto.port, "emoedge/filedev/#")
+    result = emoedge("run", "--config", str(config), "--mqtt", mosquitto.url, "--duration", "3")
+    time.sleep(0.3)
+    sub.close()
+    assert result.returncode == 0, result.stderr
+    seqs = [b["seq"] for b in sub.on("/mic/estimate")]
+    assert len(seqs) >= 3 and seqs == list(range(len(seqs)))
+    assert "stopped: mic" in result.stdout
