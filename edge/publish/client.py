@@ -92,7 +92,7 @@ class Publisher:
         sources: Iterable[str] = (),
         outbox: Outbox | None = None,
         on_enable: Callable[[str, bool], None] | None = None,
-        window: int = 64,
+        window: int = 20,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -103,6 +103,7 @@ class Publisher:
         )
         self.on_enable = on_enable
         self.window = window
+        self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
         self.error: BrokerError | None = None
         self.connected = threading.Event()
         self._first_connack = threading.Event()
@@ -125,7 +126,7 @@ class Publisher:
         paho_log = logging.getLogger("edge.publish.paho")
         if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every refused retry as an error: only at -vv
             client.enable_logger(paho_log)
-        client.max_inflight_messages_set(max(20, self.window))
+        client.max_inflight_messages_set(self.window)
         client.reconnect_delay_set(1, 8)
         if cfg.username is not None:
             password = cfg.password()
@@ -202,6 +203,8 @@ class Publisher:
             with self._cond:
                 self._cond.notify_all()
             return
+        receive_max = getattr(props, "ReceiveMaximum", None)  # MQTT 5: the broker's limit on unacknowledged QoS>0
+        self._room = min(self.window, int(receive_max)) if receive_max else self.window
         self._counts["connects"] += 1
         if self._disconnected_at is not None and self._counts["connects"] > 1:
             self._counts["offline_ms"] += int((time.time() - self._disconnected_at) * 1e3)
@@ -268,7 +271,7 @@ class Publisher:
                 if self._inflight:
                     continue
                 self._draining = False
-            room = self.window - len(self._inflight)
+            room = self._room - len(self._inflight)
             if room <= 0:
                 continue
             for row in self.outbox.after(cursor, room):
