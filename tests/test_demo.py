@@ -23,12 +23,24 @@ def test_demo_media_is_small_and_documented() -> None:
     assert "espeak" in (DEMO_SPEECH.parent / "README.md").read_text().lower()
 
 
-def test_demo_publishes_from_every_source() -> None:
+@pytest.mark.parametrize("with_video", [False, True], ids=["sensors", "sensors+video"])
+def test_demo_publishes_from_every_source(with_video: bool, tmp_path: Path) -> None:
     expected = {src for src, model in (("mic", "speech"), ("eeg", "eeg")) if (models_dir() / model / "card.toml").exists()}
     if not expected:
         pytest.skip("the demo runs the shipped models; models/speech and models/eeg are both missing")
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--demo", "--duration", "60", "--plain"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    extra: list[str] = []
+    if with_video:
+        from edge.bench.e2e import video_file
+        from edge.paths import data_dir
+
+        if not (models_dir() / "face" / "card.toml").exists():
+            pytest.skip("models/face is not in this checkout")
+        if not (data_dir() / "fer2013").is_dir():
+            pytest.skip("the test video carries FER2013 faces: set EMOEDGE_DATA to the shared data folder")
+        path, _ = video_file(None, tmp_path, count=60)
+        extra, expected = ["--video", str(path)], expected | {"camera"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--demo", "--duration", "60", "--plain", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
