@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -99,26 +100,43 @@ class EmbeddedBroker:
             self._thread.join(5)
 
 
-def demo_config(broker_url: str, eeg_port: str | None, video: str | None, models: dict[str, Path] | None = None) -> DeviceConfig:
-    """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked."""
-    models = models or {}
+def demo_config(
+    broker_url: str, eeg_port: str | None, video: str | None, models: Path | None = None,
+    outbox: Path | None = None,
+) -> DeviceConfig:
+    """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked.
+
+    A source whose model is not in the models folder is left out with a warning, so that the demo
+    shows what this install has.
+    """
+    from edge.paths import models_dir
+
+    root = models_dir(models)
     sources: list[dict[str, Any]] = [
-        {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True},
+        {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True,
+         "hop_s": 0.5},
     ]
     if eeg_port is not None:
-        sources.append({"name": "eeg", "kind": "serial", "model": "eeg", "port": eeg_port, "baudrate": 921600})
+        sources.append({"name": "eeg", "kind": "serial", "model": "eeg", "port": eeg_port, "baudrate": 921600,
+                        "window_s": 4.0, "hop_s": 0.5})
     if video is not None:
         if video.isdigit():
             sources.append({"name": "camera", "kind": "camera", "model": "face", "device": int(video)})
         else:
             sources.append({"name": "camera", "kind": "replay", "model": "face", "path": video, "realtime": True, "loop": True})
-    used = {s["model"] for s in sources}
+    have = [s for s in sources if (root / s["model"] / "card.toml").exists()]
+    for s in sources:
+        if s not in have:
+            log.warning("demo: no model '%s' in %s; the demo runs without the %s source", s["model"], root, s["name"])
+    if not have:
+        raise EmoEdgeError(f"demo: none of the demo's models (speech, eeg, face) is in {root}")
     return DeviceConfig.model_validate({
         "device_id": DEMO_DEVICE,
-        "mqtt": {"url": broker_url, "protocol": "3.1.1", "stats_interval_s": 2.0, "state_interval_s": 2.0},
+        "mqtt": {"url": broker_url, "protocol": "3.1.1", "stats_interval_s": 2.0, "state_interval_s": 2.0,
+                 "outbox": {"path": str(outbox)} if outbox else {}},
         "backend": {"threads": 1},
-        "models": {m: ({"path": str(models[m])} if m in models else {}) for m in used},
-        "sources": sources,
+        "models": {m: {"path": str(root / m)} for m in {s["model"] for s in have}},
+        "sources": have,
     })
 
 
@@ -131,6 +149,8 @@ class Demo:
         self.config_path = config_path
         self.broker: EmbeddedBroker | None = None
         self.simulator: Any = None
+        self._pty: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.sources: dict[str, Any] = {}
         self.config: DeviceConfig
 
@@ -144,7 +164,11 @@ class Demo:
                 self.broker = EmbeddedBroker().start()
             url = self.mqtt_url or (self.broker.url if self.broker else "")
             eeg_port = self._start_eeg_simulator()
-            self.config = demo_config(url, eeg_port, self.video)
+            outbox = None
+            if self.broker is not None:  # the embedded broker dies with the demo: so may its outbox
+                self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")
+                outbox = Path(self._tmp.name) / "outbox.sqlite"
+            self.config = demo_config(url, eeg_port, self.video, outbox=outbox)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -153,17 +177,24 @@ class Demo:
     def _start_eeg_simulator(self) -> str | None:
         """A simulated EEG board on a pseudo-terminal; returns the port the serial source opens."""
         try:
-            from firmware_bridge.simulate import start_eeg_simulator  # type: ignore[import-not-found]
+            from firmware_bridge.simulator import EegBoardSimulator, open_pty  # type: ignore[attr-defined]
         except ImportError:
-            log.warning("no EEG board simulator in this install (firmware_bridge.simulate); the demo runs without EEG")
+            log.warning("no EEG board simulator in this install (firmware_bridge.simulator); the demo runs without EEG")
             return None
-        self.simulator, port = start_eeg_simulator()
-        return str(port)
+        self._pty = open_pty()
+        self.simulator = EegBoardSimulator(self._pty.master_fd).start()
+        return str(self._pty.slave_path)
 
     def __exit__(self, *exc: object) -> None:
         if self.simulator is not None:
             self.simulator.stop()
             self.simulator = None
+        if self._pty is not None:
+            self._pty.close()
+            self._pty = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -69,6 +69,10 @@ SYNONYMS: dict[str, str] = {
     "positive": "high_valence", "negative": "low_valence",
     "valence_high": "high_valence", "valence_low": "low_valence",
     "arousal_high": "high_arousal", "arousal_low": "low_arousal",
+    # head:value labels of multi-head models (models/eeg)
+    "valence:positive": "high_valence", "valence:negative": "low_valence",
+    "valence:high": "high_valence", "valence:low": "low_valence",
+    "arousal:high": "high_arousal", "arousal:low": "low_arousal",
 }
 
 # Labels the fused state may take: the nearest of these prototypes to the fused (valence, arousal).
@@ -112,7 +116,7 @@ class LabelMap:
         if not labels:
             raise ConfigError(f"model '{model}': its card lists no labels, so fusion cannot place it on the circumplex")
         protos = [prototype(label, overrides) for label in labels]
-        missing = [label for label, p in zip(labels, protos) if p is None]
+        missing = [label for label, p in zip(labels, protos, strict=True) if p is None]
         if missing:
             raise ConfigError(
                 f"model '{model}': no circumplex prototype for label(s) {missing}; add them under "

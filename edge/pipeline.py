@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -44,93 +45,211 @@ from edge.tracker import DetectFn, FaceTracker
 from firmware_bridge.sources.base import Sample, Source
 
 log = logging.getLogger(__name__)
-FeatureFn = Callable[[np.ndarray], np.ndarray]
+FeatureFn = Callable[[np.ndarray, float, list[str] | None], np.ndarray]  # window, rate, channel names
 FaceInputFn = Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]
 LATENCY_WINDOW = 2048  # latency samples kept per stage for p50/p99
 
 
 # --- features -------------------------------------------------------------------------------------
-def feature_function(card: ModelCard, input_shape: tuple[int, ...]) -> FeatureFn:
-    """The function that turns one window into one model input item (no batch axis).
+def feature_function(
+    card: ModelCard, input_shape: tuple[int, ...], settings: Mapping[str, Any] | None = None
+) -> FeatureFn:
+    """The function that turns one window into one model input item (no batch axis), per the card's recipe.
 
-    ``identity`` reshapes the window to the input shape; any other recipe names a function of
-    ``edge.features`` as ``module.function`` (``speech.log_mel``), called with the card's params.
+    Called once per source, so that a recipe can keep per-source state (a subject's running
+    normalisation). ``identity`` reshapes the window; ``edge.features.eeg.band_power`` computes
+    band power in the card's electrode order and z-scores it (by the wearer's own history once there
+    is enough of it, by the card's population statistics until then); ``edge.features.speech.*``
+    computes the log-mel window; any other ``module.function`` of ``edge.features`` is called with the
+    card's params.
     """
     recipe, params = card.features.recipe, dict(card.features.params)
-    if recipe == "identity":
-        def identity(window: np.ndarray) -> np.ndarray:
-            size = int(np.prod(input_shape))
-            if window.size != size:
-                raise InputError(
-                    f"model '{card.name}': feature 'identity' needs {size} values per window for input shape "
-                    f"{list(input_shape)}, the window has {window.size} (shape {list(window.shape)}); check window_s"
-                )
-            return np.ascontiguousarray(window, dtype=np.float32).reshape(input_shape)
-        return identity
-    module_name, _, func_name = recipe.rpartition(".")
+    name = recipe.removeprefix("edge.features.")
+    if name == "identity":
+        return _identity(card, input_shape)
+    if name == "eeg.band_power":
+        return _eeg_band_power(card, input_shape, params)
+    if name.startswith("speech."):
+        return _speech_log_mel(card, input_shape, params)
+    module_name, _, func_name = name.rpartition(".")
     try:
         module = importlib.import_module(f"edge.features.{module_name}") if module_name else None
-        func = getattr(module, func_name) if module is not None else None
     except ImportError as exc:
         raise ConfigError(f"model '{card.name}': feature recipe '{recipe}' cannot be imported: {exc}") from None
+    func = getattr(module, func_name, None) if module is not None else None
     if func is None:
         raise ConfigError(
-            f"model '{card.name}': unknown feature recipe '{recipe}' (expected 'identity' or 'module.function' of edge.features)"
+            f"model '{card.name}': unknown feature recipe '{recipe}' (expected 'identity' or a function of edge.features)"
         )
 
-    def call(window: np.ndarray) -> np.ndarray:
+    def call(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
         return np.asarray(func(window, **params), dtype=np.float32).reshape(input_shape)
 
     return call
 
 
-def default_face_functions() -> tuple[DetectFn, FaceInputFn]:
-    """Detection and crop-to-input from ``edge.features.face`` (the same code as training)."""
+def _identity(card: ModelCard, input_shape: tuple[int, ...]) -> FeatureFn:
+    size = int(np.prod(input_shape))
+
+    def identity(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+        if window.size != size:
+            raise InputError(
+                f"model '{card.name}': feature 'identity' needs {size} values per window for input shape "
+                f"{list(input_shape)}, the window has {window.size} (shape {list(window.shape)}); check window_s"
+            )
+        return np.ascontiguousarray(window, dtype=np.float32).reshape(input_shape)
+
+    return identity
+
+
+def _eeg_band_power(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
+    from edge.features import eeg
+
+    bands = [tuple(b) for b in params.get("bands", eeg.DEAP_BANDS)]
+    electrodes = list(params.get("electrodes", eeg.DEAP_ELECTRODES))
+    segment_s = float(params.get("welch_segment_s", 1.0))
+    pop_mean = np.asarray(params["population_mean"], np.float64) if "population_mean" in params else None
+    pop_std = np.asarray(params["population_std"], np.float64) if "population_std" in params else None
+    subject_norm = params.get("trained_mode", "subject-norm") == "subject-norm"
+    import scipy.signal  # noqa: F401  - band_power's import, paid at start-up rather than on the first window
+    normaliser = eeg.SubjectNormaliser(int(np.prod(input_shape)))
+
+    warned: list[bool] = []
+
+    def band_power(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+        generic = channels is None or all(re.fullmatch(r"ch\d+", c) for c in channels)
+        if not generic:
+            window = eeg.reorder_channels(window, channels or [], electrodes)
+        elif window.shape[0] == len(electrodes):
+            if not warned:
+                warned.append(True)
+                log.warning("model '%s': the board does not name its %d EEG channels; assuming the model's order (%s ...)",
+                            card.name, window.shape[0], ", ".join(electrodes[:4]))
+        else:
+            raise InputError(
+                f"model '{card.name}': the board names no channels and sends {window.shape[0]}; the model needs "
+                f"{len(electrodes)} in the order {', '.join(electrodes)}"
+            )
+        features = eeg.band_power(window, rate, bands, segment_s)  # type: ignore[arg-type]
+        if subject_norm:
+            normaliser.update(features)
+            if normaliser.ready or pop_mean is None or pop_std is None:
+                if normaliser.count < 2:
+                    return np.zeros(input_shape, np.float32)  # no spread yet: the model sees an average wearer
+                return eeg.standardise(features, normaliser.mean, normaliser.std).reshape(input_shape)
+        if pop_mean is not None and pop_std is not None:
+            return eeg.standardise(features, pop_mean, pop_std).reshape(input_shape)
+        return features.reshape(input_shape)
+
+    return band_power
+
+
+def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
+    """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, z-scored."""
+    from edge.features import speech
+
+    mean = np.asarray(params["population_mean"], np.float32) if "population_mean" in params else None
+    std = np.asarray(params["population_std"], np.float32) if "population_std" in params else None
+    import scipy.signal  # noqa: F401  - resampling's import, paid at start-up
+
+    def log_mel(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+        audio = speech.to_mono_16k(window, int(rate)) if int(rate) != speech.SAMPLE_RATE else window
+        mel = speech.windows(speech.log_mel(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
+        if mean is not None and std is not None:
+            mel = speech.standardise(mel, mean, std)
+        return np.asarray(mel, np.float32).reshape(input_shape)
+
+    return log_mel
+
+
+def default_face_functions(params: Mapping[str, Any] | None = None) -> tuple[DetectFn, FaceInputFn]:
+    """Detection and crop-to-input from ``edge.features.face`` (the same code as training), with the card's params."""
     try:
         face = importlib.import_module("edge.features.face")
     except ImportError as exc:
         raise ConfigError(f"a camera source needs the face features (edge.features.face): {exc}") from None
+    params = dict(params or {})
+    size = int(params.get("size", face.DEFAULT_SIZE))
+    margin = float(params.get("margin", face.DEFAULT_MARGIN))
 
     def detect(small: np.ndarray) -> list[tuple[int, int, int, int]]:
-        return list(face.detect_faces(small, min_size=20))
+        return list(face.detect_faces(small, scale=1.15, min_size=20))
 
     def face_input(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        return np.asarray(face.face_input(face.crop_face(frame, box)), dtype=np.float32)
+        return np.asarray(face.face_input(face.crop_face(frame, box, size=size, margin=margin), size), dtype=np.float32)
 
     return detect, face_input
 
 
 # --- reading model outputs --------------------------------------------------------------------------
 class OutputReader:
-    """Model outputs -> per-item (probs, label, confidence, valence, arousal), using the card's labels."""
+    """Model outputs -> per-item (probs, label, confidence, valence, arousal), using the card's labels.
+
+    Two layouts: one output with a value per label (face, speech: softmax over all labels), or
+    heads, with labels ``head:value`` and an output ``<head>_logits`` (or ``<head>``) per head (EEG:
+    ``valence:negative``, ``valence:positive``, ``arousal:low``, ``arousal:high``). Each head is a
+    softmax of its own; the confidence is the mean of the heads' chance-corrected confidences, and
+    the label joins the heads' winners. Valence and arousal come from the labels' circumplex
+    prototypes, or from an output ``va`` ([valence, arousal] in [-1, 1]) when the model has one.
+    """
 
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
         self.card = card
         self.labels = list(card.labels)
         self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
-        spec = next(
-            (o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels) and o.name != "embedding"), None
-        )
-        if spec is None:
+        outputs = {o.name: o for o in card.outputs}
+        self.heads: list[tuple[str, list[int], bool]] = []  # (output name, label indices, are probabilities)
+        single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels)
+                       and o.name not in ("embedding", "va")), None)
+        groups: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            if ":" in label:
+                groups.setdefault(label.split(":", 1)[0], []).append(i)
+        if groups and len(groups) > 1:
+            for head, idx in groups.items():
+                spec = outputs.get(f"{head}_logits") or outputs.get(f"{head}_probs") or outputs.get(head)
+                if spec is None or spec.shape[-1] != len(idx):
+                    raise ConfigError(f"model '{card.name}': labels '{head}:*' need an output '{head}_logits' with "
+                                      f"{len(idx)} values; outputs: " + ", ".join(f"{o.name}{o.shape}" for o in card.outputs))
+                self.heads.append((spec.name, idx, _are_probs(spec.meaning, spec.name)))
+        elif single is not None:
+            self.heads.append((single.name, list(range(len(self.labels))), _are_probs(single.meaning, single.name)))
+        else:
             raise ConfigError(
                 f"model '{card.name}': no output has {len(self.labels)} values (one per label); outputs: "
                 + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
             )
-        self.output = spec.name
-        meaning = (spec.meaning or spec.name).lower()
-        self.are_probs = "prob" in meaning and "logit" not in meaning
+        va = outputs.get("va")
+        self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
 
     def read(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[dict[str, float], str, float, float | None, float | None]]:
-        values = np.asarray(outputs[self.output], dtype=np.float64)
-        probs = values if self.are_probs else softmax(values)
+        n = len(next(iter(outputs.values())))
+        probs = np.zeros((n, len(self.labels)))
+        confidences = np.zeros((n, len(self.heads)))
+        winners: list[list[str]] = [[] for _ in range(n)]
+        for h, (name, idx, are_probs) in enumerate(self.heads):
+            values = np.asarray(outputs[name], dtype=np.float64).reshape(n, -1)
+            p = values if are_probs else softmax(values)
+            probs[:, idx] = p
+            for i in range(n):
+                confidences[i, h] = chance_corrected_confidence(p[i])
+                winners[i].append(self.labels[idx[int(p[i].argmax())]])
+        va = np.asarray(outputs[self.va_output], dtype=np.float64).reshape(n, 2) if self.va_output else None
         items = []
-        for p in probs.reshape(len(probs), -1):
-            v, a = self.label_map.read(p)
-            items.append(
-                ({lab: float(x) for lab, x in zip(self.labels, p)}, self.labels[int(p.argmax())],
-                 chance_corrected_confidence(p), v, a)
-            )
+        for i in range(n):
+            if va is not None:
+                v, a = float(np.clip(va[i, 0], -1, 1)), float(np.clip(va[i, 1], -1, 1))
+            else:
+                v, a = self.label_map.read(probs[i] / len(self.heads))
+            label = " ".join(winners[i])
+            items.append(({lab: float(x) for lab, x in zip(self.labels, probs[i], strict=True)}, label,
+                          float(confidences[i].mean()), v, a))
         return items
+
+
+def _are_probs(meaning: str | None, name: str) -> bool:
+    text = (meaning or name).lower()
+    return "prob" in text and "logit" not in text
 
 
 # --- windows ----------------------------------------------------------------------------------------
@@ -243,8 +362,11 @@ class SourceRun:
     tracker: FaceTracker | None = None
     face_input: FaceInputFn | None = None
     times: StageTimes = field(default_factory=StageTimes)
+    sample_rate: float = 0.0
+    channels: list[str] | None = None
     received: int = 0  # samples (eeg/audio) or frames (video)
     estimates: int = 0
+    errors: int = 0  # windows or faces skipped because features or the model refused them
     faces: int = 0
     latest: Estimate | None = None
     reading_done: threading.Event = field(default_factory=threading.Event)
@@ -306,12 +428,14 @@ class Pipeline:
         run = SourceRun(src, source, model, runner, reader, info, settings.max_batch)
         input_meta = runner.inputs[0]
         item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
+        if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
+            runner.infer({input_meta.name: np.zeros((1, *item_shape), dtype=input_meta.dtype)})
         if source.kind == "video":
             if detect is None or face_input is None:
-                default_detect, default_input = default_face_functions()
+                default_detect, default_input = default_face_functions(model.card.features.params)
                 detect, face_input = detect or default_detect, face_input or default_input
             every = src.detect_every if isinstance(src, CameraSource) else 5
-            run.tracker = FaceTracker(detect, detect_every=every)
+            run.tracker = FaceTracker(detect, detect_every=every, background=True)
             run.face_input = face_input
             run.slot = NewestFrame()
         else:
@@ -361,6 +485,8 @@ class Pipeline:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._publish_state(force=True)
         for run in self.runs.values():
+            if run.tracker is not None:
+                run.tracker.close()
             run.runner.deactivate()
 
     def set_enabled(self, name: str, on: bool) -> None:
@@ -383,6 +509,8 @@ class Pipeline:
                 sample = run.source.read(timeout=0.1)
                 if sample is None:
                     if run.source.stopped:
+                        if not self._stop.is_set():
+                            log.warning("source %s ended (end of its file, or its reader failed: see above)", run.config.name)
                         break
                     continue
                 run.received += 1 if run.kind == "video" else int(np.asarray(sample.data).shape[-1])
@@ -391,6 +519,7 @@ class Pipeline:
                 if run.slot is not None:
                     run.slot.put(sample)
                     continue
+                run.sample_rate, run.channels = float(sample.sample_rate), sample.channels
                 if run.windows is None:
                     rate = float(sample.sample_rate)
                     size = max(1, round((run.window_s or 1.0) * rate))
@@ -426,12 +555,16 @@ class Pipeline:
                 except queue.Empty:
                     break
             t0 = time.perf_counter()
-            items = np.stack([run.features(window) for window, _, _ in batch])
-            t1 = time.perf_counter()
-            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            try:
+                items = np.stack([run.features(window, run.sample_rate, run.channels) for window, _, _ in batch])
+                t1 = time.perf_counter()
+                outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            except EmoEdgeError as exc:
+                self._skip(run, len(batch), exc)
+                continue
             t2 = time.perf_counter()
             estimates = []
-            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs)):
+            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
                                           run.window_s, run.info, lat))
@@ -454,19 +587,29 @@ class Pipeline:
             if not tracks:
                 continue
             tracks = tracks[: run.max_batch]
-            items = np.stack([run.face_input(frame, t.box) for t in tracks])
-            t2 = time.perf_counter()
-            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            try:
+                items = np.stack([run.face_input(frame, t.box) for t in tracks])
+                t2 = time.perf_counter()
+                outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            except EmoEdgeError as exc:
+                self._skip(run, len(tracks), exc)
+                continue
             t3 = time.perf_counter()
             run.faces += len(tracks)
             estimates = []
-            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs)):
+            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
                                           sample.host_time, None, run.info, lat, track_id=track.id,
                                           box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
+
+    def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:
+        """A window or face the features or the model refused: counted and logged, the stream goes on."""
+        run.errors += n
+        if run.errors == n or run.errors % 100 < n:
+            log.warning("source %s: %d input(s) skipped (%d so far): %s", run.config.name, n, run.errors, exc)
 
     def _emit(self, run: SourceRun, estimates: list[Estimate], primary: Estimate | None) -> None:
         if not run.enabled:
@@ -530,7 +673,7 @@ class Pipeline:
             entry: dict[str, Any] = {
                 "kind": run.kind, "enabled": run.enabled, "model": run.model.name, "backend": run.info.backend,
                 "precision": run.info.precision, "rate_hz": round(rate, 2), "estimates": run.estimates,
-                "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "latency_ms": run.times.summary(),
+                "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "errors": run.errors, "latency_ms": run.times.summary(),
                 "link": _jsonable(run.source.stats()),
             }
             if run.tracker is not None:
@@ -573,9 +716,9 @@ def _jsonable(value: Any) -> Any:
 def make_source(src: SourceConfig) -> Source:
     """The firmware_bridge source for one ``[[sources]]`` entry."""
     try:
-        from firmware_bridge.sources import from_config  # type: ignore[attr-defined]
+        from firmware_bridge.sources import make_source as firmware_make_source  # type: ignore[attr-defined]
     except ImportError:
         raise EmoEdgeError(
             f"source '{src.name}' ({src.kind}): the firmware_bridge sources are not available in this install"
         ) from None
-    return from_config(src)  # type: ignore[no-any-return]
+    return firmware_make_source(src)  # type: ignore[no-any-return]

@@ -4,11 +4,17 @@ Detection (a Haar cascade in ``edge.features.face``) is the expensive step, so i
 down-scaled frame every ``detect_every`` frames. Between detections each track follows its face by
 template matching in a small search window of the reduced gray frame. Detections are matched to
 tracks by overlap (IoU), so a face keeps its ``track_id`` while it stays in view.
+
+With ``background=True`` the detector runs in its own thread (OpenCV releases the GIL), so a slow
+detection never holds up a frame: its result is applied to the tracks when it is ready (a frame or
+two later, close enough for the overlap match), and frames keep flowing at the tracking cost.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +47,7 @@ class FaceTracker:
 
     def __init__(
         self, detect: DetectFn, detect_every: int = 5, scale: float = 0.5, max_missed: int = 2,
-        min_iou: float = 0.3, min_match: float = 0.5,
+        min_iou: float = 0.3, min_match: float = 0.5, background: bool = False,
     ) -> None:
         self.detect = detect
         self.detect_every = max(1, detect_every)
@@ -53,6 +59,15 @@ class FaceTracker:
         self.frames = 0
         self.detections = 0
         self._ids = itertools.count(1)
+        self.background = background
+        self._jobs: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
+        self._done: list[tuple[np.ndarray, list[Box]]] = []
+        self._busy = False
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        if background:
+            self._worker = threading.Thread(target=self._detect_loop, name="face-detect", daemon=True)
+            self._worker.start()
 
     def _small_gray(self, frame: np.ndarray) -> np.ndarray:
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
@@ -62,12 +77,47 @@ class FaceTracker:
 
     def update(self, frame: np.ndarray) -> list[Track]:
         small = self._small_gray(frame)
-        if self.frames % self.detect_every == 0:
-            self._detect(small)
+        if not self.background:
+            if self.frames % self.detect_every == 0:
+                self._detect(small)
+            else:
+                self._follow(small)
         else:
+            with self._lock:
+                done, self._done = self._done, []
+            for detected_on, boxes in done:
+                self._apply(detected_on, boxes)
             self._follow(small)
+            if self.frames % self.detect_every == 0 and not self._busy:
+                self._busy = True
+                self._jobs.put(small)
         self.frames += 1
         return sorted(self.tracks, key=lambda t: t.box[2] * t.box[3], reverse=True)
+
+    def _detect_loop(self) -> None:
+        while True:
+            small = self._jobs.get()
+            if small is None:
+                return
+            try:
+                boxes = self.detect(small)
+            except Exception:  # a failed detection is a frame without news, not a dead tracker
+                boxes = None
+            with self._lock:
+                if boxes is not None:
+                    self._done.append((small, boxes))
+                self._busy = False
+
+    def close(self) -> None:
+        """Stop the background detector (if any)."""
+        if self._worker is not None:
+            try:
+                self._jobs.put_nowait(None)
+            except queue.Full:
+                self._jobs.get_nowait()
+                self._jobs.put_nowait(None)
+            self._worker.join(2.0)
+            self._worker = None
 
     def _to_full(self, box: Box) -> Box:
         s = 1.0 / self.scale
@@ -83,8 +133,12 @@ class FaceTracker:
         return patch.copy() if patch.size and patch.shape[0] >= 4 and patch.shape[1] >= 4 else None
 
     def _detect(self, small: np.ndarray) -> None:
+        self._apply(small, self.detect(small))
+
+    def _apply(self, small: np.ndarray, found: list[Box]) -> None:
+        """Match detections (in ``small``'s pixels) to tracks; new faces get new ids, lost ones age out."""
         self.detections += 1
-        boxes = [self._to_full(b) for b in self.detect(small)]
+        boxes = [self._to_full(b) for b in found]
         pairs = sorted(
             ((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)), reverse=True
         )

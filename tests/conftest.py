@@ -90,3 +90,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Never write into the user's cache (or a read-only checkout) from a test."""
     if "EMOEDGE_CACHE" not in os.environ:
         monkeypatch.setenv("EMOEDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+# A real Mosquitto broker for the MQTT tests (session-scoped; see tests/mqtt_broker.py).
+from tests.mqtt_broker import mosquitto  # noqa: E402,F401

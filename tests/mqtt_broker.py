@@ -59,7 +59,6 @@ class Mosquitto:
             f"persistence_location {folder}/\n"
             f"autosave_interval 1\n"
             f"max_queued_messages 0\n"
-            f"max_inflight_messages 0\n"
             f"log_dest file {folder}/mosquitto.log\n"
             f"log_type error\nlog_type warning\nlog_type notice\n"
         )

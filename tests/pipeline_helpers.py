@@ -89,3 +89,33 @@ def square_input(size: int = 16):
         return (cv2.resize(crop, (size, size)).astype(np.float32) / 127.5 - 1.0).reshape(-1)
 
     return face_input
+
+
+def make_face_model(root: Path, size: int = 48, name: str = "face", seed: int = 0) -> Path:
+    """models/<name>/ with a real ONNX model over a (1, size, size) face crop (Flatten -> Gemm) and its card."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((size * size, len(FER))).astype(np.float32) * 0.05
+    b = np.zeros(len(FER), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["face"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        "face", [helper.make_tensor_value_info("face", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(FER)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "model.onnx"))
+    labels = ", ".join(f'"{x}"' for x in FER)
+    (folder / "card.toml").write_text(
+        f'name = "{name}"\nversion = "0.0.1"\nmodality = "face"\nlabels = [{labels}]\nparameters = {w.size + b.size}\n'
+        f'\n[[inputs]]\nname = "face"\nshape = ["batch", 1, {size}, {size}]\ndtype = "float32"\nlayout = "NCHW"\n'
+        f'\n[[outputs]]\nname = "logits"\nshape = ["batch", {len(FER)}]\ndtype = "float32"\nmeaning = "logits over labels"\n'
+        f'\n[features]\nrecipe = "edge.features.face.face_input"\n[features.params]\nsize = {size}\nmargin = 0.1\n'
+        f'\n[training]\ndata = "random weights made in the test"\nterms = "none"\n'
+    )
+    return folder

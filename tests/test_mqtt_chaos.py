@@ -113,3 +113,40 @@ def test_restart_with_full_outbox_sends_everything_in_order(tmp_path: Path) -> N
     second.stop()
     sub.close()
     broker.stop()
+
+
+def test_killed_process_loses_nothing_that_was_queued(tmp_path: Path) -> None:
+    """kill -9 while the broker is away: the next start sends every queued estimate."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    outbox = tmp_path / "o.sqlite"
+    script = (
+        "import time\n"
+        "from edge.config import MqttConfig, OutboxConfig\n"
+        "from edge.publish import Publisher\n"
+        "from tests.test_mqtt_chaos import estimate\n"
+        f"cfg = MqttConfig(url='mqtt://127.0.0.1:{port}', outbox=OutboxConfig(path=r'{outbox}'))\n"
+        "pub = Publisher(cfg, 'killed', ['eeg']).start(wait_s=0)\n"
+        "for i in range(30):\n"
+        "    pub.publish_estimate(estimate('eeg', i))\n"
+        "print('queued', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "queued"
+    finally:
+        proc.kill()
+        proc.wait()
+    broker = Mosquitto(tmp_path / "broker", port=port).start()
+    sub = Collector(broker.port, "emoedge/killed/+/estimate")
+    pub = Publisher(MqttConfig(url=broker.url, outbox=OutboxConfig(path=outbox)), "killed", ["eeg"]).start()
+    assert pub.flush(10)
+    order, _ = dedupe(wait_distinct(sub, "/eeg/estimate", 30, 10))
+    assert order == list(range(30))
+    pub.stop()
+    sub.close()
+    broker.stop()

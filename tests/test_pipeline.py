@@ -76,7 +76,7 @@ def test_eeg_and_audio_windows_are_never_dropped_and_match_the_model(tmp_path: P
     mic = [e for e in got if e.source == "mic"]
     assert len(eeg) == (1280 - 128) // 32 + 1  # every hop of 0.25 s, none dropped
     assert len(mic) == (80000 - 4000) // 1600 + 1
-    assert all(a.ts < b.ts for a, b in zip(eeg, eeg[1:]))
+    assert all(a.ts < b.ts for a, b in zip(eeg, eeg[1:], strict=False))
     # the third EEG window is samples 64..191; its estimate must be the model's answer on exactly that
     window = np.concatenate(eeg_blocks, axis=1)[:, 64:192].reshape(1, -1)
     model = load_model(models / "eeg")
@@ -98,13 +98,16 @@ def test_video_newest_frame_wins_and_counts_skips(tmp_path: Path) -> None:
     cfg = device(models, [{"name": "cam", "kind": "camera", "model": "face", "detect_every": 1}])
     frames = face_frames(120)
 
-    def slow_detect(small: np.ndarray):
+    crop = square_input()
+
+    def slow_input(frame: np.ndarray, box):  # a face path slower than the camera
         time.sleep(0.01)
-        return bright_square_detector(small)
+        return crop(frame, box)
 
     source = ListSource("cam", "video", frames, 30.0, interval=0.002, drop_oldest=True, max_queue=2)
     got: list[Estimate] = []
-    pipe = Pipeline(cfg, sources={"cam": source}, detect=slow_detect, face_input=square_input(), on_estimate=got.append)
+    pipe = Pipeline(cfg, sources={"cam": source}, detect=bright_square_detector, face_input=slow_input,
+                    on_estimate=got.append)
     pipe.start()
     wait(lambda: source.emitted == len(frames))
     time.sleep(0.1)
@@ -112,9 +115,31 @@ def test_video_newest_frame_wins_and_counts_skips(tmp_path: Path) -> None:
     run = pipe.runs["cam"]
     assert run.received + source.dropped == len(frames)
     assert run.slot is not None and run.slot.skipped > 0
-    assert len(got) + run.slot.skipped + source.dropped >= len(frames) - 2  # each frame either ran or was skipped
+    assert len(got) + run.slot.skipped + source.dropped >= len(frames) - 3  # each frame either ran or was skipped
     assert pipe.stats()["sources"]["cam"]["dropped"] == run.slot.skipped + source.dropped
     assert {e.track_id for e in got} == {1}
+
+
+def test_background_detection_never_holds_up_a_frame() -> None:
+    frames = face_frames(30, step=2)
+
+    def slow_detect(small: np.ndarray):
+        time.sleep(0.05)
+        return bright_square_detector(small)
+
+    tracker = FaceTracker(slow_detect, detect_every=5, scale=0.5, background=True)
+    ids, times = [], []
+    for frame in frames:
+        t0 = time.perf_counter()
+        tracks = tracker.update(frame)
+        times.append(time.perf_counter() - t0)
+        ids.append([t.id for t in tracks])
+        time.sleep(1 / 30)
+    tracker.close()
+    assert max(times) < 0.04  # the 50 ms detection ran beside the frames, not in them
+    assert ids[0] == [] and ids[-1] == [1]  # found once the first detection came back, one id throughout
+    assert all(i in ([], [1]) for i in ids)
+    assert 2 <= tracker.detections <= 7
 
 
 def test_tracker_keeps_the_id_and_follows_between_detections() -> None:
@@ -132,7 +157,7 @@ def test_tracker_keeps_the_id_and_follows_between_detections() -> None:
         assert [t.id for t in tracks] == [1]
         boxes.append(tracks[0].box)
     assert len(calls) == 4  # frames 0, 5, 10, 15
-    for i, (x, y, w, h) in enumerate(boxes):
+    for i, (x, *_) in enumerate(boxes):
         assert abs(x - (100 + 4 * i)) <= 4, (i, boxes[i])  # followed between detections, not frozen
     # a face that leaves is dropped after max_missed detections; a new one gets a new id
     empty = np.full_like(frames[0], 20)
@@ -148,7 +173,7 @@ def test_faces_in_one_frame_run_as_one_batch(tmp_path: Path) -> None:
     cfg = device(models, [{"name": "cam", "kind": "camera", "model": "face", "detect_every": 1}])
     frame = face_frames(1)[0].copy()
     frame[300:396, 400:496] = frame[150:246, 100:196]  # a second face
-    source = ListSource("cam", "video", [frame] * 3, 30.0, interval=0.05, drop_oldest=True)
+    source = ListSource("cam", "video", [frame] * 5, 30.0, interval=0.05, drop_oldest=True)
     got: list[Estimate] = []
     pipe = Pipeline(cfg, sources={"cam": source}, detect=bright_square_detector, face_input=square_input(),
                     on_estimate=got.append)
@@ -159,9 +184,9 @@ def test_faces_in_one_frame_run_as_one_batch(tmp_path: Path) -> None:
     pipe.start()
     wait(lambda: len(got) >= 6)
     pipe.stop()
-    assert batches[:3] == [2, 2, 2]
+    assert len(batches) >= 3 and set(batches) == {2}  # both faces of a frame in one run
     assert sorted({e.track_id for e in got}) == [1, 2]
-    assert pipe.stats()["sources"]["cam"]["faces"] == 6
+    assert pipe.stats()["sources"]["cam"]["faces"] == len(got)
 
 
 def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
@@ -184,3 +209,32 @@ def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
     wait(lambda: len(got) > n + 2)
     pipe.stop()
     assert len(got) > n
+
+
+def test_output_reader_multi_head_labels_and_va_output() -> None:
+    from edge.card import ModelCard
+    from edge.pipeline import OutputReader
+
+    card = ModelCard.model_validate({
+        "name": "eeg", "version": "1", "modality": "eeg", "parameters": 1,
+        "labels": ["valence:negative", "valence:positive", "arousal:low", "arousal:high"],
+        "inputs": [{"name": "band_power", "shape": ["batch", 160]}],
+        "outputs": [{"name": "valence_logits", "shape": ["batch", 2], "meaning": "logits over valence"},
+                    {"name": "arousal_logits", "shape": ["batch", 2], "meaning": "logits over arousal"},
+                    {"name": "va", "shape": ["batch", 2]}, {"name": "embedding", "shape": ["batch", 36]}],
+        "features": {"recipe": "edge.features.eeg.band_power"},
+        "training": {"data": "x", "terms": "x"},
+    })
+    reader = OutputReader(card)
+    out = {"valence_logits": np.array([[0.0, 2.0]], np.float32), "arousal_logits": np.array([[1.0, 1.0]], np.float32),
+           "va": np.array([[0.76, 0.0]], np.float32), "embedding": np.zeros((1, 36), np.float32)}
+    [(probs, label, conf, v, a)] = reader.read(out)
+    assert label == "valence:positive arousal:low"  # a tie goes to the first
+    assert probs["valence:positive"] == pytest.approx(1 / (1 + np.exp(-2)))
+    assert probs["arousal:low"] == pytest.approx(0.5)
+    assert conf == pytest.approx((2 * probs["valence:positive"] - 1 + 0.0) / 2)
+    assert (v, a) == (pytest.approx(0.76), 0.0)
+    del out["va"]
+    reader.va_output = None
+    [(_, _, _, v2, a2)] = reader.read(out)
+    assert v2 == pytest.approx(0.6 * (2 * probs["valence:positive"] - 1)) and a2 == pytest.approx(0.0)

@@ -14,7 +14,7 @@ from edge.config import MqttConfig, OutboxConfig
 from edge.estimate import Contribution, EmotionState, Estimate, ModelInfo
 from edge.publish import Publisher
 from edge.publish.schemas import kind_of_topic, validate
-from tests.mqtt_broker import Collector, Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.mqtt_broker import Collector, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ModelInfo("toy", "0.0.1", "ab" * 32, "onnxruntime", "fp32")

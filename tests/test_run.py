@@ -16,7 +16,7 @@ import pytest
 from edge.config import DeviceConfig
 from edge.publish.schemas import kind_of_topic, validate
 from edge.verbs.run import serve, with_broker
-from tests.mqtt_broker import Collector, Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.mqtt_broker import Collector, Mosquitto
 from tests.pipeline_helpers import RAVDESS, ListSource, make_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +27,13 @@ def emoedge(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path) -> None:
     models = tmp_path / "models"
     make_model(models, "speech", 4000, RAVDESS, "speech", window_s=0.25)
     cfg = DeviceConfig.model_validate({
         "device_id": "sigdev",
-        "mqtt": {"url": mosquitto.url, "outbox": {"path": str(tmp_path / "o.sqlite")}, "state_interval_s": 0.5},
+        "mqtt": {"url": mosquitto.url, "outbox": {"path": str(tmp_path / "o.sqlite")}, "state_interval_s": 0.5,
+                 "stats_interval_s": 0.5},
         "models": {"speech": {"path": str(models / "speech")}}, "backend": {"threads": 1},
         "sources": [{"name": "mic", "kind": "replay", "path": "x", "model": "speech", "hop_s": 0.1}],
     })
@@ -50,7 +51,8 @@ def test_sigterm_stops_cleanly_and_flushes(mosquitto: Mosquitto, tmp_path: Path)
     assert len(estimates) == (len(blocks) * 1600 - 4000) // 1600 + 1  # every window read before the stop
     assert [e["seq"] for e in estimates] == list(range(len(estimates)))
     assert [b["status"] for b in sub.on("/status")] == ["online", "stopped"]
-    assert sub.on("/state")
+    assert sub.on("/state") and sub.on("/stats")
+    assert sub.on("/stats")[-1]["sources"]["mic"]["latency_ms"]["infer"]["p99"] >= 0
     for topic, body, _, _ in sub.messages:
         validate(kind_of_topic(topic) or "?", body)
 
@@ -87,3 +89,25 @@ def test_bad_options_are_clear(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="expected mqtt://host"):
         with_broker(cfg, "http://nope")
     assert with_broker(cfg, "mqtt://10.0.0.2:1884").mqtt.port == 1884
+
+
+def test_run_from_a_config_file_with_a_replayed_recording(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The config's sources are built by firmware_bridge (here: the demo WAV replayed in real time)."""
+    from edge.demo import DEMO_SPEECH
+
+    models = tmp_path / "models"
+    make_model(models, "speech", 16000, RAVDESS, "speech", window_s=1.0)
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'device_id = "filedev"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[mqtt.outbox]\npath = "{tmp_path / "o.sqlite"}"\n'
+        f'[models.speech]\npath = "{models / "speech"}"\n'
+        f'[[sources]]\nname = "mic"\nkind = "replay"\nmodel = "speech"\npath = "{DEMO_SPEECH}"\nhop_s = 0.5\n'
+    )
+    sub = Collector(mosquitto.port, "emoedge/filedev/#")
+    result = emoedge("run", "--config", str(config), "--mqtt", mosquitto.url, "--duration", "3")
+    time.sleep(0.3)
+    sub.close()
+    assert result.returncode == 0, result.stderr
+    seqs = [b["seq"] for b in sub.on("/mic/estimate")]
+    assert len(seqs) >= 3 and seqs == list(range(len(seqs)))
+    assert "stopped: mic" in result.stdout

@@ -92,7 +92,7 @@ class Publisher:
         sources: Iterable[str] = (),
         outbox: Outbox | None = None,
         on_enable: Callable[[str, bool], None] | None = None,
-        window: int = 64,
+        window: int = 20,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -103,6 +103,7 @@ class Publisher:
         )
         self.on_enable = on_enable
         self.window = window
+        self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
         self.error: BrokerError | None = None
         self.connected = threading.Event()
         self._first_connack = threading.Event()
@@ -122,8 +123,10 @@ class Publisher:
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         client_id = cfg.client_id or f"emoedge-{self.device_id}-{uuid.uuid4().hex[:8]}"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-        client.enable_logger(logging.getLogger("edge.publish.paho"))
-        client.max_inflight_messages_set(max(20, self.window))
+        paho_log = logging.getLogger("edge.publish.paho")
+        if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every refused retry as an error: only at -vv
+            client.enable_logger(paho_log)
+        client.max_inflight_messages_set(self.window)
         client.reconnect_delay_set(1, 8)
         if cfg.username is not None:
             password = cfg.password()
@@ -163,6 +166,7 @@ class Publisher:
         Raises BrokerError at once for what retrying cannot fix: TLS verification, refused credentials.
         """
         cfg = self.config
+        reachable = True
         try:
             self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         except ssl.SSLError as exc:
@@ -170,10 +174,11 @@ class Publisher:
         except OSError as exc:
             log.warning("broker %s:%s not reachable (%s); keeping messages in the outbox and retrying", cfg.host, cfg.port, exc)
             self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+            reachable = False
         self._client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
         self._sender.start()
-        if wait_s > 0:
+        if wait_s > 0 and reachable:  # wait for the CONNACK: refused credentials are reported here
             self._first_connack.wait(wait_s)
             self.check()
         return self
@@ -198,6 +203,8 @@ class Publisher:
             with self._cond:
                 self._cond.notify_all()
             return
+        receive_max = getattr(props, "ReceiveMaximum", None)  # MQTT 5: the broker's limit on unacknowledged QoS>0
+        self._room = min(self.window, int(receive_max)) if receive_max else self.window
         self._counts["connects"] += 1
         if self._disconnected_at is not None and self._counts["connects"] > 1:
             self._counts["offline_ms"] += int((time.time() - self._disconnected_at) * 1e3)
@@ -264,7 +271,7 @@ class Publisher:
                 if self._inflight:
                     continue
                 self._draining = False
-            room = self.window - len(self._inflight)
+            room = self._room - len(self._inflight)
             if room <= 0:
                 continue
             for row in self.outbox.after(cursor, room):
@@ -377,6 +384,7 @@ class Publisher:
         if self._sender is not None:
             self._sender.join(2.0)
         self.connected.clear()
+        self._client.disable_logger()  # paho's loop logs a spurious "not connected" error while it winds down
         self._client.disconnect()
         self._client.loop_stop()
         self.outbox.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 KINDS = ("estimate", "state", "status", "stats", "enabled")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(kind: str) -> dict[str, Any]:
     if kind not in KINDS and kind != "common":
         raise ValueError(f"no payload schema '{kind}' (known: {', '.join(KINDS)})")

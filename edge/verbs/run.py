@@ -149,15 +149,18 @@ def _table(pipeline: Any, publisher: Any) -> Any:
     state = pipeline.state
     title = (f"EmoEdge {pipeline.config.device_id}: state {state.label} (v {state.valence:+.2f}, a {state.arousal:+.2f}, "
              f"conf {state.confidence:.2f})" if state else f"EmoEdge {pipeline.config.device_id}: waiting for estimates")
+    rows = pipeline.snapshot()
+    backends = ", ".join(sorted({r["backend"] for r in rows}))
     caption = (f"broker {'connected' if stats['connected'] else 'AWAY'}; outbox {stats['outbox']} "
-               f"(evicted {stats['evicted']}); sent {stats['sent']}")
+               f"(evicted {stats['evicted']}); sent {stats['sent']}; backend {backends}; latency = capture to publish")
     table = Table(title=title, caption=caption)
-    for col in ("source", "kind", "on", "received", "estimates", "dropped", "p50 ms", "p99 ms", "backend", "latest"):
-        table.add_column(col, justify="right" if col in ("received", "estimates", "dropped", "p50 ms", "p99 ms") else "left")
-    for row in pipeline.snapshot():
+    for col in ("source", "kind", "on", "received", "estimates", "dropped", "p50 ms", "p99 ms", "latest"):
+        table.add_column(col, justify="right" if col in ("received", "estimates", "dropped", "p50 ms", "p99 ms") else "left",
+                         no_wrap=col != "latest")
+    for row in rows:
         table.add_row(
             row["source"], row["kind"], "yes" if row["enabled"] else "no", str(row["received"]), str(row["estimates"]),
             str(row["dropped"]), "-" if row["p50"] is None else f"{row['p50']:.1f}",
-            "-" if row["p99"] is None else f"{row['p99']:.1f}", row["backend"], row["latest"],
+            "-" if row["p99"] is None else f"{row['p99']:.1f}", row["latest"],
         )
     return table

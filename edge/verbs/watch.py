@@ -111,6 +111,8 @@ def watch(args: argparse.Namespace) -> int:
         client.tls_set(ca_certs=str(tls.ca_file) if tls else None,
                        certfile=str(tls.cert_file) if tls and tls.cert_file else None,
                        keyfile=str(tls.key_file) if tls and tls.key_file else None)
+        if tls and tls.insecure:
+            client.tls_insecure_set(True)
     client.on_connect = on_connect
     client.on_message = on_message
     try:
