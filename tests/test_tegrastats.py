@@ -120,3 +120,46 @@ def test_sampler_without_tegrastats_says_so(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BackendUnavailable, match="needs a Jetson"):
         TegrastatsSampler().__enter__()
+
+
+def test_bench_device_report_adds_energy_per_inference(tmp_path: Path) -> None:
+    """`emoedge bench --device-report` with the stand-in tegrastats: constant 3914 mW gives energy = power x time."""
+    import json
+    import subprocess
+
+    from tests.conftest import CARD_TEMPLATE, make_linear_onnx
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tegrastats(bin_dir, lines("xavier_nx_l4t35.txt")[0])
+    folder = tmp_path / "models" / "toy"
+    folder.mkdir(parents=True)
+    make_linear_onnx(folder / "model.onnx")
+    (folder / "card.toml").write_text(CARD_TEMPLATE.format(name="toy"))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--models", str(tmp_path / "models"), "--out", str(out), "--no-data",
+         "--precisions", "fp32", "--batch", "1", "--iterations", "300", "--warmup", "2", "--no-plots",
+         "--device-report", "--tegrastats-interval", "20"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "bench.json").read_text())
+    row = data["rows"][0]
+    assert row["device"]["mean_power_mw"] == pytest.approx(3914)
+    assert row["device"]["power_source"] == "VDD_IN" and row["device"]["max_temperature_c"] == pytest.approx(35.5)
+    # energy per inference = power x (time of the timed calls) / calls, and that time is at least their summed latency
+    latency_s = sum(row["latencies_ms"]) / 1e3
+    assert row["energy_mj_per_inference"] >= 3914 * latency_s / 300 * 0.999
+    assert data["tegrastats"]["lines"] >= 2 and data["tegrastats"]["unparsed_lines"] == 0
+    assert "mJ/inf" in result.stdout
+
+
+def test_bench_device_report_off_a_jetson_says_so(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    result = subprocess.run([sys.executable, "-m", "edge", "bench", "--device-report", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode != 0 and "needs tegrastats, which L4T ships on a Jetson" in result.stderr

@@ -26,6 +26,8 @@ from edge.errors import BackendUnavailable
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN", "VDD_SYS_IN")
 # Temperature sensors that report -256 C are powered off.
 _OFF_TEMPERATURE = -256.0
+# The PMIC "temperature" is a fixed threshold (50 or 100 C), not a reading: left out of the maximum.
+_NOT_MEASURED = {"pmic"}
 
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
@@ -155,7 +157,8 @@ def summarise(samples: Sequence[TegraSample], start: float, end: float) -> dict[
     for s in inside:
         for name, value in s.temperatures.items():
             temps[name] = max(value, temps.get(name, value))
-    out["max_temperature_c"] = max(temps.values()) if temps else None
+    measured = [v for k, v in temps.items() if k not in _NOT_MEASURED]
+    out["max_temperature_c"] = max(measured) if measured else None
     out["temperatures_c"] = temps
     return out
 

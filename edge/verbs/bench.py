@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EmoEdgeError, InputError
+from edge.errors import BackendUnavailable, EmoEdgeError, InputError
 from edge.verbs import add_verb
 
 
@@ -97,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations < 1 or args.warmup < 0:
         raise InputError("--iterations must be 1 or more and --warmup 0 or more")
+    if args.device_report:
+        from edge.bench.tegrastats import TegrastatsSampler
+
+        if not TegrastatsSampler.available():
+            raise BackendUnavailable(
+                "--device-report needs tegrastats, which L4T ships on a Jetson; it is not on PATH here "
+                "(run without --device-report, or on the Jetson)"
+            )
     data = None
     if not args.no_data:
         data = data_dir(args.data)
