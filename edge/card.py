@@ -59,6 +59,10 @@ class TrainingInfo(_Strict):
     teacher: str | None = None
     seconds: float | None = Field(None, ge=0, description="wall time of the training run")
     seed: int | None = None
+    holdout: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the training run held out for validation (e.g. subjects or actors); evaluators read it",
+    )
 
 
 class QuantizationPolicy(_Strict):
@@ -80,7 +84,10 @@ class MetricRecord(_Strict):
 
 
 class ArtifactRecord(_Strict):
-    """A derived artifact (FP16, INT8) and the result of its accuracy gate."""
+    """A derived artifact (FP16, INT8) and the result of its accuracy gate (written by ``emoedge quantize``).
+
+    ``passed = false`` records a refused candidate (its sha256, the loss): no such file was written.
+    """
 
     precision: Literal["fp16", "int8"]
     file: str
@@ -93,8 +100,15 @@ class ArtifactRecord(_Strict):
     passed: bool
     command: str
     measured_at: str
-    calibration: str | None = None
-    method: str | None = None
+    calibration: str | None = Field(None, description="calibration set (folder and samples sha256) of an INT8 artifact")
+    method: str | None = Field(None, description="INT8 calibration method: minmax, entropy, percentile")
+    data: str | None = Field(None, description="the samples the gate measured on")
+    n: int | None = Field(None, ge=0, description="how many samples the gate measured")
+    allowance: float | None = Field(None, description="max_loss_points of the card when measured")
+    per_head: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="metric per label head (EEG valence and arousal): fp32, value, loss_points"
+    )
+    note: str | None = Field(None, description="why the gate fell back, or why the artifact was refused")
 
 
 class ModelCard(_Strict):

@@ -22,8 +22,16 @@ VERBS: dict[str, str] = {
     "config": "edge.verbs.config",
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "ports": "edge.verbs.ports",
+    "listen": "edge.verbs.listen",
+    "simulate": "edge.verbs.simulate",
+    "run": "edge.verbs.run",
+    "watch": "edge.verbs.watch",
     "bench": "edge.verbs.bench",
     "bundle": "edge.verbs.bundle",
+    "calibrate": "edge.verbs.calibrate",
+    "quantize": "edge.verbs.quantize",
+    "build": "edge.verbs.build",
 }
 
 

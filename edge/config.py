@@ -62,7 +62,10 @@ class OutboxConfig(_Strict):
     """On-disk queue that keeps messages while the broker is away."""
 
     path: Path | None = Field(None, description="SQLite file; default under the cache folder")
-    max_messages: int = Field(100_000, ge=10, le=10_000_000)
+    max_messages: int = Field(100_000, ge=10, le=10_000_000, description="when full, the oldest are evicted (counted in stats)")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives a crash of the process; full: also a power cut (one fsync a message)"
+    )
 
 
 class MqttConfig(_Strict):
@@ -201,7 +204,19 @@ class FusionConfig(_Strict):
     stale_after_s: float = Field(3.0, gt=0, le=600, description="an estimate older than this stops counting")
     half_life_s: float = Field(1.0, gt=0, le=600, description="freshness weight halves every half_life_s")
     smoothing_s: float = Field(1.0, ge=0, le=600, description="time constant of the exponential smoothing")
-    weights: dict[str, float] = Field(default_factory=dict, description="per-modality prior weights")
+    weights: dict[str, float] = Field(default_factory=dict, description="prior weight per source name or modality")
+    prototypes: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="extra circumplex prototypes: label = [valence, arousal] in [-1, 1]; nan for an axis the label does not name",
+    )
+
+    @field_validator("prototypes")
+    @classmethod
+    def _prototypes_in_range(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for label, va in value.items():
+            if any(not (x != x or -1.0 <= x <= 1.0) for x in va):  # x != x: nan, an open axis
+                raise ValueError(f"prototype '{label}': valence and arousal must be in [-1, 1] (or nan), got {list(va)}")
+        return value
 
 
 class DeviceConfig(_Strict):

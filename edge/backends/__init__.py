@@ -52,10 +52,15 @@ def choose_backend(
             cache = engine_cache_dir(engine_cache)
             engine = find_engine(cache, model.name, model.sha256, trt_version, gpus[0].name, model.precision)
             if engine is None:
+                from edge.backends.engine_cache import EngineKey, other_builds, staleness_reasons
+
+                wanted = EngineKey(model.name, model.sha256, trt_version, gpus[0].name, model.precision)
+                stale = sorted({"; ".join(staleness_reasons(m.key, wanted)) for m in other_builds(cache, model.name, model.precision)} - {""})
                 missing = (
                     f"no {model.precision} engine for {model.name} (sha256 {model.sha256[:12]}) built with "
-                    f"TensorRT {trt_version} on {gpus[0].name} in {cache}; build one with "
-                    f"emoedge build {model.name} --precision {model.precision}"
+                    f"TensorRT {trt_version} on {gpus[0].name} in {cache}"
+                    + (f" (cached ones do not fit: {' | '.join(stale)})" if stale else "")
+                    + f"; build one with emoedge build {model.name} --precision {model.precision}"
                 )
     if missing is None:
         return BackendChoice("tensorrt", f"TensorRT {trt_version} with a cached engine", engine)

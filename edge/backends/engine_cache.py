@@ -3,19 +3,30 @@
 An engine belongs to one model file, one TensorRT version, one GPU, one precision and one batch
 profile, so the file name says all of these, and a JSON manifest beside the plain engine file records
 them with the model's sha256. The runtime uses this module to find an engine without importing
-TensorRT's builder; ``edge.export.engine`` writes them.
+TensorRT's builder; ``edge.export.build`` writes them.
+
+Cache layout (``EMOEDGE_CACHE/engines/``)::
+
+    <stem>.engine  <stem>.json     a usable engine and its manifest (status "ok")
+    <stem>.lock                    held while a process builds that engine (filelock)
+    rejected/<stem>.engine|.json   engines that failed the accuracy gate after their build, kept for inspection
+    timing-<trt>-<gpu>.cache       TensorRT's timing cache, shared by every build for that TensorRT and GPU
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edge.paths import cache_dir
+
+log = logging.getLogger(__name__)
+REJECTED = "rejected"
 
 MANIFEST_VERSION = 1
 
@@ -54,6 +65,28 @@ class EngineKey:
     def manifest_name(self) -> str:
         return self.stem + ".json"
 
+    @property
+    def lock_name(self) -> str:
+        return self.stem + ".lock"
+
+    def same_slot(self, other: EngineKey) -> bool:
+        """Built for the same model name, precision, profile and DLA core (what a rebuild would replace)."""
+        return (self.model, self.precision, self.min_batch, self.opt_batch, self.max_batch, self.dla_core) == (
+            other.model, other.precision, other.min_batch, other.opt_batch, other.max_batch, other.dla_core
+        )
+
+
+def staleness_reasons(cached: EngineKey, wanted: EngineKey) -> list[str]:
+    """Why an engine built for ``cached`` cannot serve ``wanted`` (empty when it can)."""
+    reasons = []
+    if cached.model_sha256 != wanted.model_sha256:
+        reasons.append(f"model file changed (sha256 {cached.model_sha256[:12]} -> {wanted.model_sha256[:12]})")
+    if cached.trt_version != wanted.trt_version:
+        reasons.append(f"TensorRT version changed ({cached.trt_version} -> {wanted.trt_version})")
+    if cached.gpu != wanted.gpu:
+        reasons.append(f"GPU changed ({cached.gpu} -> {wanted.gpu})")
+    return reasons
+
 
 @dataclass
 class EngineManifest:
@@ -64,6 +97,9 @@ class EngineManifest:
     status: str = "ok"  # "ok", or "rejected" when it failed the accuracy gate
     gate: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    engine_sha256: str | None = None  # guards against a truncated or overwritten engine file
+    builder: dict[str, Any] = field(default_factory=dict)  # how it was built: typing, flags, workspace
+    rebuilt_because: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -71,12 +107,50 @@ class EngineManifest:
     @classmethod
     def from_json(cls, text: str) -> EngineManifest:
         data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer emoedge may have added fields
         data["key"] = EngineKey(**data["key"])
         return cls(**data)
+
+    def write(self, path: Path) -> None:
+        """Write atomically (a reader never sees half a manifest)."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 def engine_cache_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     return cache_dir(arg) / "engines"
+
+
+def sha256_file(path: Path) -> str:
+    from edge.card import sha256_file as digest
+
+    return digest(path)
+
+
+def engine_problem(manifest_path: Path, manifest: EngineManifest) -> str | None:
+    """Why the engine beside this manifest cannot be used as it is (None when it can)."""
+    engine = manifest_path.with_suffix(".engine")
+    if manifest.status != "ok":
+        return f"its manifest says status '{manifest.status}'"
+    if not engine.is_file():
+        return f"the engine file {engine.name} is missing"
+    if manifest.engine_sha256 is not None and sha256_file(engine) != manifest.engine_sha256:
+        return f"the engine file {engine.name} is corrupt (sha256 does not match its manifest)"
+    return None
+
+
+def engine_lock(cache: Path, key: EngineKey, timeout: float = -1) -> Any:
+    """A lock file per engine, so that two processes never build the same engine at once."""
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache / key.lock_name), timeout=timeout)
+
+
+def rejected_dir(cache: Path) -> Path:
+    return cache / REJECTED
 
 
 def read_manifests(cache: Path) -> list[tuple[Path, EngineManifest]]:
@@ -97,7 +171,8 @@ def find_engine(
 ) -> Path | None:
     """The usable engine for this model file, TensorRT and GPU, or None.
 
-    Engines that failed their accuracy gate, or whose file is gone, are never returned.
+    Engines that failed their accuracy gate, whose file is gone or does not match its recorded sha256,
+    are never returned (the last with a warning saying why).
     """
     for manifest_path, manifest in read_manifests(cache):
         k = manifest.key
@@ -105,7 +180,16 @@ def find_engine(
             model, model_sha256, trt_version, gpu, precision
         ):
             continue
-        engine = manifest_path.with_suffix(".engine")
-        if manifest.status == "ok" and engine.is_file():
-            return engine
+        problem = engine_problem(manifest_path, manifest)
+        if problem is None:
+            return manifest_path.with_suffix(".engine")
+        if manifest.status == "ok":
+            log.warning("engine %s not used: %s; rebuild it with emoedge build %s --precision %s",
+                        manifest_path.with_suffix(".engine"), problem, model, precision)
     return None
+
+
+def other_builds(cache: Path, model: str, precision: str) -> list[EngineManifest]:
+    """Manifests of usable engines of this model and precision built for another model file, TensorRT or GPU:
+    what a user is told about when no engine fits this machine."""
+    return [m for _, m in read_manifests(cache) if m.key.model == model and m.key.precision == precision and m.status == "ok"]

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         command = shlex.join(argv) if argv else f"emoedge eval {args.name} --data {args.data}"
         record = MetricRecord(
             command=command, data=data.description, split=args.split, backend=runner.backend,
-            precision=args.precision, mode=args.mode or "default",
+            precision=args.precision, mode=args.mode or data.extra.get("mode", "default"),
             measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             values={k: v for k, v in result.items() if k not in ("model", "backend", "precision", "data")},
         )

@@ -30,6 +30,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--teacher", help="teacher for distillation (path); default: the recipe's")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--mode", help="input normalisation to train with, where the recipe has several "
+                        "(eeg: subject-norm | population-norm)")
+    parser.add_argument("--cv", type=int, default=0,
+                        help="run K-fold leave-groups-out cross-validation over the training groups "
+                        "(subjects, actors) and print it, instead of training (where the recipe has it)")
     parser.set_defaults(func=run)
 
 

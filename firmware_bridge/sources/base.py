@@ -17,7 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edge.errors import EmoEdgeError
+
 SampleKind = Literal["eeg", "audio", "video"]
+
+
+class SourceError(EmoEdgeError):
+    """A source cannot be opened or read; the message says which and why (and how to get what is missing)."""
 
 
 @dataclass
@@ -119,7 +125,7 @@ class Source(ABC):
     def _run(self) -> None:
         """Reader loop: produce samples with ``_emit`` until ``self.stopped``."""
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, most sources release in _run
         """Release devices after the thread ended."""
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,155 @@
+"""Evaluation of the EEG band-power model on DEAP-style text files (valence and arousal).
+
+DIR holds EEG_feature.txt (N x 160 log band power), subject_video.txt (subject, video) and
+valence_arousal_label.txt (valence 1=positive 2=negative, arousal 1=high 2=low). Split
+"validation" is every subject the model was not trained on (the card's
+``training.holdout.train_subjects``), "train" the others, "all" every row.
+
+Modes (how the 160 features are z-scored before the model, as on a device):
+  subject-norm     by the subject's own history: mean and std of all that subject's rows in DIR
+                   (unlabeled; a device accumulates it with ``edge.features.eeg.SubjectNormaliser``);
+  population-norm  by the training population's statistics stored in the card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.card import ModelCard
+from edge.errors import ConfigError, ModelError
+from edge.evaluation import LabelledSet
+from edge.evaluation.metrics import classification_metrics
+from edge.features.eeg import load_deap_features, standardise
+
+MODES = ("subject-norm", "population-norm")
+VALENCE_LABELS = ["negative", "positive"]
+AROUSAL_LABELS = ["low", "high"]
+_VALENCE_CODES = {1: 1, 2: 0}  # file code -> index into VALENCE_LABELS
+_AROUSAL_CODES = {1: 1, 2: 0}  # file code -> index into AROUSAL_LABELS
+
+
+def _normalise(features: np.ndarray, subjects: np.ndarray, mode: str, card: ModelCard) -> np.ndarray:
+    if mode == "subject-norm":
+        out = np.empty_like(features)
+        for s in np.unique(subjects):
+            m = subjects == s
+            out[m] = standardise(features[m], features[m].mean(0), features[m].std(0))
+        return out
+    params = card.features.params
+    if "population_mean" not in params or "population_std" not in params:
+        raise ModelError(f"model '{card.name}': its card has no population statistics for mode population-norm")
+    return standardise(features, np.asarray(params["population_mean"]), np.asarray(params["population_std"]))
+
+
+def stratified_slice(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` rows, the same share of each label as the whole, seeded, in order."""
+    rng = np.random.default_rng(seed)
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    picked: list[np.ndarray] = []
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = np.maximum(1, np.floor(counts / counts.sum() * limit).astype(int))
+    for c, q in zip(classes, quotas):
+        idx = np.flatnonzero(labels == c)
+        picked.append(rng.choice(idx, size=min(q, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))[:limit]
+
+
+def load_split(
+    card: ModelCard, data_dir: Path, split: str, limit: int | None = None, seed: int = 0, mode: str | None = None
+) -> LabelledSet:
+    mode = mode or str(card.features.params.get("trained_mode", "subject-norm"))
+    if mode not in MODES:
+        raise ConfigError(f"eeg eval: unknown --mode '{mode}' (expected one of {', '.join(MODES)})")
+    features, subject_video, codes = load_deap_features(data_dir)
+    subjects = subject_video[:, 0]
+    train_subjects = set(card.training.holdout.get("train_subjects", []))
+    if split == "validation":
+        rows = ~np.isin(subjects, list(train_subjects))
+    elif split == "train":
+        rows = np.isin(subjects, list(train_subjects))
+    elif split == "all":
+        rows = np.ones(len(subjects), dtype=bool)
+    else:
+        raise ConfigError(f"eeg eval: unknown split '{split}' (expected validation, train or all)")
+    if not rows.any():
+        raise ConfigError(f"eeg eval: {data_dir} has no rows in split '{split}' (subjects {sorted(set(subjects))})")
+    # Normalise with each subject's whole history in DIR first (unlabeled), then drop unknown labels.
+    x = _normalise(features[rows], subjects[rows], mode, card)
+    codes, subjects = codes[rows], subjects[rows]
+    known = np.isin(codes[:, 0], list(_VALENCE_CODES)) & np.isin(codes[:, 1], list(_AROUSAL_CODES))
+    skipped = int((~known).sum())
+    x, codes, subjects = x[known], codes[known], subjects[known]
+    valence = np.array([_VALENCE_CODES[int(c)] for c in codes[:, 0]], dtype=np.int64)
+    arousal = np.array([_AROUSAL_CODES[int(c)] for c in codes[:, 1]], dtype=np.int64)
+    if limit is not None:
+        keep = stratified_slice(valence * 2 + arousal, limit, seed)
+        x, valence, arousal, subjects = x[keep], valence[keep], arousal[keep], subjects[keep]
+    held = sorted(int(s) for s in np.unique(subjects))
+    description = f"{Path(data_dir).name}: split {split}, subjects {held}, {len(x)} trials, mode {mode}"
+    if limit is not None:
+        description += f", stratified slice of {limit} (seed {seed})"
+    return LabelledSet(
+        inputs={card.inputs[0].name: x.astype(np.float32)},
+        labels={"valence": valence, "arousal": arousal},
+        skipped=skipped,
+        description=description,
+        extra={"mode": mode, "subjects": subjects},
+    )
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256) -> dict[str, Any]:
+    name = card.inputs[0].name
+    x = data.inputs[name]
+    outs: dict[str, list[np.ndarray]] = {"valence_logits": [], "arousal_logits": [], "va": []}
+    for start in range(0, len(x), batch):
+        result = runner.infer({name: x[start : start + batch]})
+        for key in outs:
+            outs[key].append(result[key])
+    valence_logits = np.concatenate(outs["valence_logits"])
+    arousal_logits = np.concatenate(outs["arousal_logits"])
+    va = np.concatenate(outs["va"])
+    labels = data.labels
+    assert isinstance(labels, dict)
+    result: dict[str, Any] = {
+        "valence": classification_metrics(labels["valence"], valence_logits.argmax(1), VALENCE_LABELS),
+        "arousal": classification_metrics(labels["arousal"], arousal_logits.argmax(1), AROUSAL_LABELS),
+        "skipped": data.skipped,
+        "mode": data.extra.get("mode"),
+    }
+    # the continuous score, checked against the binary labels: mean score per class
+    for i, key in enumerate(("valence", "arousal")):
+        y = labels[key]
+        result[key]["mean_score_by_class"] = {
+            lab: (float(va[y == c, i].mean()) if (y == c).any() else None)
+            for c, lab in enumerate(VALENCE_LABELS if key == "valence" else AROUSAL_LABELS)
+        }
+    return result
+
+
+def format_classification(title: str, m: dict[str, Any]) -> str:
+    """A plain-text block: headline metrics, recall per class and the confusion matrix."""
+    labels = m["labels"]
+    lines = [
+        f"{title}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+        f"balanced accuracy {m['balanced_accuracy']:.3f}  (n = {m['n']})",
+        "  recall per class: " + ", ".join(
+            f"{k} {v['recall']:.3f}" if v["recall"] is not None else f"{k} -" for k, v in m["per_class"].items()
+        ),
+        "  confusion (rows true, columns predicted):",
+    ]
+    width = max(6, *(len(lab) for lab in labels)) + 1
+    lines.append("    " + " " * width + "".join(f"{lab:>{width}}" for lab in labels))
+    for lab, row in zip(labels, m["confusion"]):
+        lines.append("    " + f"{lab:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    print(f"{result.get('model', 'eeg')} on {result.get('data', '?')} ({result.get('backend', '?')}, "
+          f"{result.get('precision', '?')}); skipped {result.get('skipped', 0)}")
+    for key in ("valence", "arousal"):
+        print(format_classification(key, result[key]))

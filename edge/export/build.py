@@ -1,0 +1,223 @@
+"""``emoedge build``: a TensorRT engine for one model artifact, in the device-keyed cache, gated.
+
+The steps, under a lock file per engine (so two processes never build the same engine at once):
+
+1. a cached engine for exactly this model file, TensorRT, GPU, precision and profile is reused,
+   unless its file is missing or corrupt (sha256 in its manifest);
+2. engines of the same model, precision and profile built for another model file, TensorRT or GPU
+   are stale: they are removed, with a log line saying why, and rebuilt;
+3. the builder (``edge.export.engine``, the only TensorRT calls) makes the engine, with the timing
+   cache of this TensorRT and GPU kept in the cache folder across builds;
+4. the engine's top-1 predictions on the calibration samples are compared with ONNX Runtime FP32;
+   it may disagree with FP32 by no more than the artifact itself does on ONNX Runtime, plus the card's
+   allowance. An engine that fails is moved to ``rejected/`` (manifest status "rejected") and never used.
+
+The builder and the engine runner are parameters so that everything around TensorRT runs, and is
+tested, on machines without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge.backends.base import Runner
+from edge.backends.engine_cache import (
+    EngineKey,
+    EngineManifest,
+    engine_cache_dir,
+    engine_lock,
+    engine_problem,
+    read_manifests,
+    rejected_dir,
+    slug,
+    staleness_reasons,
+)
+from edge.card import load_model, sha256_file
+from edge.errors import BackendUnavailable, ModelError
+from edge.export.calibrate import load_calibration_set
+from edge.export.engine import BuildRequest
+from edge.export.gate import GateResult, judge, run_batches, top1_agreement
+from edge.paths import calibration_dir
+
+log = logging.getLogger(__name__)
+Builder = Callable[[BuildRequest], "tuple[bytes, dict[str, Any]]"]
+EngineOpener = Callable[[Path], Runner]
+LOCK_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class BuildOutcome:
+    status: str  # "cached", "built" or "rejected"
+    engine: Path
+    manifest: EngineManifest
+    reasons: list[str] = field(default_factory=list)  # why it was (re)built
+    gate: GateResult | None = None
+
+
+def timing_cache_path(cache: Path, trt_version: str, gpu: str) -> Path:
+    return cache / f"timing-trt{slug(trt_version)}-{slug(gpu)}.cache"
+
+
+def _remove(manifest_path: Path) -> None:
+    manifest_path.with_suffix(".engine").unlink(missing_ok=True)
+    manifest_path.unlink(missing_ok=True)
+
+
+def _real_builder() -> tuple[Builder, EngineOpener, str, str]:
+    """TensorRT's builder and runner, this machine's TensorRT version and GPU; or BackendUnavailable saying why not."""
+    from edge.backends import probe
+    from edge.backends.tensorrt import TensorRTRunner, require_tensorrt
+    from edge.export.engine import build_serialized_engine
+
+    require_tensorrt()
+    version = probe.tensorrt_version()
+    gpu = probe.gpu_key()
+    if version is None or gpu is None:
+        raise BackendUnavailable("TensorRT imports but no CUDA GPU was found (pycuda and nvidia-smi see none)")
+    return build_serialized_engine, TensorRTRunner, version, gpu
+
+
+def gate_engine(
+    card: Any, batches: list[dict[str, Any]], fp32: Runner, artifact: Runner | None, engine: Runner, allowance: float,
+    data: str,
+) -> GateResult:
+    """Top-1 agreement of the engine with ONNX Runtime FP32, against the artifact's own agreement on ONNX Runtime."""
+    reference = run_batches(fp32, batches)
+    expected = 1.0
+    if artifact is not None:
+        expected, _ = top1_agreement(card, reference, run_batches(artifact, batches))
+    got, per_output = top1_agreement(card, reference, run_batches(engine, batches))
+    n = int(next(iter(reference.values())).shape[0])
+    return judge(
+        "top1_agreement_with_fp32", {"all": expected}, {"all": got}, got, allowance, n, per_output, data,
+        note="reference: the artifact's agreement with FP32 on ONNX Runtime" if artifact is not None else "",
+    )
+
+
+def build_engine(
+    name_or_path: str | os.PathLike[str],
+    precision: str = "fp32",
+    max_batch: int = 8,
+    opt_batch: int | None = None,
+    workspace_mb: int | None = None,
+    dla_core: int | None = None,
+    models: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    builder: Builder | None = None,
+    open_engine: EngineOpener | None = None,
+    trt_version: str | None = None,
+    gpu: str | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> BuildOutcome:
+    """Build (or reuse) the engine of one model artifact; see the module docstring for the steps."""
+    from edge.backends.ort import OnnxRuntimeRunner
+
+    if max_batch < 1:
+        raise ModelError(f"--max-batch must be at least 1 (got {max_batch})")
+    opt = opt_batch or max_batch
+    if not 1 <= opt <= max_batch:
+        raise ModelError(f"the optimal batch {opt} must lie in 1..{max_batch}")
+    if builder is None or open_engine is None or trt_version is None or gpu is None:
+        real_builder, real_opener, real_version, real_gpu = _real_builder()
+        builder, open_engine = builder or real_builder, open_engine or real_opener
+        trt_version, gpu = trt_version or real_version, gpu or real_gpu
+    model = load_model(name_or_path, precision, models=models)
+    fp32_path = model.folder / "model.onnx"
+    card = model.card
+    calib = load_calibration_set(calibration_dir(calibration) / card.name, card)
+    root = engine_cache_dir(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    key = EngineKey(model.name, model.sha256, trt_version, gpu, precision, 1, opt, max_batch, dla_core)
+    manifest_path = root / key.manifest_name
+    engine_path = root / key.engine_name
+
+    lock = engine_lock(root, key)
+    try:
+        lock.acquire(timeout=0)
+    except Exception:
+        log.warning("another process is building %s; waiting for it (lock file %s)", key.engine_name, lock.lock_file)
+        try:
+            lock.acquire(timeout=lock_timeout)
+        except Exception:
+            raise ModelError(
+                f"gave up after {lock_timeout:.0f} s waiting for the build of {key.engine_name} by another process "
+                f"(lock file {lock.lock_file})"
+            ) from None
+    try:
+        reasons: list[str] = []
+        if manifest_path.is_file():
+            try:
+                manifest = EngineManifest.from_json(manifest_path.read_text(encoding="utf-8"))
+                problem = engine_problem(manifest_path, manifest)
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                problem = f"its manifest is unreadable ({exc})"
+                manifest = None
+            if problem is None and not force and manifest is not None:
+                log.info("using cached engine %s", engine_path)
+                return BuildOutcome("cached", engine_path, manifest)
+            reasons.append(problem or "asked to rebuild (--force)")
+            _remove(manifest_path)
+        for other_path, other in read_manifests(root):
+            if other_path != manifest_path and other.key.same_slot(key):
+                why = staleness_reasons(other.key, key)
+                if why:
+                    reasons.extend(why)
+                    log.warning("engine %s is stale: %s; removing it and building a new one",
+                                other_path.with_suffix(".engine").name, "; ".join(why))
+                    _remove(other_path)
+        if reasons:
+            log.warning("rebuilding %s: %s", key.engine_name, "; ".join(reasons))
+        log.warning("building %s from %s (this can take minutes on a Jetson)", key.engine_name, model.path.name)
+
+        request = BuildRequest(
+            onnx_path=model.path, precision=precision, min_batch=1, opt_batch=opt, max_batch=max_batch,
+            workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing_cache_path(root, trt_version, gpu),
+        )
+        start = time.perf_counter()
+        blob, info = builder(request)
+        seconds = time.perf_counter() - start
+        tmp = root / f".{key.engine_name}.tmp-{os.getpid()}"
+        tmp.write_bytes(blob)
+        tmp.replace(engine_path)
+
+        batch = min(max_batch, 32)
+        batches = calib.batches(batch)
+        with OnnxRuntimeRunner(fp32_path) as fp32:
+            artifact_runner = OnnxRuntimeRunner(model.path) if precision != "fp32" else None
+            try:
+                if artifact_runner is not None:
+                    artifact_runner.activate()
+                with open_engine(engine_path) as engine:
+                    gate = gate_engine(
+                        card, batches, fp32, artifact_runner, engine, card.quantization.max_loss_points,
+                        data=f"calibration/{card.name} ({len(calib)} samples)",
+                    )
+            finally:
+                if artifact_runner is not None:
+                    artifact_runner.deactivate()
+        manifest = EngineManifest(
+            key=key, onnx_file=model.path.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            build_seconds=round(seconds, 3), status="ok" if gate.passed else "rejected",
+            gate={k: v for k, v in asdict(gate).items() if k not in ("data",)} | {"data": gate.data},
+            engine_sha256=sha256_file(engine_path), builder=info, rebuilt_because=reasons,
+        )
+        if gate.passed:
+            manifest.write(manifest_path)
+            return BuildOutcome("built", engine_path, manifest, reasons, gate)
+        aside = rejected_dir(root)
+        aside.mkdir(exist_ok=True)
+        shutil.move(str(engine_path), aside / key.engine_name)
+        manifest.write(aside / key.manifest_name)
+        return BuildOutcome("rejected", aside / key.engine_name, manifest, reasons, gate)
+    finally:
+        lock.release()

@@ -1,0 +1,175 @@
+"""INT8 as explicit quantization: a QDQ ONNX made by ONNX Runtime's static quantization.
+
+The file is made for TensorRT as much as for ONNX Runtime: symmetric INT8 activations and weights
+(every zero point 0, which TensorRT's explicit quantization requires), per-channel weight scales,
+QuantizeLinear/DequantizeLinear pairs (QDQ format), opset at most 20 (ORT's static quantization does
+not handle 21). The calibration method (how activation ranges are chosen from the calibration set)
+is selectable: ``minmax`` (the full range seen), ``entropy`` (the range that keeps the most
+information), ``percentile`` (clips the top 0.001 %).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+MAX_OPSET = 20
+# Operators that carry weights: their second input must be a per-channel INT8 tensor after quantization.
+WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+@dataclass
+class QdqSummary:
+    """What a QDQ graph quantized, checked for what TensorRT needs."""
+
+    quantized_ops: dict[str, int] = field(default_factory=dict)  # op type -> count fed by DequantizeLinear
+    float_ops: dict[str, int] = field(default_factory=dict)  # compute ops left in float
+    nonzero_zero_points: list[str] = field(default_factory=list)
+    per_tensor_weights: list[str] = field(default_factory=list)  # weights quantized with one scale
+    qdq_nodes: int = 0
+
+
+def inspect_qdq(model: Any) -> QdqSummary:
+    """Summarise a QDQ ``onnx.ModelProto``: quantized and float ops, zero points, weight scales."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    summary = QdqSummary()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            summary.qdq_nodes += 1
+            if len(node.input) > 2 and node.input[2]:
+                zp = inits.get(node.input[2])
+                if zp is None or np.any(numpy_helper.to_array(zp) != 0):
+                    summary.nonzero_zero_points.append(node.name or node.output[0])
+            continue
+        fed = [producers.get(i) for i in node.input]
+        if any(p is not None and p.op_type == "DequantizeLinear" for p in fed):
+            summary.quantized_ops[node.op_type] = summary.quantized_ops.get(node.op_type, 0) + 1
+            index = WEIGHTED_OPS.get(node.op_type)
+            if index is not None and len(node.input) > index:
+                dq = producers.get(node.input[index])
+                if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                    scale = inits.get(dq.input[1])
+                    if scale is None or numpy_helper.to_array(scale).ndim == 0:
+                        summary.per_tensor_weights.append(node.name or node.output[0])
+        elif node.op_type not in ("Constant", "Shape", "Cast", "Identity"):
+            summary.float_ops[node.op_type] = summary.float_ops.get(node.op_type, 0) + 1
+    return summary
+
+
+def default_opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def quantize_int8(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    batches: list[dict[str, np.ndarray]],
+    method: str = "minmax",
+) -> QdqSummary:
+    """Write the QDQ INT8 version of ``src`` to ``dst``, calibrated on ``batches``; return its summary.
+
+    Raises ModelError when ONNX Runtime cannot quantize the model (e.g. an operator it cannot run),
+    when nothing in it could be quantized, or when the result breaks what TensorRT requires.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    if method not in METHODS:
+        raise ModelError(f"unknown calibration method '{method}' (expected one of {', '.join(METHODS)})")
+    if not batches or not any(len(next(iter(b.values()))) for b in batches):
+        raise ModelError("the calibration set is empty: nothing to calibrate INT8 ranges on")
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(batches)
+
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise ModelError(f"{src}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    with tempfile.TemporaryDirectory(prefix="emoedge-int8-") as tmp:
+        staged = Path(tmp) / "model.onnx"
+        opset = default_opset(model)
+        if opset > MAX_OPSET:
+            from onnx import version_converter
+
+            try:
+                model = version_converter.convert_version(model, MAX_OPSET)
+            except Exception as exc:
+                raise ModelError(
+                    f"{src}: opset {opset} is above {MAX_OPSET}, which ONNX Runtime's static quantization needs, "
+                    f"and converting it down failed ({exc}); export the model with opset <= {MAX_OPSET}"
+                ) from None
+            log.info("%s: converted opset %d -> %d for quantization", src, opset, MAX_OPSET)
+        onnx.save(model, str(staged))
+        prepared = Path(tmp) / "model.pre.onnx"
+        try:
+            quant_pre_process(str(staged), str(prepared))
+        except Exception as exc:  # symbolic shape inference gives up on some graphs: plain shape inference then
+            log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", exc)
+            try:
+                quant_pre_process(str(staged), str(prepared), skip_symbolic_shape=True)
+            except Exception as exc2:
+                raise ModelError(f"{src}: ONNX Runtime cannot prepare this model for quantization: {exc2}") from None
+        try:
+            quantize_static(
+                str(prepared),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate_method,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+        except Exception as exc:  # ORT raises Fail/InvalidGraph/... from the calibration session
+            raise ModelError(f"{src}: ONNX Runtime could not quantize this model: {type(exc).__name__}: {exc}") from None
+    summary = inspect_qdq(onnx.load(str(dst)))
+    if not summary.quantized_ops:
+        Path(dst).unlink(missing_ok=True)
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(summary.float_ops.items())) or "none"
+        raise ModelError(
+            f"{src}: no operator of this model is one ONNX Runtime can quantize (its operators: {ops}); "
+            "an INT8 file would be the FP32 model with extra nodes, so none is written"
+        )
+    if summary.nonzero_zero_points or summary.per_tensor_weights:
+        Path(dst).unlink(missing_ok=True)
+        raise ModelError(
+            f"{src}: the quantized graph breaks TensorRT's rules: non-zero zero points at {summary.nonzero_zero_points}, "
+            f"per-tensor weights at {summary.per_tensor_weights}"
+        )
+    return summary

@@ -1,0 +1,182 @@
+"""EEG features: windows of raw samples, and log band power per electrode in the DEAP feature layout.
+
+The band-power model (``models/eeg``) was trained on a public DEAP feature file whose extraction is
+undocumented (``EEG_feature.txt``: 160 = 5 bands x 32 electrodes, band-major). What we infer from its
+numbers, so that a board streaming raw EEG can feed that model:
+
+* **Transform: natural log of the band power (PSD summed over the band), in uV^2.** Evidence: every row
+  has ln P(alpha 8-12) - ln P(slow alpha 8-10) > 0 (min 0.04, mean 0.67 = ln 1.96): alpha contains slow
+  alpha and has about twice its width; a log10 would give 0.29, a mean PSD about 0, and differential
+  entropy (0.5 ln) about 0.35. Confidence: high for "natural log of a band sum", medium for the
+  estimator (Welch, 1-s Hann segments, 50 % overlap, 1 Hz bins summed over [lo, hi)), as in the DEAP
+  paper (Koelstra et al. 2012, section 6.1: Welch with 128-sample windows, log spectral power of theta,
+  slow alpha, alpha, beta and gamma). The absolute offset (reference montage, filtering, units of the
+  source recording) cannot be checked without the raw data, so features from a new device will sit at
+  a different level: z-scoring per subject (``SubjectNormaliser``, mode ``subject-norm``) removes any
+  such constant offset per feature, which is why that mode is the one to use on a device.
+* **Electrode order: DEAP's original (Twente/BioSemi) order, not the Geneva order of the preprocessed
+  release.** Evidence: theta is highest at columns 1 and 30 (Fp1, Fp2 in Twente order: eye blinks;
+  column 30 would be P8 in Geneva order), gamma highest at columns 7, 3, 24, 28 (T7, F7, T8, F8: jaw
+  muscle), alpha highest at 14 and 18 (PO3, PO4), gamma lowest at 13, 9, 22, 32 (Pz, CP1, CP2, Cz).
+  Confidence: high. ``DEAP_ELECTRODES`` lists that order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EmoEdgeError, InputError
+
+#: band name, low edge (Hz, inclusive), high edge (Hz, exclusive): the DEAP feature bands, in file order.
+DEAP_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("theta", 4.0, 8.0),
+    ("slow_alpha", 8.0, 10.0),
+    ("alpha", 8.0, 12.0),
+    ("beta", 12.0, 30.0),
+    ("gamma", 30.0, 45.0),
+)
+
+#: electrode order of the DEAP feature columns (inferred: DEAP's Twente/BioSemi recording order).
+DEAP_ELECTRODES: tuple[str, ...] = (
+    "Fp1", "AF3", "F7", "F3", "FC1", "FC5", "T7", "C3", "CP1", "CP5", "P7", "P3", "Pz", "PO3", "O1", "Oz",
+    "O2", "PO4", "P4", "P8", "CP6", "CP2", "C4", "T8", "FC6", "FC2", "F4", "F8", "AF4", "Fp2", "Fz", "Cz",
+)
+
+#: the electrode order of DEAP's preprocessed release (data_preprocessed_python), for boards using it.
+DEAP_GENEVA_ELECTRODES: tuple[str, ...] = (
+    "Fp1", "AF3", "F3", "F7", "FC5", "FC1", "C3", "T7", "CP5", "CP1", "P3", "P7", "PO3", "O1", "Oz", "Pz",
+    "Fp2", "AF4", "Fz", "F4", "F8", "FC6", "FC2", "Cz", "C4", "T8", "CP6", "CP2", "P4", "P8", "PO4", "O2",
+)
+
+BAND_POWER_FLOOR = 1e-12  # uV^2; keeps the log finite on a flat (disconnected) channel
+
+
+def eeg_windows(samples: np.ndarray, sample_rate: float, window_s: float, hop_s: float | None = None) -> np.ndarray:
+    """Cut raw EEG ``[channels, time]`` into windows ``[n, channels, window]`` (no padding; a short tail is dropped)."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 2:
+        raise InputError(f"EEG samples: expected [channels, time], got shape {x.shape}")
+    width = int(round(window_s * sample_rate))
+    hop = int(round((hop_s or window_s) * sample_rate))
+    if width <= 0 or hop <= 0:
+        raise InputError(f"EEG windows: window {window_s} s and hop {hop_s} s must be at least one sample")
+    if x.shape[1] < width:
+        return np.zeros((0, x.shape[0], width), dtype=np.float32)
+    starts = range(0, x.shape[1] - width + 1, hop)
+    return np.stack([x[:, s : s + width] for s in starts])
+
+
+def band_power(
+    samples: np.ndarray,
+    sample_rate: float,
+    bands: Sequence[tuple[str, float, float]] = DEAP_BANDS,
+    segment_s: float = 1.0,
+) -> np.ndarray:
+    """Log band power per electrode, band-major: ``[channels, time]`` -> ``[len(bands) * channels]``.
+
+    Welch's PSD (Hann segments of ``segment_s``, 50 % overlap, constant detrend, one-sided density),
+    summed over the bins in [low, high) times the bin width, then the natural log. Input in microvolts
+    gives the scale of the DEAP features (see the module docstring). Any sample rate works: the band
+    sums are in physical units, so no resampling is needed. A batch ``[n, channels, time]`` gives ``[n, ...]``.
+    """
+    from scipy.signal import welch
+
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim not in (2, 3):
+        raise InputError(f"band_power: expected [channels, time] or [n, channels, time], got shape {x.shape}")
+    nperseg = int(round(segment_s * sample_rate))
+    if x.shape[-1] < nperseg:
+        raise InputError(
+            f"band_power: {x.shape[-1]} samples is shorter than one {segment_s} s Welch segment at {sample_rate} Hz"
+        )
+    if not np.all(np.isfinite(x)):
+        raise InputError("band_power: EEG samples contain NaN or infinity")
+    freqs, psd = welch(x, fs=sample_rate, window="hann", nperseg=nperseg, noverlap=nperseg // 2, axis=-1)
+    df = freqs[1] - freqs[0]
+    out = []
+    for name, low, high in bands:
+        sel = (freqs >= low) & (freqs < high)
+        if not sel.any():
+            raise InputError(f"band_power: band {name} ({low}-{high} Hz) has no bins at {sample_rate} Hz")
+        out.append(np.log(np.maximum(psd[..., sel].sum(axis=-1) * df, BAND_POWER_FLOOR)))
+    return np.concatenate(out, axis=-1).astype(np.float32)
+
+
+def reorder_channels(samples: np.ndarray, have: Sequence[str], want: Sequence[str] = DEAP_ELECTRODES) -> np.ndarray:
+    """Pick and reorder the rows of ``[channels, ...]`` from a board's electrode order to the model's."""
+    index = {name.lower(): i for i, name in enumerate(have)}
+    missing = [name for name in want if name.lower() not in index]
+    if missing:
+        raise InputError(f"EEG channels: the model needs {', '.join(missing)}, the board has {', '.join(have)}")
+    return np.asarray(samples)[[index[name.lower()] for name in want]]
+
+
+def standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std per feature, as float32 (std floored so a constant feature gives 0, not inf)."""
+    return ((np.asarray(features) - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+
+
+class SubjectNormaliser:
+    """Running per-feature mean and std of one subject's (or speaker's) unlabeled history (Welford).
+
+    A device keeps one per user: ``update`` with every feature vector it computes, ``transform`` with
+    the statistics so far. Until ``min_count`` vectors are seen it falls back to the given population
+    statistics, so a new user still gets an estimate.
+    """
+
+    def __init__(self, size: int, min_count: int = 10) -> None:
+        self.count = 0
+        self.mean = np.zeros(size, dtype=np.float64)
+        self._m2 = np.zeros(size, dtype=np.float64)
+        self.min_count = min_count
+
+    def update(self, features: np.ndarray) -> None:
+        rows = np.asarray(features, dtype=np.float64).reshape(-1, self.mean.size)
+        for row in rows:
+            self.count += 1
+            delta = row - self.mean
+            self.mean += delta / self.count
+            self._m2 += delta * (row - self.mean)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self._m2 / max(self.count - 1, 1))
+
+    @property
+    def ready(self) -> bool:
+        return self.count >= self.min_count
+
+    def transform(
+        self, features: np.ndarray, population_mean: np.ndarray | None = None, population_std: np.ndarray | None = None
+    ) -> np.ndarray:
+        if self.ready:
+            return standardise(features, self.mean, self.std)
+        if population_mean is None or population_std is None:
+            raise InputError(f"subject normaliser has seen {self.count} of {self.min_count} vectors and no fallback")
+        return standardise(features, population_mean, population_std)
+
+
+def load_deap_features(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a DEAP-style feature folder: features [N,160], subject/video [N,2], labels [N,2] (1/2 codes)."""
+    folder = Path(folder)
+    arrays = []
+    for name, cols in (("EEG_feature.txt", 160), ("subject_video.txt", 2), ("valence_arousal_label.txt", 2)):
+        path = folder / name
+        if not path.is_file():
+            raise EmoEdgeError(f"{folder}: no {name} (expected DEAP-style text files: EEG_feature.txt, "
+                               "subject_video.txt, valence_arousal_label.txt)")
+        try:
+            a = np.loadtxt(path, ndmin=2)
+        except ValueError as exc:
+            raise EmoEdgeError(f"{path}: not a whitespace-separated table of numbers ({exc})") from None
+        if a.shape[1] != cols:
+            raise EmoEdgeError(f"{path}: expected {cols} columns, found {a.shape[1]}")
+        arrays.append(a)
+    n = {a.shape[0] for a in arrays}
+    if len(n) != 1:
+        raise EmoEdgeError(f"{folder}: the three files have different row counts {[a.shape[0] for a in arrays]}")
+    return arrays[0].astype(np.float32), arrays[1].astype(np.int64), arrays[2].astype(np.int64)

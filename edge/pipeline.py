@@ -1,0 +1,581 @@
+"""Sources -> features -> runners -> fusion -> publisher, with threads and bounded queues.
+
+One reader thread per source and one inference thread per source:
+
+* EEG and audio are never dropped: the reader cuts sliding windows (``window_s``, ``hop_s``) and
+  puts them on a bounded queue with a blocking put, so a slow model pushes back on the source (whose
+  own queue blocks too) instead of losing samples. The inference thread takes every window waiting
+  (up to ``max_batch``) and runs them as one batch.
+* Video: the newest frame wins. The reader keeps one slot; a frame that is replaced before the
+  inference thread took it is counted in ``dropped``. Faces are detected at reduced resolution every
+  ``detect_every`` frames and tracked in between (``edge.tracker``); all faces of a frame run as one
+  batch and each estimate carries its ``track_id``.
+
+Every estimate is published (outbox first) and handed to fusion; a timer thread publishes the fused
+state on change and at least every ``state_interval_s``, and ``stats`` every ``stats_interval_s``.
+``stop()`` stops the sources, lets the threads finish every complete window already read, publishes
+the last state and leaves the rest to the publisher's flush.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge import __version__
+from edge.backends import open_runner
+from edge.backends.base import Runner
+from edge.card import Model, ModelCard, load_model
+from edge.config import CameraSource, DeviceConfig
+from edge.config import Source as SourceConfig
+from edge.errors import ConfigError, EmoEdgeError, InputError
+from edge.estimate import EmotionState, Estimate, ModelInfo
+from edge.fusion import Fusion, LabelMap, chance_corrected_confidence, significant_change, softmax
+from edge.tracker import DetectFn, FaceTracker
+from firmware_bridge.sources.base import Sample, Source
+
+log = logging.getLogger(__name__)
+FeatureFn = Callable[[np.ndarray], np.ndarray]
+FaceInputFn = Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]
+LATENCY_WINDOW = 2048  # latency samples kept per stage for p50/p99
+
+
+# --- features -------------------------------------------------------------------------------------
+def feature_function(card: ModelCard, input_shape: tuple[int, ...]) -> FeatureFn:
+    """The function that turns one window into one model input item (no batch axis).
+
+    ``identity`` reshapes the window to the input shape; any other recipe names a function of
+    ``edge.features`` as ``module.function`` (``speech.log_mel``), called with the card's params.
+    """
+    recipe, params = card.features.recipe, dict(card.features.params)
+    if recipe == "identity":
+        def identity(window: np.ndarray) -> np.ndarray:
+            size = int(np.prod(input_shape))
+            if window.size != size:
+                raise InputError(
+                    f"model '{card.name}': feature 'identity' needs {size} values per window for input shape "
+                    f"{list(input_shape)}, the window has {window.size} (shape {list(window.shape)}); check window_s"
+                )
+            return np.ascontiguousarray(window, dtype=np.float32).reshape(input_shape)
+        return identity
+    module_name, _, func_name = recipe.rpartition(".")
+    try:
+        module = importlib.import_module(f"edge.features.{module_name}") if module_name else None
+        func = getattr(module, func_name) if module is not None else None
+    except ImportError as exc:
+        raise ConfigError(f"model '{card.name}': feature recipe '{recipe}' cannot be imported: {exc}") from None
+    if func is None:
+        raise ConfigError(
+            f"model '{card.name}': unknown feature recipe '{recipe}' (expected 'identity' or 'module.function' of edge.features)"
+        )
+
+    def call(window: np.ndarray) -> np.ndarray:
+        return np.asarray(func(window, **params), dtype=np.float32).reshape(input_shape)
+
+    return call
+
+
+def default_face_functions() -> tuple[DetectFn, FaceInputFn]:
+    """Detection and crop-to-input from ``edge.features.face`` (the same code as training)."""
+    try:
+        face = importlib.import_module("edge.features.face")
+    except ImportError as exc:
+        raise ConfigError(f"a camera source needs the face features (edge.features.face): {exc}") from None
+
+    def detect(small: np.ndarray) -> list[tuple[int, int, int, int]]:
+        return list(face.detect_faces(small, min_size=20))
+
+    def face_input(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        return np.asarray(face.face_input(face.crop_face(frame, box)), dtype=np.float32)
+
+    return detect, face_input
+
+
+# --- reading model outputs --------------------------------------------------------------------------
+class OutputReader:
+    """Model outputs -> per-item (probs, label, confidence, valence, arousal), using the card's labels."""
+
+    def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
+        self.card = card
+        self.labels = list(card.labels)
+        self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
+        spec = next(
+            (o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels) and o.name != "embedding"), None
+        )
+        if spec is None:
+            raise ConfigError(
+                f"model '{card.name}': no output has {len(self.labels)} values (one per label); outputs: "
+                + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
+            )
+        self.output = spec.name
+        meaning = (spec.meaning or spec.name).lower()
+        self.are_probs = "prob" in meaning and "logit" not in meaning
+
+    def read(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[dict[str, float], str, float, float | None, float | None]]:
+        values = np.asarray(outputs[self.output], dtype=np.float64)
+        probs = values if self.are_probs else softmax(values)
+        items = []
+        for p in probs.reshape(len(probs), -1):
+            v, a = self.label_map.read(p)
+            items.append(
+                ({lab: float(x) for lab, x in zip(self.labels, p)}, self.labels[int(p.argmax())],
+                 chance_corrected_confidence(p), v, a)
+            )
+        return items
+
+
+# --- windows ----------------------------------------------------------------------------------------
+class WindowBuffer:
+    """Cuts a stream of blocks into windows of ``size`` samples every ``hop`` samples, never skipping one.
+
+    ``ts`` of a window is the host time of its last sample: the receive time of the newest block
+    minus the samples that came after the window's end, at the stream's rate.
+    """
+
+    def __init__(self, size: int, hop: int) -> None:
+        if size < 1 or hop < 1:
+            raise ConfigError(f"window of {size} samples with hop {hop}: both must be at least one sample")
+        self.size, self.hop = size, hop
+        self._buf: np.ndarray | None = None
+        self._start = 0  # absolute sample index of _buf[..., 0]
+        self._next = 0  # absolute sample index where the next window starts
+        self._total = 0
+        self._last_time = 0.0
+        self._rate = 1.0
+
+    def push(self, sample: Sample) -> list[tuple[np.ndarray, float]]:
+        data = np.asarray(sample.data, dtype=np.float32)
+        self._buf = data if self._buf is None else np.concatenate([self._buf, data], axis=-1)
+        self._total += data.shape[-1]
+        self._last_time, self._rate = sample.host_time, float(sample.sample_rate)
+        out = []
+        while self._next + self.size <= self._total:
+            begin = self._next - self._start
+            window = self._buf[..., begin : begin + self.size]
+            end = self._next + self.size
+            out.append((window.copy(), self._last_time - (self._total - end) / self._rate))
+            self._next += self.hop
+        drop = self._next - self._start
+        if drop > 0:
+            self._buf = self._buf[..., min(drop, self._buf.shape[-1]) :]
+            self._start += min(drop, self._total - self._start)
+        return out
+
+    def reset(self) -> None:
+        self._buf, self._start, self._next, self._total = None, 0, 0, 0
+
+
+class NewestFrame:
+    """A one-frame slot: a newer frame replaces one not yet taken, and that skip is counted."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: tuple[Sample, float] | None = None
+        self.skipped = 0
+        self.closed = False
+
+    def put(self, sample: Sample) -> None:
+        with self._cond:
+            if self._frame is not None:
+                self.skipped += 1
+            self._frame = (sample, time.perf_counter())
+            self._cond.notify()
+
+    def take(self, timeout: float) -> tuple[Sample, float] | None:
+        with self._cond:
+            if self._frame is None and not self.closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+# --- per-source bookkeeping --------------------------------------------------------------------------
+@dataclass
+class StageTimes:
+    """Latencies (ms) per stage for p50/p99 in stats."""
+
+    samples: dict[str, deque[float]] = field(default_factory=dict)
+
+    def add(self, stage: str, ms: float) -> None:
+        self.samples.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in list(self.samples.items()):
+            if values:
+                arr = np.fromiter(values, dtype=np.float64)
+                out[stage] = {"p50": round(float(np.percentile(arr, 50)), 3),
+                              "p99": round(float(np.percentile(arr, 99)), 3), "n": int(arr.size)}
+        return out
+
+
+@dataclass
+class SourceRun:
+    """Everything the pipeline keeps for one source."""
+
+    config: SourceConfig
+    source: Source
+    model: Model
+    runner: Runner
+    reader: OutputReader
+    info: ModelInfo
+    max_batch: int
+    enabled: bool = True
+    windows: WindowBuffer | None = None
+    window_s: float | None = None
+    queue: queue.Queue[tuple[np.ndarray, float, float]] | None = None
+    slot: NewestFrame | None = None
+    features: FeatureFn | None = None
+    tracker: FaceTracker | None = None
+    face_input: FaceInputFn | None = None
+    times: StageTimes = field(default_factory=StageTimes)
+    received: int = 0  # samples (eeg/audio) or frames (video)
+    estimates: int = 0
+    faces: int = 0
+    latest: Estimate | None = None
+    reading_done: threading.Event = field(default_factory=threading.Event)
+    last_rate: tuple[float, int, int] = (0.0, 0, 0)  # (time, received, estimates) at the last stats
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+
+# --- the pipeline -----------------------------------------------------------------------------------
+class Pipeline:
+    """Build from a DeviceConfig; ``start()``, ``stop()``; ``snapshot()`` for the live table."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        publisher: Any | None = None,
+        sources: Mapping[str, Source] | None = None,
+        detect: DetectFn | None = None,
+        face_input: FaceInputFn | None = None,
+        on_estimate: Callable[[Estimate], None] | None = None,
+        on_state: Callable[[EmotionState], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.on_estimate = on_estimate
+        self.on_state = on_state
+        self.clock = clock
+        self.fusion = Fusion(config.fusion)
+        self._fusion_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = 0.0
+        self.state: EmotionState | None = None
+        self._published_state: EmotionState | None = None
+        self.errors: list[str] = []
+        self.runs: dict[str, SourceRun] = {}
+        given = dict(sources or {})
+        for src in config.sources:
+            if not src.enabled:
+                continue
+            source = given.pop(src.name, None) or make_source(src)
+            self.runs[src.name] = self._build_run(src, source, detect, face_input)
+        if given:
+            raise ConfigError(f"sources {sorted(given)} were given but are not in the config")
+
+    def _build_run(self, src: SourceConfig, source: Source, detect: DetectFn | None, face_input: FaceInputFn | None) -> SourceRun:
+        settings = self.config.models[src.model]
+        precision = settings.precision
+        model = load_model(settings.path or src.model, precision=precision)
+        backend = settings.backend or self.config.backend.default
+        runner = open_runner(model, backend=backend, precision=precision, threads=self.config.backend.threads,
+                             engine_cache=self.config.backend.engine_cache)
+        runner.activate()
+        reader = OutputReader(model.card, self.config.fusion.prototypes)
+        info = ModelInfo(model.card.name, model.card.version, model.sha256, runner.backend, precision)
+        run = SourceRun(src, source, model, runner, reader, info, settings.max_batch)
+        input_meta = runner.inputs[0]
+        item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
+        if source.kind == "video":
+            if detect is None or face_input is None:
+                default_detect, default_input = default_face_functions()
+                detect, face_input = detect or default_detect, face_input or default_input
+            every = src.detect_every if isinstance(src, CameraSource) else 5
+            run.tracker = FaceTracker(detect, detect_every=every)
+            run.face_input = face_input
+            run.slot = NewestFrame()
+        else:
+            spec = model.card.inputs[0]
+            window_s = src.window_s or spec.window_s
+            if window_s is None:
+                raise ConfigError(f"source '{src.name}': no window_s in the config and none in model '{model.name}''s card")
+            run.window_s = window_s
+            run.features = feature_function(model.card, item_shape)
+            run.queue = queue.Queue(maxsize=256)
+        return run
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Pipeline:
+        self._started = time.time()
+        for name, run in self.runs.items():
+            run.source.start()
+            self._spawn(f"read-{name}", self._read_loop, run)
+            self._spawn(f"infer-{name}", self._infer_loop, run)
+        self._spawn("state", self._state_loop)
+        return self
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # a broken source or model must not hang the others silently
+                log.exception("pipeline thread %s failed", name)
+                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                self._stop.set()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the sources, finish every complete window already read, publish the last state."""
+        self._stop.set()
+        for run in self.runs.values():
+            run.source.stop()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self._publish_state(force=True)
+        for run in self.runs.values():
+            run.runner.deactivate()
+
+    def set_enabled(self, name: str, on: bool) -> None:
+        """Turn a source on or off (from ``<source>/enabled/set``); a disabled source stops counting in fusion."""
+        run = self.runs.get(name)
+        if run is None:
+            return
+        run.enabled = on
+        if not on:
+            if run.windows is not None:
+                run.windows.reset()
+            with self._fusion_lock:
+                self.fusion.forget(name)
+        log.info("source %s %s", name, "enabled" if on else "disabled")
+
+    # --- threads -----------------------------------------------------------------------------
+    def _read_loop(self, run: SourceRun) -> None:
+        try:
+            while True:
+                sample = run.source.read(timeout=0.1)
+                if sample is None:
+                    if run.source.stopped:
+                        break
+                    continue
+                run.received += 1 if run.kind == "video" else int(np.asarray(sample.data).shape[-1])
+                if not run.enabled:
+                    continue
+                if run.slot is not None:
+                    run.slot.put(sample)
+                    continue
+                if run.windows is None:
+                    rate = float(sample.sample_rate)
+                    size = max(1, round((run.window_s or 1.0) * rate))
+                    hop = max(1, round((run.config.hop_s or (run.window_s or 1.0) / 2) * rate))
+                    run.windows = WindowBuffer(size, hop)
+                assert run.queue is not None
+                for window, ts in run.windows.push(sample):
+                    run.queue.put((window, ts, time.perf_counter()))  # blocks: EEG and audio are never dropped
+        finally:
+            run.reading_done.set()
+            if run.slot is not None:
+                run.slot.close()
+
+    def _infer_loop(self, run: SourceRun) -> None:
+        if run.slot is not None:
+            self._face_loop(run)
+        else:
+            self._window_loop(run)
+
+    def _window_loop(self, run: SourceRun) -> None:
+        assert run.queue is not None and run.features is not None
+        while True:
+            try:
+                first = run.queue.get(timeout=0.1)
+            except queue.Empty:
+                if run.reading_done.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < run.max_batch:
+                try:
+                    batch.append(run.queue.get_nowait())
+                except queue.Empty:
+                    break
+            t0 = time.perf_counter()
+            items = np.stack([run.features(window) for window, _, _ in batch])
+            t1 = time.perf_counter()
+            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            t2 = time.perf_counter()
+            estimates = []
+            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs)):
+                lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
+                estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
+                                          run.window_s, run.info, lat))
+            self._emit(run, estimates, primary=None)
+
+    def _face_loop(self, run: SourceRun) -> None:
+        assert run.slot is not None and run.tracker is not None and run.face_input is not None
+        while True:
+            got = run.slot.take(timeout=0.1)
+            if got is None:
+                if run.reading_done.is_set():
+                    return
+                continue
+            sample, ready = got
+            frame = sample.data
+            t0 = time.perf_counter()
+            tracks = run.tracker.update(frame)
+            t1 = time.perf_counter()
+            run.times.add("detect_track", (t1 - t0) * 1e3)
+            if not tracks:
+                continue
+            tracks = tracks[: run.max_batch]
+            items = np.stack([run.face_input(frame, t.box) for t in tracks])
+            t2 = time.perf_counter()
+            outputs = run.runner.infer({run.runner.inputs[0].name: items})
+            t3 = time.perf_counter()
+            run.faces += len(tracks)
+            estimates = []
+            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs)):
+                lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
+                       "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
+                estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
+                                          sample.host_time, None, run.info, lat, track_id=track.id,
+                                          box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
+            self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
+
+    def _emit(self, run: SourceRun, estimates: list[Estimate], primary: Estimate | None) -> None:
+        if not run.enabled:
+            return
+        for est in estimates:
+            done = time.time()
+            est.latency_ms["capture_to_publish"] = max(0.0, (done - est.ts) * 1e3)
+            if self.publisher is not None:
+                self.publisher.publish_estimate(est)
+            for stage, ms in est.latency_ms.items():
+                run.times.add(stage, ms)
+            run.estimates += 1
+            run.latest = est
+            if self.on_estimate is not None:
+                self.on_estimate(est)
+        with self._fusion_lock:
+            for est in [primary] if primary is not None else estimates:
+                self.fusion.update(est)
+
+    def _state_loop(self) -> None:
+        mqtt = self.config.mqtt
+        last_stats = time.monotonic()
+        while not self._stop.wait(0.1):
+            self._publish_state()
+            if time.monotonic() - last_stats >= mqtt.stats_interval_s:
+                last_stats = time.monotonic()
+                if self.publisher is not None:
+                    self.publisher.publish_stats(self.stats())
+
+    def _publish_state(self, force: bool = False) -> None:
+        now = self.clock()
+        with self._fusion_lock:
+            if not self.fusion._latest:  # noqa: SLF001 - nothing to say before the first estimate
+                return
+            state = self.fusion.state(now)
+        self.state = state
+        last = self._published_state
+        due = last is None or force or significant_change(last, state) or (
+            now - self._published_at >= self.config.mqtt.state_interval_s
+        )
+        if due:
+            self._published_state, self._published_at = state, now
+            if self.publisher is not None:
+                self.publisher.publish_state(state)
+            if self.on_state is not None:
+                self.on_state(state)
+
+    _published_at = 0.0
+
+    # --- reporting ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        sources = {}
+        for name, run in self.runs.items():
+            t_prev, r_prev, e_prev = run.last_rate
+            dt = now - (t_prev or self._started)
+            rate = (run.received - r_prev) / dt if dt > 0 else 0.0
+            est_rate = (run.estimates - e_prev) / dt if dt > 0 else 0.0
+            run.last_rate = (now, run.received, run.estimates)
+            dropped = (run.slot.skipped if run.slot is not None else 0) + run.source.dropped
+            entry: dict[str, Any] = {
+                "kind": run.kind, "enabled": run.enabled, "model": run.model.name, "backend": run.info.backend,
+                "precision": run.info.precision, "rate_hz": round(rate, 2), "estimates": run.estimates,
+                "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "latency_ms": run.times.summary(),
+                "link": _jsonable(run.source.stats()),
+            }
+            if run.tracker is not None:
+                entry["faces"] = run.faces
+                entry["tracks"] = len(run.tracker.tracks)
+            sources[name] = entry
+        out: dict[str, Any] = {"uptime_s": round(now - self._started, 3), "version": __version__, "sources": sources}
+        if self.state is not None:
+            out["fusion"] = {"label": self.state.label, "confidence": round(self.state.confidence, 4)}
+        return out
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One row a source for the live table."""
+        rows = []
+        for name, run in self.runs.items():
+            lat = run.times.summary().get("capture_to_publish", {})
+            est = run.latest
+            rows.append({
+                "source": name, "kind": run.kind, "enabled": run.enabled, "received": run.received,
+                "estimates": run.estimates, "dropped": (run.slot.skipped if run.slot else 0) + run.source.dropped,
+                "p50": lat.get("p50"), "p99": lat.get("p99"), "backend": run.info.backend,
+                "latest": f"{est.label} {est.confidence:.2f}" if est else "-",
+            })
+        return rows
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+# --- sources from the config -------------------------------------------------------------------------
+def make_source(src: SourceConfig) -> Source:
+    """The firmware_bridge source for one ``[[sources]]`` entry."""
+    try:
+        from firmware_bridge.sources import from_config  # type: ignore[attr-defined]
+    except ImportError:
+        raise EmoEdgeError(
+            f"source '{src.name}' ({src.kind}): the firmware_bridge sources are not available in this install"
+        ) from None
+    return from_config(src)  # type: ignore[no-any-return]

@@ -1,0 +1,50 @@
+"""The MQTT topics of one device, in one place (the contract is in DESIGN.md, "MQTT contract")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under ``<root>/<device_id>/``."""
+
+    root: str
+    device_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/{self.device_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+    def estimate(self, source: str) -> str:
+        return f"{self.base}/{source}/estimate"
+
+    def enabled(self, source: str) -> str:
+        return f"{self.base}/{source}/enabled"
+
+    def enabled_set(self, source: str) -> str:
+        return f"{self.base}/{source}/enabled/set"
+
+    @property
+    def enabled_set_filter(self) -> str:
+        return f"{self.base}/+/enabled/set"
+
+    def source_of_enabled_set(self, topic: str) -> str | None:
+        """``<base>/<source>/enabled/set`` -> ``source`` (None for any other topic)."""
+        prefix, suffix = self.base + "/", "/enabled/set"
+        if topic.startswith(prefix) and topic.endswith(suffix):
+            source = topic[len(prefix) : -len(suffix)]
+            return source if source and "/" not in source else None
+        return None

@@ -1,0 +1,62 @@
+"""``emoedge quantize NAME --precision fp16|int8``: make the artifact and gate it against FP32."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from edge.verbs import add_verb
+
+
+def register(sub: Any) -> None:
+    parser = add_verb(
+        sub, "quantize",
+        "make model.fp16.onnx or model.int8.onnx (QDQ), written only when it keeps the card's accuracy allowance",
+        "  emoedge quantize face --precision int8 --data ../shared/data/fer2013\n"
+        "  emoedge quantize speech --precision int8 --method entropy --data ../shared/data/ravdess_speech_16k\n"
+        "  emoedge quantize eeg --precision fp16     (no --data: top-1 agreement on the calibration samples)",
+        description=(
+            "Make an FP16 (FP32 inputs and outputs) or INT8 (QDQ, symmetric, per-channel; from calibration/NAME) "
+            "artifact, measure it against FP32 on the validation split with the card's metric and top-1 agreement, "
+            "and write it only when the loss is within the card's quantization.max_loss_points. Exit 4 when refused."
+        ),
+    )
+    parser.add_argument("name", help="model name or folder")
+    parser.add_argument("--precision", required=True, choices=["fp16", "int8"])
+    parser.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                        help="INT8 calibration method (default: minmax)")
+    parser.add_argument("--data", help="labelled data folder for the gate (its validation split)")
+    parser.add_argument("--split", default="validation", help="split of --data the gate measures on")
+    parser.add_argument("--limit", type=int, help="measure on at most N samples (seeded, stratified)")
+    parser.add_argument("--models", help="models folder")
+    parser.add_argument("--calibration", help="calibration folder (default: calibration/, or EMOEDGE_CALIBRATION)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="the gate's result as one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge.export.quantize import quantize_model
+    from edge.verbs.calibrate import recorded_command
+
+    command = recorded_command("quantize", f"emoedge quantize {args.name} --precision {args.precision}")
+    outcome = quantize_model(
+        args.name, args.precision, method=args.method, data_dir=args.data, split=args.split, limit=args.limit,
+        models=args.models, calibration=args.calibration, command=command, threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps(outcome.record.model_dump(mode="json", exclude_none=True), indent=2))
+    else:
+        if outcome.details:
+            print(outcome.details)
+        if outcome.gate.passed:
+            print(outcome.gate.describe(f"{args.precision} artifact of {outcome.model.name}"))
+            print(f"wrote {outcome.path} and its record in {outcome.model.card_path}")
+    if not outcome.gate.passed:
+        if not outcome.kept_previous:
+            print(f"refusal recorded in {outcome.model.card_path}", file=sys.stderr)
+        outcome.raise_for_gate()
+    return 0

@@ -1,0 +1,186 @@
+"""The pipeline with real ONNX Runtime sessions: windows never dropped, newest frame wins, tracks, batching, fusion."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.card import load_model
+from edge.config import DeviceConfig
+from edge.estimate import Estimate
+from edge.fusion import softmax
+from edge.pipeline import Pipeline, WindowBuffer
+from edge.tracker import FaceTracker
+from firmware_bridge.sources.base import Sample
+from tests.pipeline_helpers import (
+    FER,
+    RAVDESS,
+    ListSource,
+    bright_square_detector,
+    face_frames,
+    make_model,
+    square_input,
+)
+
+
+def device(models: Path, sources: list[dict], **extra) -> DeviceConfig:
+    names = {s["model"] for s in sources}
+    return DeviceConfig.model_validate({
+        "device_id": "t", "models": {n: {"path": str(models / n)} for n in names},
+        "backend": {"threads": 1}, "sources": sources, **extra,
+    })
+
+
+def wait(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_window_buffer_cuts_every_window_with_end_times() -> None:
+    buf = WindowBuffer(size=10, hop=4)
+    got = []
+    data = np.arange(37, dtype=np.float32)
+    for i in range(0, 37, 5):
+        block = data[i : i + 5]
+        got += buf.push(Sample("a", "audio", block, 10.0, host_time=100.0 + (i + len(block)) / 10.0))
+    starts = [int(w[0]) for w, _ in got]
+    assert starts == [0, 4, 8, 12, 16, 20, 24]
+    for w, ts in got:
+        assert np.array_equal(w, np.arange(w[0], w[0] + 10))
+        assert ts == pytest.approx(100.0 + (w[-1] + 1) / 10.0)
+
+
+def test_eeg_and_audio_windows_are_never_dropped_and_match_the_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model(models, "eeg", 4 * 128, ["low_valence", "high_valence"], "eeg", window_s=1.0, seed=1)
+    make_model(models, "speech", 4000, RAVDESS, "speech", window_s=0.25, seed=2)
+    cfg = device(models, [
+        {"name": "eeg", "kind": "replay", "path": "x", "model": "eeg", "hop_s": 0.25},
+        {"name": "mic", "kind": "replay", "path": "x", "model": "speech", "hop_s": 0.1},
+    ])
+    rng = np.random.default_rng(0)
+    eeg_blocks = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(80)]  # 10 s at 128 Hz
+    mic_blocks = [rng.uniform(-1, 1, 1600).astype(np.float32) for _ in range(50)]  # 5 s at 16 kHz
+    sources = {"eeg": ListSource("eeg", "eeg", eeg_blocks, 128.0, max_queue=4),
+               "mic": ListSource("mic", "audio", mic_blocks, 16000.0, max_queue=4)}
+    got: list[Estimate] = []
+    pipe = Pipeline(cfg, sources=sources, on_estimate=got.append)
+    pipe.start()
+    wait(lambda: sum(e.source == "eeg" for e in got) >= 37 and sum(e.source == "mic" for e in got) >= 48)
+    pipe.stop()
+    eeg = [e for e in got if e.source == "eeg"]
+    mic = [e for e in got if e.source == "mic"]
+    assert len(eeg) == (1280 - 128) // 32 + 1  # every hop of 0.25 s, none dropped
+    assert len(mic) == (80000 - 4000) // 1600 + 1
+    assert all(a.ts < b.ts for a, b in zip(eeg, eeg[1:]))
+    # the third EEG window is samples 64..191; its estimate must be the model's answer on exactly that
+    window = np.concatenate(eeg_blocks, axis=1)[:, 64:192].reshape(1, -1)
+    model = load_model(models / "eeg")
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(str(model.path)).run(None, {"x": window})[0]
+    assert [eeg[2].probs[k] for k in ("low_valence", "high_valence")] == pytest.approx(softmax(logits)[0].tolist(), abs=1e-5)
+    assert eeg[2].arousal is None and eeg[2].valence is not None
+    assert mic[0].valence is not None and mic[0].arousal is not None
+    stats = pipe.stats()
+    assert stats["sources"]["eeg"]["dropped"] == 0 and stats["sources"]["mic"]["dropped"] == 0
+    assert {"queue", "features", "infer", "capture_to_publish"} <= set(stats["sources"]["mic"]["latency_ms"])
+    assert pipe.state is not None
+
+
+def test_video_newest_frame_wins_and_counts_skips(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model(models, "face", 256, FER, "face")
+    cfg = device(models, [{"name": "cam", "kind": "camera", "model": "face", "detect_every": 1}])
+    frames = face_frames(120)
+
+    def slow_detect(small: np.ndarray):
+        time.sleep(0.01)
+        return bright_square_detector(small)
+
+    source = ListSource("cam", "video", frames, 30.0, interval=0.002, drop_oldest=True, max_queue=2)
+    got: list[Estimate] = []
+    pipe = Pipeline(cfg, sources={"cam": source}, detect=slow_detect, face_input=square_input(), on_estimate=got.append)
+    pipe.start()
+    wait(lambda: source.emitted == len(frames))
+    time.sleep(0.1)
+    pipe.stop()
+    run = pipe.runs["cam"]
+    assert run.received + source.dropped == len(frames)
+    assert run.slot is not None and run.slot.skipped > 0
+    assert len(got) + run.slot.skipped + source.dropped >= len(frames) - 2  # each frame either ran or was skipped
+    assert pipe.stats()["sources"]["cam"]["dropped"] == run.slot.skipped + source.dropped
+    assert {e.track_id for e in got} == {1}
+
+
+def test_tracker_keeps_the_id_and_follows_between_detections() -> None:
+    frames = face_frames(20, step=4)
+    calls = []
+
+    def detect(small: np.ndarray):
+        calls.append(1)
+        return bright_square_detector(small)
+
+    tracker = FaceTracker(detect, detect_every=5, scale=0.5)
+    boxes = []
+    for frame in frames:
+        tracks = tracker.update(frame)
+        assert [t.id for t in tracks] == [1]
+        boxes.append(tracks[0].box)
+    assert len(calls) == 4  # frames 0, 5, 10, 15
+    for i, (x, y, w, h) in enumerate(boxes):
+        assert abs(x - (100 + 4 * i)) <= 4, (i, boxes[i])  # followed between detections, not frozen
+    # a face that leaves is dropped after max_missed detections; a new one gets a new id
+    empty = np.full_like(frames[0], 20)
+    for _ in range(3 * 5):
+        tracker.update(empty)
+    assert tracker.tracks == []
+    assert [t.id for t in tracker.update(frames[0])] == [2]
+
+
+def test_faces_in_one_frame_run_as_one_batch(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model(models, "face", 256, FER, "face")
+    cfg = device(models, [{"name": "cam", "kind": "camera", "model": "face", "detect_every": 1}])
+    frame = face_frames(1)[0].copy()
+    frame[300:396, 400:496] = frame[150:246, 100:196]  # a second face
+    source = ListSource("cam", "video", [frame] * 3, 30.0, interval=0.05, drop_oldest=True)
+    got: list[Estimate] = []
+    pipe = Pipeline(cfg, sources={"cam": source}, detect=bright_square_detector, face_input=square_input(),
+                    on_estimate=got.append)
+    batches: list[int] = []
+    runner = pipe.runs["cam"].runner
+    real_infer = runner.infer
+    runner.infer = lambda feed: (batches.append(len(feed["x"])), real_infer(feed))[1]  # type: ignore[method-assign]
+    pipe.start()
+    wait(lambda: len(got) >= 6)
+    pipe.stop()
+    assert batches[:3] == [2, 2, 2]
+    assert sorted({e.track_id for e in got}) == [1, 2]
+    assert pipe.stats()["sources"]["cam"]["faces"] == 6
+
+
+def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_model(models, "eeg", 4 * 128, ["low_valence", "high_valence"], "eeg", window_s=1.0)
+    cfg = device(models, [{"name": "eeg", "kind": "replay", "path": "x", "model": "eeg"}])
+    rng = np.random.default_rng(0)
+    source = ListSource("eeg", "eeg", [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(400)], 128.0,
+                        interval=0.002)
+    got: list[Estimate] = []
+    pipe = Pipeline(cfg, sources={"eeg": source}, on_estimate=got.append)
+    pipe.start()
+    wait(lambda: len(got) >= 3)
+    pipe.set_enabled("eeg", False)
+    time.sleep(0.05)
+    n = len(got)
+    time.sleep(0.3)
+    assert len(got) == n
+    pipe.set_enabled("eeg", True)
+    wait(lambda: len(got) > n + 2)
+    pipe.stop()
+    assert len(got) > n

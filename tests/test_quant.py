@@ -1,0 +1,246 @@
+"""FP16 and INT8 artifacts through the accuracy gate, on a small real conv net and a toy evaluator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import quant_toys
+from onnx import TensorProto, helper, numpy_helper
+
+from edge.card import load_card, load_model, save_card, sha256_file
+from edge.errors import CardError, ModelError
+from edge.export.calibrate import make_calibration_set
+from edge.export.gate import GateFailed, judge, loss_points, task_scores
+from edge.export.int8 import inspect_qdq, quantize_int8
+from edge.export.quantize import quantize_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A model folder, labelled toy data, and a calibration set from its training split."""
+    from edge import evaluation
+
+    monkeypatch.setitem(evaluation.EVALUATORS, "toyconv", "quant_toys")
+    models = tmp_path / "models"
+    folder = quant_toys.make_model_folder(models)
+    data = quant_toys.make_data(tmp_path / "data", folder / "model.onnx")
+    calibration = tmp_path / "calibration"
+    make_calibration_set(load_card(folder / "card.toml"), data, calibration / "toyconv", count=96, seed=0)
+    monkeypatch.setenv("EMOEDGE_CALIBRATION", str(calibration))
+    return {"models": models, "folder": folder, "data": data, "calibration": calibration}
+
+
+def emoedge(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    code = ("import sys; from edge import evaluation; evaluation.EVALUATORS['toyconv'] = 'quant_toys'; "
+            "from edge.cli import main; sys.argv = ['emoedge', *sys.argv[1:]]; sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+
+
+# --- the gate's arithmetic -----------------------------------------------------------------------
+
+
+def test_loss_is_in_points_and_a_gain_is_negative() -> None:
+    assert loss_points(0.80, 0.785) == pytest.approx(1.5)
+    assert loss_points(0.50, 0.52) == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize(
+    ("fp32", "value", "allowance", "passed"),
+    [(0.800, 0.790, 1.0, True), (0.800, 0.7899, 1.0, False), (0.8, 0.9, 0.0, True), (0.8, 0.8, 0.0, True),
+     (0.8, 0.795, 0.0, False)],
+)
+def test_gate_passes_exactly_up_to_the_allowance(fp32: float, value: float, allowance: float, passed: bool) -> None:
+    result = judge("accuracy", {"all": fp32}, {"all": value}, 0.99, allowance, n=100)
+    assert result.passed is passed
+    if not passed:
+        text = result.describe("int8 artifact of toy")
+        assert "FAILED" in text and f"{result.worst_loss - allowance:.2f} more than the card allows" in text
+
+
+def test_every_label_head_must_pass_on_its_own() -> None:
+    # the mean loss (0.75 points) is within 1 point, but arousal lost 1.5 points
+    result = judge("balanced_accuracy", {"valence": 0.60, "arousal": 0.70},
+                   {"valence": 0.60, "arousal": 0.685}, 0.97, 1.0, n=200)
+    assert result.loss_points == pytest.approx(0.75)
+    assert not result.passed and result.worst_loss == pytest.approx(1.5)
+    assert "arousal: 70.00 -> 68.50; valence: 60.00 -> 60.00" in result.describe("x")
+
+
+def test_task_scores_read_single_and_multi_head_results() -> None:
+    assert task_scores({"accuracy": 0.5, "macro_f1": 0.4}, "macro_f1") == {"all": 0.4}
+    eeg = {"valence": {"accuracy": 0.6}, "arousal": {"accuracy": 0.7}, "skipped": 0}
+    assert task_scores(eeg, "accuracy") == {"valence": 0.6, "arousal": 0.7}
+    with pytest.raises(Exception, match="unknown gate metric 'f2'"):
+        task_scores(eeg, "f2")
+
+
+# --- INT8 ----------------------------------------------------------------------------------------
+
+
+def test_int8_is_symmetric_per_channel_qdq_and_passes(toy: dict[str, Path]) -> None:
+    outcome = quantize_model(toy["folder"], "int8", data_dir=toy["data"], command="emoedge quantize toyconv --precision int8")
+    assert outcome.gate.passed, outcome.gate.describe("int8")
+    path = toy["folder"] / "model.int8.onnx"
+    assert outcome.path == path and path.is_file()
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    zero_points = [n.input[2] for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(np.all(inits[z] == 0) for z in zero_points)
+    assert all(inits[z].dtype in (np.int8, np.int32) for z in zero_points)  # signed: QInt8 (int32 for biases)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        dq = producers[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+        scale = inits[dq.input[1]]
+        assert scale.ndim == 1 and scale.shape[0] == inits[dq.input[0]].shape[0]  # one scale per output channel
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 20
+    summary = inspect_qdq(proto)
+    assert summary.quantized_ops["Conv"] == 2 and not summary.nonzero_zero_points
+    # it runs on ONNX Runtime through the normal loader, and the card records the gate
+    model = load_model(toy["folder"], "int8")
+    card = load_card(toy["folder"] / "card.toml")
+    [record] = card.artifacts
+    assert record.precision == "int8" and record.passed and record.sha256 == model.sha256
+    assert record.metric == "accuracy" and record.method == "minmax" and record.n == 300
+    assert record.loss_points == pytest.approx((record.fp32 - record.value) * 100, abs=1e-3)
+    assert 0.5 < record.top1_agreement <= 1.0 and record.calibration.startswith("calibration/toyconv")
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(toy: dict[str, Path], method: str) -> None:
+    outcome = quantize_model(toy["folder"], "int8", method=method, data_dir=toy["data"], limit=100)
+    assert outcome.record.method == method
+    assert outcome.gate.n == 100
+
+
+def test_polluted_calibration_fails_the_gate_and_keeps_the_good_artifact(toy: dict[str, Path], tmp_path: Path) -> None:
+    assert quantize_model(toy["folder"], "int8", data_dir=toy["data"]).gate.passed
+    good = (toy["folder"] / "model.int8.onnx").read_bytes()
+    good_card = (toy["folder"] / "card.toml").read_text()
+    # a calibration set whose source has huge outliers: min-max ranges blow up, INT8 loses its resolution
+    polluted = quant_toys.make_data(tmp_path / "polluted", toy["folder"] / "model.onnx", outliers=200)
+    make_calibration_set(load_card(toy["folder"] / "card.toml"), polluted, toy["calibration"] / "toyconv", count=96)
+    result = emoedge("quantize", str(toy["folder"]), "--precision", "int8", "--data", str(toy["data"]))
+    assert result.returncode == 4, result.stderr
+    assert "FAILED: lost" in result.stderr and "more than the card allows (1)" in result.stderr
+    assert "previous int8 artifact is left in place" in result.stderr
+    assert (toy["folder"] / "model.int8.onnx").read_bytes() == good
+    assert (toy["folder"] / "card.toml").read_text() == good_card
+    assert not list(toy["folder"].glob(".*tmp*"))
+
+
+def test_refusal_without_a_previous_artifact_is_recorded(toy: dict[str, Path], tmp_path: Path) -> None:
+    polluted = quant_toys.make_data(tmp_path / "polluted", toy["folder"] / "model.onnx", outliers=200)
+    make_calibration_set(load_card(toy["folder"] / "card.toml"), polluted, toy["calibration"] / "toyconv", count=96)
+    outcome = quantize_model(toy["folder"], "int8", data_dir=toy["data"])
+    assert not outcome.gate.passed and outcome.path is None
+    assert not (toy["folder"] / "model.int8.onnx").exists()
+    with pytest.raises(GateFailed, match="no model.int8.onnx was written"):
+        outcome.raise_for_gate()
+    [record] = load_card(toy["folder"] / "card.toml").artifacts
+    assert record.passed is False and record.loss_points > 1.0
+    with pytest.raises(ModelError, match="no int8 artifact"):
+        load_model(toy["folder"], "int8")
+
+
+def test_without_validation_data_agreement_on_calibration_samples_stands_in(toy: dict[str, Path]) -> None:
+    outcome = quantize_model(toy["folder"], "int8")
+    assert outcome.gate.metric == "top1_agreement"
+    assert outcome.gate.n == 96 and "no validation data given" in outcome.gate.note
+    assert outcome.gate.loss_points == pytest.approx((1 - outcome.gate.top1_agreement) * 100)
+    [record] = load_card(toy["folder"] / "card.toml").artifacts
+    assert record.note and "calibration samples" in record.note
+
+
+def test_model_with_nothing_to_quantize_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Neg", ["t"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    batches = [{"x": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)}]
+    with pytest.raises(ModelError, match=r"no operator of this model is one ONNX Runtime can quantize \(its operators: Neg x1, Tanh x1\)"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", batches)
+    assert not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_model_with_an_operator_onnx_runtime_cannot_run_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Swish", ["m"], ["y"], domain="com.example")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    batches = [{"x": np.ones((2, 4), np.float32)}]
+    with pytest.raises(ModelError, match=r"m.onnx: ONNX Runtime (could not quantize|cannot prepare) this model"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", batches)
+
+
+def test_empty_or_mismatched_calibration_set_is_refused(toy: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match="calibration set is empty"):
+        quantize_int8(toy["folder"] / "model.onnx", toy["folder"] / "x.onnx", [])
+    card = load_card(toy["folder"] / "card.toml")
+    card.inputs[0].shape = ["batch", 1, 32, 32]
+    save_card(card, toy["folder"] / "card.toml")  # the card now disagrees with the set (and the model)
+    with pytest.raises(CardError):
+        quantize_model(toy["folder"], "int8", data_dir=toy["data"])
+    assert not (toy["folder"] / "model.int8.onnx").exists()
+
+
+def test_opset_above_20_is_converted_for_quantization(tmp_path: Path) -> None:
+    quant_toys.make_conv_onnx(tmp_path / "m.onnx", opset=21)
+    batches = [{"image": np.random.default_rng(0).uniform(-1, 1, (8, 1, 16, 16)).astype(np.float32)}]
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", batches)
+    proto = onnx.load(str(tmp_path / "m.int8.onnx"))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 20
+
+
+# --- FP16 ----------------------------------------------------------------------------------------
+
+
+def test_fp16_keeps_fp32_io_and_passes_through_the_cli(toy: dict[str, Path]) -> None:
+    result = emoedge("quantize", str(toy["folder"]), "--precision", "fp16", "--data", str(toy["data"]))
+    assert result.returncode == 0, result.stderr
+    assert "fp16 artifact of toyconv: accuracy" in result.stdout and "passed" in result.stdout
+    path = toy["folder"] / "model.fp16.onnx"
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    weights = [i for i in proto.graph.initializer if len(i.dims) == 4]
+    assert weights and all(w.data_type == TensorProto.FLOAT16 for w in weights)
+    [record] = load_card(toy["folder"] / "card.toml").artifacts
+    assert record.precision == "fp16" and record.passed and record.sha256 == sha256_file(path)
+    assert record.top1_agreement > 0.97
+    assert record.command.startswith("emoedge quantize") and "--precision fp16" in record.command
+    model = load_model(toy["folder"], "fp16")
+    from edge.backends import open_runner
+
+    with open_runner(model, backend="onnxruntime") as runner:
+        out = runner.infer({"image": np.zeros((2, 1, 16, 16), np.float32)})
+    assert out["logits"].dtype == np.float32 and out["logits"].shape == (2, 4)
+
+
+def test_quantize_keeps_other_card_parts(toy: dict[str, Path]) -> None:
+    before = load_card(toy["folder"] / "card.toml")
+    quantize_model(toy["folder"], "fp16", data_dir=toy["data"], limit=50)
+    quantize_model(toy["folder"], "int8", data_dir=toy["data"], limit=50)
+    after = load_card(toy["folder"] / "card.toml")
+    assert sorted(a.precision for a in after.artifacts) == ["fp16", "int8"]
+    assert after.model_dump(exclude={"artifacts"}) == before.model_dump(exclude={"artifacts"})
