@@ -141,7 +141,7 @@ def test_bench_device_report_adds_energy_per_inference(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edge", "bench", "--models", str(tmp_path / "models"), "--out", str(out), "--no-data",
          "--precisions", "fp32", "--batch", "1", "--iterations", "300", "--warmup", "2", "--no-plots",
-         "--device-report", "--tegrastats-interval", "20"],
+         "--device-report", "--tegrastats-interval", "20", "--seconds", "0.05"],
         capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr

@@ -107,7 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Environment: {describe(result.get('environment', {}))}.",
         f"Latency: batch 1, {opts.get('iterations')} calls after {opts.get('warmup')} warm-up calls, "
-        f"{opts.get('threads') or 'default'} threads; throughput at batch sizes {opts.get('batches')}.",
+        f"{opts.get('threads') or 'default'} threads; throughput at batch sizes {opts.get('batches')}, "
+        f"{opts.get('throughput_seconds')} s each.",
     ]
     accuracy_rows = [r for r in rows if r.get("accuracy") is not None]
     if accuracy_rows:

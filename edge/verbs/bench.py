@@ -58,6 +58,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up calls before timing (default: 20)")
     parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 calls (default: 200)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time spent at each batch size for throughput (default: 1)")
     parser.add_argument("--out", default="bench_results", help="folder for bench.json, bench.csv, bench.md, plots")
     parser.add_argument("--data", help="research data folder for accuracy (default: EMOEDGE_DATA or ../shared/data)")
     parser.add_argument("--no-data", action="store_true", help="skip accuracy; agreement with FP32 on random inputs")
@@ -115,15 +116,17 @@ def run(args: argparse.Namespace) -> int:
     options = harness.BenchOptions(
         backends=args.backends, precisions=args.precisions, batches=args.batch, threads=args.threads,
         warmup=args.warmup, iterations=args.iterations, data_dir=data, limit=args.limit or None,
+        throughput_seconds=args.seconds,
     )
     targets = harness.targets_from_models(args.models, args.models_dir)
     notes = []
     if data is None:
         notes.append("no data folder: accuracy not measured; top-1 agreement with FP32 on random inputs")
-    if not args.no_peer and any(t.card.modality == "face" for t in targets):
+    faces = [t for t in targets if t.card.modality == "face"]
+    if not args.no_peer and (faces or not args.models):
         from edge.bench.peer import peer_target
 
-        peer, why = peer_target(data)
+        peer, why = peer_target(data, faces[0].card if faces else None)
         if peer is not None:
             targets.append(peer)
         else:
