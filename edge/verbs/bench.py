@@ -1,6 +1,6 @@
 """``emoedge bench``: latency, throughput, memory, accuracy (and power on a Jetson) per model x backend x precision.
 
-``emoedge bench e2e -- [OPTIONS]`` hands over to the sensor bridge's end-to-end benchmark
+``emoedge bench e2e [OPTIONS]`` hands over to the sensor bridge's end-to-end benchmark
 (``edge.bench.e2e.main(argv)``) where that is installed.
 """
 
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         "  emoedge bench face --batch 1,8,32 --threads 2 --out results/\n"
         "  emoedge bench --backends onnxruntime,tensorrt --device-report   # on a Jetson\n"
         "  emoedge bench --compare results/bench.json --fail-on-regression\n"
-        "  emoedge bench e2e -- --duration 30            # the sensor bridge's end-to-end benchmark",
+        "  emoedge bench e2e --duration 30               # the sensor bridge's end-to-end benchmark",
     )
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="model names or folders (default: every model with a card); 'e2e' for the end-to-end mode")
@@ -73,6 +73,30 @@ def register(sub: Any) -> None:
     parser.add_argument("--tegrastats-interval", type=int, default=100, metavar="MS", help="tegrastats interval (default: 100)")
     parser.add_argument("--models", dest="models_dir", help="models folder (default: EMOEDGE_MODELS or models/)")
     parser.set_defaults(func=run)
+    _pass_e2e_through(parser)
+
+
+def _pass_e2e_through(parser: argparse.ArgumentParser) -> None:
+    """``emoedge bench e2e ARGS...`` hands ARGS unparsed to the end-to-end benchmark, which has options of its own.
+
+    argparse calls the verb parser's ``parse_known_args`` with the words after ``bench`` (Python 3.10 to 3.13);
+    where it does not, ``emoedge bench e2e -- ARGS`` still reaches the same place through ``run``.
+    """
+    parse = parser.parse_known_args
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if words[:1] == ["e2e"]:
+            namespace = namespace if namespace is not None else argparse.Namespace()
+            namespace.func, namespace.e2e_argv = _run_e2e_args, words[1:]
+            return namespace, []
+        return parse(args, namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _run_e2e_args(args: argparse.Namespace) -> int:
+    return run_e2e(args.e2e_argv)
 
 
 def run_e2e(argv: list[str]) -> int:
@@ -86,7 +110,7 @@ def run_e2e(argv: list[str]) -> int:
             "the end-to-end benchmark (edge/bench/e2e.py, part of the sensor bridge) is not in this install; "
             "'emoedge bench MODEL ...' measures the models alone"
         ) from None
-    return int(module.main(argv) or 0)
+    return int(module.main(argv[1:] if argv[:1] == ["--"] else argv) or 0)
 
 
 def run(args: argparse.Namespace) -> int:
