@@ -206,4 +206,4 @@ def test_prepare_builds_engines_only_where_tensorrt_and_a_gpu_are(tmp_path: Path
                         lambda m: ("10.3.0", None) if m == "tensorrt" else real_import_status(m))  # stand-in for TensorRT
     monkeypatch.setattr(probe, "cuda_gpus", lambda: [probe.GpuInfo("Orin (stand-in)", "8.7", 7620)])  # stand-in GPU
     lines = prepare(str(tmp_path / "device.toml"), dry_run=True)
-    assert len(lines) == 1 and lines[0].startswith("conv: would run ") and lines[0].endswith("build conv --precision int8")
+    assert len(lines) == 1 and lines[0].startswith("conv: would run ") and lines[0].endswith("build conv --precision int8 --max-batch 8")

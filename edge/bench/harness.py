@@ -313,6 +313,9 @@ class BenchRun:
             self._measure(target, runner, row)
         except EmoEdgeError as exc:
             row.update(status="error", reason=str(exc).splitlines()[0])
+        except Exception as exc:  # a backend or evaluator failure costs this row, not the whole run
+            log.exception("bench row %s %s %s failed", target.name, backend, precision)
+            row.update(status="error", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         finally:
             runner.deactivate()
         return row

@@ -47,7 +47,7 @@ def prepare(config_path: str, dry_run: bool = False) -> list[str]:
         if choose_backend(model, "auto").backend == "tensorrt":
             lines.append(f"{name} ({settings.precision}): engine in the cache, TensorRT {trt_version}")
             continue
-        cmd = [emoedge, "build", name, "--precision", settings.precision]
+        cmd = [emoedge, "build", name, "--precision", settings.precision, "--max-batch", str(settings.max_batch)]
         if dry_run:
             lines.append(f"{name}: would run {' '.join(cmd)}")
             continue
