@@ -153,6 +153,7 @@ def test_bench_device_report_adds_energy_per_inference(tmp_path: Path) -> None:
     latency_s = sum(row["latencies_ms"]) / 1e3
     assert row["energy_mj_per_inference"] >= 3914 * latency_s / 300 * 0.999
     assert data["tegrastats"]["lines"] >= 2 and data["tegrastats"]["unparsed_lines"] == 0
+    assert row["energy_mj_per_sample"]["1"] > 0 and row["device"]["ram_used_mb_max"] == 2012
     assert "mJ/inf" in result.stdout
 
 
@@ -163,3 +164,16 @@ def test_bench_device_report_off_a_jetson_says_so(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "edge", "bench", "--device-report", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode != 0 and "needs tegrastats, which L4T ships on a Jetson" in result.stderr
+
+
+def test_environment_record_and_its_one_line_description() -> None:
+    from edge.bench import environment
+
+    env = environment.collect()
+    assert env["cpu_cores"] >= 1 and env["cpu_model"] and env["libraries"]["numpy"]
+    assert env["jetson"] is None and "jetson_clocks" not in env  # not a Jetson here
+    line = environment.describe({**env, "jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit",
+                                                    "l4t_release": "# R36 (release), REVISION: 4.3",
+                                                    "power_mode": "NV Power Mode: 15W\n0"}})
+    assert "NVIDIA Jetson Orin Nano Developer Kit, # R36 (release), REVISION: 4.3, power mode NV Power Mode: 15W" in line
+    assert "TensorRT absent" in line

@@ -364,10 +364,15 @@ class BenchRun:
             for _ in range(max(2, o.warmup // 4)):
                 runner.infer(feed)
             calls, t = 0, time.perf_counter()
+            start = self.sampler.mark() if self.sampler else 0.0
             while calls < 5 or time.perf_counter() - t < o.throughput_seconds:
                 runner.infer(feed)
                 calls += 1
             throughput[str(batch)] = batch * calls / (time.perf_counter() - t)
+            if self.sampler is not None:
+                energy = self.sampler.summarise(start, self.sampler.mark()).get("energy_mj")
+                if energy is not None:
+                    row.setdefault("energy_mj_per_sample", {})[str(batch)] = energy / (batch * calls)
         row["throughput"] = throughput
         if skipped:
             row["reason"] = "skipped " + "; ".join(skipped)

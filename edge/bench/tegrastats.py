@@ -150,6 +150,9 @@ def summarise(samples: Sequence[TegraSample], start: float, end: float) -> dict[
         vals = [v for v in values if v is not None]
         return float(np.mean(vals)) if vals else None
 
+    ram = [s.ram_used_mb for s in inside if s.ram_used_mb is not None]
+    # On a Jetson the GPU shares the RAM: TensorRT's buffers show here, not in the process's RSS.
+    out["ram_used_mb_max"] = max(ram) if ram else None
     out["gpu_load_pct"] = mean([s.gpu_load for s in inside])
     out["cpu_load_pct"] = mean([s.cpu_load_mean for s in inside])
     out["emc_load_pct"] = mean([s.emc_load for s in inside])
