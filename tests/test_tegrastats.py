@@ -177,3 +177,22 @@ def test_environment_record_and_its_one_line_description() -> None:
                                                     "power_mode": "NV Power Mode: 15W\n0"}})
     assert "NVIDIA Jetson Orin Nano Developer Kit, # R36 (release), REVISION: 4.3, power mode NV Power Mode: 15W" in line
     assert "TensorRT absent" in line
+
+
+def test_summarise_a_recorded_log(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    log = tmp_path / "tegrastats.log"
+    log.write_text("\n".join(lines("orin_nano_l4t36.txt")) + "\n")
+    done = subprocess.run([sys.executable, "-m", "edge.bench.tegrastats", str(log), "--interval", "1000"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # two readings one second apart: the trapezoid between them
+    assert summary["energy_mj"] == pytest.approx((4826 + 7912) / 2) and summary["seconds"] == 1.0
+    assert summary["rails_mean_mw"]["VDD_SOC"] == pytest.approx((1440 + 1911) / 2)
+    (tmp_path / "empty.log").write_text("not tegrastats\n")
+    done = subprocess.run([sys.executable, "-m", "edge.bench.tegrastats", str(tmp_path / "empty.log")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "no tegrastats lines found" in done.stderr

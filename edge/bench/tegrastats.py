@@ -247,3 +247,44 @@ class TegrastatsSampler:
                 self._proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def summarise_log(lines: Sequence[str], interval_ms: int) -> dict[str, Any]:
+    """Summary of a recorded log (``tegrastats --interval MS --logfile FILE``): lines are ``interval_ms`` apart."""
+    samples = []
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            sample = parse_line(line, at=len(samples) * interval_ms / 1000)
+            if sample.ram_used_mb is not None or sample.rails:
+                samples.append(sample)
+    if not samples:
+        raise ValueError("no tegrastats lines found")
+    out = summarise(samples, 0.0, max(samples[-1].time, interval_ms / 1000))
+    out["seconds"] = samples[-1].time
+    out["rails_mean_mw"] = {
+        name: float(np.mean([s.rails[name][0] for s in samples if name in s.rails])) for name in samples[-1].rails
+    }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge.bench.tegrastats LOG [--interval MS]``: mean power, energy, loads and temperatures of a log."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m edge.bench.tegrastats", description=main.__doc__)
+    parser.add_argument("log", help="a tegrastats log file ('-' for standard input)")
+    parser.add_argument("--interval", type=int, default=1000, help="the interval the log was written with (ms; default 1000)")
+    args = parser.parse_args(argv)
+    try:
+        text = sys.stdin.read() if args.log == "-" else open(args.log, encoding="utf-8", errors="replace").read()
+        print(json.dumps(summarise_log(text.splitlines(), args.interval), indent=2))
+    except (OSError, ValueError) as exc:
+        print(f"tegrastats summary: error: {args.log}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
