@@ -127,6 +127,7 @@ class SerialLink:
         self.connects = 0
         self.outages = 0
         self.open_failures = 0
+        self.callback_errors = 0
         self.bytes = 0
         self.last_error: str | None = None
         self.offline_s = 0.0
@@ -234,7 +235,11 @@ class SerialLink:
                 continue
             if data:
                 self.bytes += len(data)
-                self.on_data(data, time.time())
+                try:
+                    self.on_data(data, time.time())
+                except Exception:  # a consumer's bug must not end the reader (the board keeps sending)
+                    self.callback_errors += 1
+                    log.exception("serial link %s: on_data failed", self.device)
 
     def write(self, data: bytes) -> int:
         """Send bytes to the board (commands); 0 while disconnected."""
@@ -252,5 +257,6 @@ class SerialLink:
         return {
             "port": self.device or self.name, "connected": self.connected.is_set(), "connects": self.connects,
             "outages": self.outages, "open_failures": self.open_failures, "link_bytes": self.bytes,
+            "callback_errors": self.callback_errors,
             "offline_s": round(offline, 3), "last_error": self.last_error,
         }

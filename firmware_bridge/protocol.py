@@ -102,9 +102,10 @@ class EegBlock:
         if self.sample_format == FMT_INT16:
             flat = np.frombuffer(self.raw, dtype="<i2").astype(np.int32)
         elif self.sample_format == FMT_INT24:
-            b = np.frombuffer(self.raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-            flat = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-            flat = np.where(flat & 0x800000, flat - 0x1000000, flat).astype(np.int32)
+            # each 3-byte value into the top of a 4-byte word, then an arithmetic shift sign-extends it
+            words = np.zeros((len(self.raw) // 3, 4), dtype=np.uint8)
+            words[:, 1:] = np.frombuffer(self.raw, dtype=np.uint8).reshape(-1, 3)
+            flat = words.view("<i4")[:, 0] >> 8
         else:
             flat = np.frombuffer(self.raw, dtype="<f4").astype(np.float32)
         return flat.reshape(self.samples, self.channels).T

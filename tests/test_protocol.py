@@ -239,3 +239,30 @@ def test_damage_costs_at_most_the_frames_it_hits(data: st.DataObject) -> None:
     assert len(seqs) == len(set(seqs))
     for f in got:  # nothing misread: every frame that came out is one that went in, intact
         np.testing.assert_array_equal(f.body.counts(), blocks[f.seq])  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------
+# plain-text mode
+
+
+def test_text_lines_columns_errors_and_reconfiguration() -> None:
+    dec = P.TextLineDecoder()
+    rows = dec.feed(b"5,6\n1,2,3\n4\t5\t6\r\n7 8  9\nERR: no sensor\nx,y,z\n1,2\n", host_time=0.0)
+    assert [r.tolist() for r in rows] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert dec.discarded_lines == 1 and dec.board_errors == 1 and dec.bad_lines == 2
+    assert dec.last_error == "ERR: no sensor"
+    rows = dec.feed(b"".join(b"%d,%d\n" % (i, i) for i in range(5)), host_time=1.0)  # the sketch now prints 2 values
+    # "1,2" above was the first line of the new count; the fifth in a row switches: it and the next are kept
+    assert dec.columns == 2 and dec.column_changes == 1 and [r.tolist() for r in rows] == [[3, 3], [4, 4]]
+    dec.feed(b"9" * 5000, host_time=2.0)  # a runaway line without newline
+    assert dec.oversize == 1
+    assert dec.feed(b"99\n3,3\n", host_time=2.1)[0].tolist() == [3, 3]  # its tail is dropped, then lines resume
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_text_decoder_never_raises(chunks: list[bytes]) -> None:
+    dec = P.TextLineDecoder()
+    for c in chunks:
+        for row in dec.feed(c, host_time=0.0):
+            assert row.dtype == np.float32 and row.size == dec.columns

@@ -168,3 +168,13 @@ def test_listen_text_mode_and_missing_port() -> None:
     assert stats["mode"] == "text" and stats["columns"] == 2 and stats["frames"] >= 90, err
     assert stats["rate_hz"] == pytest.approx(100, rel=0.2)
     assert P.FrameDecoder().stats().keys() >= {"frames", "crc_errors", "lost_frames", "resyncs", "rate_hz"}
+
+
+def test_ports_command_lists_json() -> None:
+    result = subprocess.run([sys.executable, "-m", "edge", "ports", "--json"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    ports = json.loads(result.stdout)
+    assert isinstance(ports, list)
+    for p in ports:  # whatever this machine has (no USB boards in CI): the fields are there
+        assert {"device", "usb", "vid", "pid", "serial_number", "description"} <= set(p)

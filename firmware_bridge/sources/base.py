@@ -7,6 +7,7 @@ the block arrived), so that features can window by sensor time and latency is me
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -62,6 +63,7 @@ class Source(ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self.error: str | None = None  # why the reader thread ended, if it failed
 
     def start(self) -> Source:
         if self._thread is None:
@@ -118,6 +120,9 @@ class Source(ABC):
     def _run_guarded(self) -> None:
         try:
             self._run()
+        except Exception as exc:  # the reader thread has no caller: keep the reason for stats() and the log
+            self.error = f"{type(exc).__name__}: {exc}"
+            logging.getLogger(__name__).error("source %s stopped: %s", self.name, self.error)
         finally:
             self._stop.set()
 
@@ -129,7 +134,7 @@ class Source(ABC):
         """Release devices after the thread ended."""
 
     def stats(self) -> dict[str, Any]:
-        return {"dropped": self.dropped, "queued": self._queue.qsize()}
+        return {"dropped": self.dropped, "queued": self._queue.qsize(), "error": self.error}
 
 
 def now() -> float:
