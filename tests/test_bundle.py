@@ -187,3 +187,23 @@ def test_install_script_is_shellcheck_clean() -> None:
     scripts = [ROOT / "edge/bundle/install.sh", ROOT / "tools/flash_jetson.sh"]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_prepare_builds_engines_only_where_tensorrt_and_a_gpu_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-start step: without TensorRT it says ONNX Runtime; with it (mocked: no TensorRT or GPU here)
+    it asks `emoedge build` for each enabled model at the config's precision."""
+    from edge.backends import probe
+    from edge.bundle.prepare import prepare
+
+    models = tmp_path / "models"
+    conv_folder(models)
+    (tmp_path / "device.toml").write_text(CONFIG + '\n[models.off]\nenabled = false\n')
+    monkeypatch.setenv("EMOEDGE_MODELS", str(models))
+    assert prepare(str(tmp_path / "device.toml"))[0].endswith("every model runs on ONNX Runtime (CPU); no engines to build")
+
+    real_import_status = probe.import_status
+    monkeypatch.setattr(probe, "import_status",
+                        lambda m: ("10.3.0", None) if m == "tensorrt" else real_import_status(m))  # stand-in for TensorRT
+    monkeypatch.setattr(probe, "cuda_gpus", lambda: [probe.GpuInfo("Orin (stand-in)", "8.7", 7620)])  # stand-in GPU
+    lines = prepare(str(tmp_path / "device.toml"), dry_run=True)
+    assert len(lines) == 1 and lines[0].startswith("conv: would run ") and lines[0].endswith("build conv --precision int8 --max-batch 8")

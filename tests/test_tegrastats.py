@@ -120,3 +120,79 @@ def test_sampler_without_tegrastats_says_so(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BackendUnavailable, match="needs a Jetson"):
         TegrastatsSampler().__enter__()
+
+
+def test_bench_device_report_adds_energy_per_inference(tmp_path: Path) -> None:
+    """`emoedge bench --device-report` with the stand-in tegrastats: constant 3914 mW gives energy = power x time."""
+    import json
+    import subprocess
+
+    from tests.conftest import CARD_TEMPLATE, make_linear_onnx
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tegrastats(bin_dir, lines("xavier_nx_l4t35.txt")[0])
+    folder = tmp_path / "models" / "toy"
+    folder.mkdir(parents=True)
+    make_linear_onnx(folder / "model.onnx")
+    (folder / "card.toml").write_text(CARD_TEMPLATE.format(name="toy"))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--models", str(tmp_path / "models"), "--out", str(out), "--no-data",
+         "--precisions", "fp32", "--batch", "1", "--iterations", "300", "--warmup", "2", "--no-plots",
+         "--device-report", "--tegrastats-interval", "20", "--seconds", "0.05"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "bench.json").read_text())
+    row = data["rows"][0]
+    assert row["device"]["mean_power_mw"] == pytest.approx(3914)
+    assert row["device"]["power_source"] == "VDD_IN" and row["device"]["max_temperature_c"] == pytest.approx(35.5)
+    # energy per inference = power x (time of the timed calls) / calls, and that time is at least their summed latency
+    latency_s = sum(row["latencies_ms"]) / 1e3
+    assert row["energy_mj_per_inference"] >= 3914 * latency_s / 300 * 0.999
+    assert data["tegrastats"]["lines"] >= 2 and data["tegrastats"]["unparsed_lines"] == 0
+    assert row["energy_mj_per_sample"]["1"] > 0 and row["device"]["ram_used_mb_max"] == 2012
+    assert "mJ/inf" in result.stdout
+
+
+def test_bench_device_report_off_a_jetson_says_so(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    result = subprocess.run([sys.executable, "-m", "edge", "bench", "--device-report", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode != 0 and "needs tegrastats, which L4T ships on a Jetson" in result.stderr
+
+
+def test_environment_record_and_its_one_line_description() -> None:
+    from edge.bench import environment
+
+    env = environment.collect()
+    assert env["cpu_cores"] >= 1 and env["cpu_model"] and env["libraries"]["numpy"]
+    assert env["jetson"] is None and "jetson_clocks" not in env  # not a Jetson here
+    line = environment.describe({**env, "jetson": {"model": "NVIDIA Jetson Orin Nano Developer Kit",
+                                                    "l4t_release": "# R36 (release), REVISION: 4.3",
+                                                    "power_mode": "NV Power Mode: 15W\n0"}})
+    assert "NVIDIA Jetson Orin Nano Developer Kit, # R36 (release), REVISION: 4.3, power mode NV Power Mode: 15W" in line
+    assert "TensorRT absent" in line
+
+
+def test_summarise_a_recorded_log(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    log = tmp_path / "tegrastats.log"
+    log.write_text("\n".join(lines("orin_nano_l4t36.txt")) + "\n")
+    done = subprocess.run([sys.executable, "-m", "edge.bench.tegrastats", str(log), "--interval", "1000"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # two readings one second apart: the trapezoid between them
+    assert summary["energy_mj"] == pytest.approx((4826 + 7912) / 2) and summary["seconds"] == 1.0
+    assert summary["rails_mean_mw"]["VDD_SOC"] == pytest.approx((1440 + 1911) / 2)
+    (tmp_path / "empty.log").write_text("not tegrastats\n")
+    done = subprocess.run([sys.executable, "-m", "edge.bench.tegrastats", str(tmp_path / "empty.log")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "no tegrastats lines found" in done.stderr

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 SCHEMA = "emoedge-bench/1"
 
 
+# The shared data folder's data set for each modality: `--data` may name the data root or the set itself.
+DATASETS = {"face": "fer2013", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower"}
+
+
+def dataset_folder(card: Any, data_dir: Path) -> Path:
+    """``data_dir/<the modality's data set>`` when that exists, else ``data_dir`` itself."""
+    sub = Path(data_dir) / DATASETS.get(card.modality, "")
+    return sub if card.modality in DATASETS and sub.is_dir() else Path(data_dir)
+
+
 @dataclass
 class BenchOptions:
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
@@ -42,6 +52,7 @@ class BenchOptions:
     data_dir: Path | None = None
     limit: int | None = 1000  # validation samples for accuracy; None = the whole split
     agreement_samples: int = 256
+    throughput_seconds: float = 1.0  # timed calls per batch size last at least this long (and 5 calls)
     seed: int = 0
     keep_latencies: bool = True  # per-call latencies in the JSON, for plots
 
@@ -176,9 +187,17 @@ def _percentiles(values_ms: Sequence[float]) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
-def _classification_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs that are class scores (last axis > 1): their top-1 index per sample."""
-    return {k: v.argmax(axis=-1).reshape(v.shape[0], -1) for k, v in outputs.items() if v.ndim >= 2 and v.shape[-1] > 1}
+def class_outputs(card: Any) -> set[str] | None:
+    """Outputs the card says are class scores (meaning mentions logits/probabilities); None = not said."""
+    said = {o.name for o in card.outputs if o.meaning}
+    named = {o.name for o in card.outputs if o.meaning and any(w in o.meaning.lower() for w in ("logit", "probabilit"))}
+    return named if said else None
+
+
+def _classification_outputs(outputs: dict[str, np.ndarray], names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Top-1 index per sample of the class-score outputs (``names``, else every output whose last axis > 1)."""
+    return {k: v.argmax(axis=-1).reshape(v.shape[0], -1) for k, v in outputs.items()
+            if (k in names if names is not None else v.ndim >= 2 and v.shape[-1] > 1)}
 
 
 def _run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -233,7 +252,7 @@ class BenchRun:
                 from edge.evaluation import evaluator_for
 
                 module = evaluator_for(target.card)
-                data = module.load_split(target.card, Path(self.options.data_dir), "validation",
+                data = module.load_split(target.card, dataset_folder(target.card, self.options.data_dir), "validation",
                                          limit=self.options.limit, seed=self.options.seed)
         except (EmoEdgeError, ImportError, FileNotFoundError, OSError) as exc:
             self.notes.append(f"{target.name}: no validation data ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
@@ -267,7 +286,7 @@ class BenchRun:
                 rng = np.random.default_rng(self.options.seed)
                 inputs = _feed(runner, n, None, rng, any_batch=True)
                 source = f"{n} random inputs"
-            top1 = _classification_outputs(_run_batched(runner, inputs, 32))
+            top1 = _classification_outputs(_run_batched(runner, inputs, 32), class_outputs(target.card))
         self._reference[target.name] = (inputs, top1, source)
         return self._reference[target.name]
 
@@ -294,6 +313,9 @@ class BenchRun:
             self._measure(target, runner, row)
         except EmoEdgeError as exc:
             row.update(status="error", reason=str(exc).splitlines()[0])
+        except Exception as exc:  # a backend or evaluator failure costs this row, not the whole run
+            log.exception("bench row %s %s %s failed", target.name, backend, precision)
+            row.update(status="error", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         finally:
             runner.deactivate()
         return row
@@ -341,11 +363,16 @@ class BenchRun:
             feed = _feed(runner, batch, pool, rng)
             for _ in range(max(2, o.warmup // 4)):
                 runner.infer(feed)
-            calls = max(5, o.iterations // max(1, batch) * 2)
-            t = time.perf_counter()
-            for _ in range(calls):
+            calls, t = 0, time.perf_counter()
+            start = self.sampler.mark() if self.sampler else 0.0
+            while calls < 5 or time.perf_counter() - t < o.throughput_seconds:
                 runner.infer(feed)
+                calls += 1
             throughput[str(batch)] = batch * calls / (time.perf_counter() - t)
+            if self.sampler is not None:
+                energy = self.sampler.summarise(start, self.sampler.mark()).get("energy_mj")
+                if energy is not None:
+                    row.setdefault("energy_mj_per_sample", {})[str(batch)] = energy / (batch * calls)
         row["throughput"] = throughput
         if skipped:
             row["reason"] = "skipped " + "; ".join(skipped)
@@ -358,7 +385,7 @@ class BenchRun:
         ref = self.reference(target)
         if ref is not None:
             inputs, ref_top1, source = ref
-            top1 = _classification_outputs(_run_batched(runner, inputs, 32))
+            top1 = _classification_outputs(_run_batched(runner, inputs, 32), class_outputs(target.card))
             shared = [k for k in ref_top1 if k in top1]
             if shared:
                 row["agreement_top1"] = float(min(np.mean(top1[k] == ref_top1[k]) for k in shared))

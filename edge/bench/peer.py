@@ -42,36 +42,38 @@ def _parameters(onnx_path: Path) -> int:
     return int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
 
 
-def load_fer_validation(folder: Path, limit: int | None, seed: int) -> Any:
-    """FER2013 validation images as [N, 64, 64, 1] in [-1, 1] with indices into PEER_LABELS.
+def load_fer_validation(folder: Path, limit: int | None, seed: int, face_labels: list[str] | None = None) -> Any:
+    """FER2013 validation images as [N, 64, 64] in [-1, 1] (``extra["images"]``), labels indexing PEER_LABELS.
 
-    With a limit, a seeded random slice of the whole split (the same for every run with that seed).
+    With ``face_labels`` (our face model's card labels) the files are the very ones ``emoedge eval face``
+    picks for the same limit and seed (its stratified slice), so the two rows measure the same images.
     """
-    import cv2
-
     from edge.evaluation import LabelledSet
+    from edge.evaluation.face import list_images, stratified_slice
+    from edge.features.face import load_image, resize_gray
 
-    files: list[tuple[Path, int]] = []
-    for label_index, label in enumerate(PEER_LABELS):
-        files += [(p, label_index) for p in sorted((folder / label).glob("*.jpg"))]
-    if not files:
-        raise FileNotFoundError(f"{folder}: no FER2013 class folders ({', '.join(PEER_LABELS)}) with .jpg files")
-    if limit and limit < len(files):
-        order = np.random.default_rng(seed).permutation(len(files))[:limit]
-        files = [files[i] for i in sorted(order)]
-    images = np.empty((len(files), SIZE, SIZE, 1), dtype=np.float32)
-    for i, (path, _) in enumerate(files):
-        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if gray is None:
-            raise FileNotFoundError(f"{path}: unreadable image")
-        images[i, :, :, 0] = cv2.resize(gray, (SIZE, SIZE)).astype(np.float32) / 255.0 * 2.0 - 1.0
-    labels = np.array([label for _, label in files], dtype=np.int64)
-    return LabelledSet(inputs={}, labels=labels, description=f"FER2013 validation ({folder})",
-                       extra={"images": images})
+    order = face_labels or PEER_LABELS
+    paths, targets, _ = list_images(folder, order)
+    y = np.asarray(targets, dtype=np.int64)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no FER2013 class folders ({', '.join(PEER_LABELS)}) with images")
+    if limit is not None:
+        keep = stratified_slice(y, limit, seed)
+        paths, y = [paths[i] for i in keep], y[keep]
+    peer_index = np.array([PEER_LABELS.index(label) if label in PEER_LABELS else -1 for label in order])
+    labels = peer_index[y]
+    usable = labels >= 0  # a class of our card that the peer does not have is skipped
+    paths = [p for p, ok in zip(paths, usable, strict=True) if ok]
+    images = np.stack([resize_gray(load_image(p), SIZE) for p in paths]).astype(np.float32) / 255.0 * 2.0 - 1.0
+    description = f"{folder} ({len(paths)} images" + (f", stratified slice seed {seed}" if limit is not None else "") + ")"
+    return LabelledSet(inputs={}, labels=labels[usable], skipped=int((~usable).sum()), description=description,
+                       extra={"images": images, "files": [str(p) for p in paths]})
 
 
-def peer_target(data_dir: Path | None) -> tuple[Target | None, str]:
-    """The peer as a bench Target, or None and the reason it is skipped."""
+def peer_target(data_dir: Path | None, face_card: Any = None) -> tuple[Target | None, str]:
+    """The peer as a bench Target, or None and the reason it is skipped.
+
+    ``face_card``: our face model's card, so that the peer is measured on the same validation images."""
     if data_dir is None:
         return None, "face peer skipped: no data folder (give --data or set EMOEDGE_DATA)"
     h5 = Path(data_dir) / TEACHER_FILE
@@ -92,10 +94,12 @@ def peer_target(data_dir: Path | None) -> tuple[Target | None, str]:
             return None, f"face peer skipped: converting {h5.name} failed ({type(exc).__name__}: {exc})"
     inputs, outputs = onnx_io(onnx_path)
     input_name = inputs[0].name
+    channels_first = len(inputs[0].shape) == 4 and inputs[0].shape[1] == 1
     card = ModelCard.model_validate({
         "name": PEER_NAME, "version": "fer2013_mini_XCEPTION.102", "modality": "face", "labels": PEER_LABELS,
-        "inputs": [{**inputs[0].model_dump(exclude_none=True), "shape": ["batch", SIZE, SIZE, 1], "layout": "NHWC",
-                    "normalisation": "x / 255 * 2 - 1"}],
+        "inputs": [{**inputs[0].model_dump(exclude_none=True),
+                    "shape": ["batch", 1, SIZE, SIZE] if channels_first else ["batch", SIZE, SIZE, 1],
+                    "layout": "NCHW" if channels_first else "NHWC", "normalisation": "x / 255 * 2 - 1"}],
         "outputs": [o.model_dump(exclude_none=True) for o in outputs],
         "features": {"recipe": "mini_xception_64"},
         "parameters": _parameters(onnx_path),
@@ -104,8 +108,9 @@ def peer_target(data_dir: Path | None) -> tuple[Target | None, str]:
     fer = Path(data_dir) / "fer2013" / "validation"
 
     def load_validation(options: BenchOptions) -> Any:
-        data = load_fer_validation(fer, options.limit, options.seed)
-        data.inputs = {input_name: data.extra.pop("images")}
+        data = load_fer_validation(fer, options.limit, options.seed, face_card.labels if face_card is not None else None)
+        images = data.extra.pop("images")
+        data.inputs = {input_name: images[:, None] if channels_first else images[..., None]}
         return data
 
     def evaluate(runner: Any, data: Any) -> dict[str, Any]:
@@ -113,11 +118,12 @@ def peer_target(data_dir: Path | None) -> tuple[Target | None, str]:
         from edge.evaluation.metrics import classification_metrics
 
         out = _run_batched(runner, data.inputs, 64)
-        scores = out[outputs[0].name]
+        scores = out["logits"] if "logits" in out else out[outputs[0].name]
         return classification_metrics(data.labels, scores.argmax(axis=1), PEER_LABELS)
 
     note = (f"face peer: {h5.name} (mini-Xception, Arriaga et al. 2017) converted to ONNX by "
-            "tools/convert_mini_xception.py; FP32 only; its input is 64x64 in [-1, 1], ours is the face card's")
+            "tools/convert_mini_xception.py; FP32 only; its input is 64x64 in [-1, 1]"
+            + ("; measured on the same validation images as our face model" if face_card is not None else ""))
     return Target(name=PEER_NAME, card=card, folder=None, peer=True, note=note,
                   artifacts={"fp32": onnx_path}, load_validation=load_validation if fer.is_dir() else None,
                   evaluate=evaluate), ""

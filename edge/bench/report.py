@@ -84,6 +84,9 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
     out["mean_power_mw"] = device.get("mean_power_mw")
     out["max_temperature_c"] = device.get("max_temperature_c")
     out["gpu_load_pct"] = device.get("gpu_load_pct")
+    out["ram_used_mb_max"] = device.get("ram_used_mb_max")
+    for batch, value in (row.get("energy_mj_per_sample") or {}).items():
+        out[f"energy_mj_per_sample_b{batch}"] = value
     return out
 
 
@@ -107,7 +110,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Environment: {describe(result.get('environment', {}))}.",
         f"Latency: batch 1, {opts.get('iterations')} calls after {opts.get('warmup')} warm-up calls, "
-        f"{opts.get('threads') or 'default'} threads; throughput at batch sizes {opts.get('batches')}.",
+        f"{opts.get('threads') or 'default'} threads; throughput at batch sizes {opts.get('batches')}, "
+        f"{opts.get('throughput_seconds')} s each.",
     ]
     accuracy_rows = [r for r in rows if r.get("accuracy") is not None]
     if accuracy_rows:

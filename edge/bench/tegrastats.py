@@ -26,6 +26,8 @@ from edge.errors import BackendUnavailable
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN", "VDD_SYS_IN")
 # Temperature sensors that report -256 C are powered off.
 _OFF_TEMPERATURE = -256.0
+# The PMIC "temperature" is a fixed threshold (50 or 100 C), not a reading: left out of the maximum.
+_NOT_MEASURED = {"pmic"}
 
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
@@ -148,6 +150,9 @@ def summarise(samples: Sequence[TegraSample], start: float, end: float) -> dict[
         vals = [v for v in values if v is not None]
         return float(np.mean(vals)) if vals else None
 
+    ram = [s.ram_used_mb for s in inside if s.ram_used_mb is not None]
+    # On a Jetson the GPU shares the RAM: TensorRT's buffers show here, not in the process's RSS.
+    out["ram_used_mb_max"] = max(ram) if ram else None
     out["gpu_load_pct"] = mean([s.gpu_load for s in inside])
     out["cpu_load_pct"] = mean([s.cpu_load_mean for s in inside])
     out["emc_load_pct"] = mean([s.emc_load for s in inside])
@@ -155,7 +160,8 @@ def summarise(samples: Sequence[TegraSample], start: float, end: float) -> dict[
     for s in inside:
         for name, value in s.temperatures.items():
             temps[name] = max(value, temps.get(name, value))
-    out["max_temperature_c"] = max(temps.values()) if temps else None
+    measured = [v for k, v in temps.items() if k not in _NOT_MEASURED]
+    out["max_temperature_c"] = max(measured) if measured else None
     out["temperatures_c"] = temps
     return out
 
@@ -241,3 +247,44 @@ class TegrastatsSampler:
                 self._proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def summarise_log(lines: Sequence[str], interval_ms: int) -> dict[str, Any]:
+    """Summary of a recorded log (``tegrastats --interval MS --logfile FILE``): lines are ``interval_ms`` apart."""
+    samples = []
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            sample = parse_line(line, at=len(samples) * interval_ms / 1000)
+            if sample.ram_used_mb is not None or sample.rails:
+                samples.append(sample)
+    if not samples:
+        raise ValueError("no tegrastats lines found")
+    out = summarise(samples, 0.0, max(samples[-1].time, interval_ms / 1000))
+    out["seconds"] = samples[-1].time
+    out["rails_mean_mw"] = {
+        name: float(np.mean([s.rails[name][0] for s in samples if name in s.rails])) for name in samples[-1].rails
+    }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge.bench.tegrastats LOG [--interval MS]``: mean power, energy, loads and temperatures of a log."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m edge.bench.tegrastats", description=main.__doc__)
+    parser.add_argument("log", help="a tegrastats log file ('-' for standard input)")
+    parser.add_argument("--interval", type=int, default=1000, help="the interval the log was written with (ms; default 1000)")
+    args = parser.parse_args(argv)
+    try:
+        text = sys.stdin.read() if args.log == "-" else open(args.log, encoding="utf-8", errors="replace").read()
+        print(json.dumps(summarise_log(text.splitlines(), args.interval), indent=2))
+    except (OSError, ValueError) as exc:
+        print(f"tegrastats summary: error: {args.log}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

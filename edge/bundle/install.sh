@@ -165,6 +165,12 @@ mv "$UNIT.new" "$UNIT"
 "$VENV/bin/emoedge" --version >/dev/null || die "the installed emoedge does not start"
 if TRT="$("$VENV/bin/python" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null)"; then
   say "TensorRT $TRT found: engines are built on the first start of the service (or: $VENV/bin/python -m edge.bundle.prepare --config $CONFDIR/config.toml)"
+  if ! "$VENV/bin/python" -c 'import pycuda' 2>/dev/null; then
+    say "installing pycuda for the TensorRT runner (compiles against CUDA: a few minutes)"
+    # shellcheck disable=SC2086
+    PATH="/usr/local/cuda/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS pycuda \
+      || say "pycuda did not install: until it does, EmoEdge runs on ONNX Runtime (see docs/jetson.md)"
+  fi
 else
   say "TensorRT not found: EmoEdge will run on ONNX Runtime (CPU). On a Jetson install JetPack's python3-libnvinfer; the venv sees it through its system site packages."
 fi

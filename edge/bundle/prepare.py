@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def prepare(config_path: str, dry_run: bool = False) -> list[str]:
@@ -32,7 +33,9 @@ def prepare(config_path: str, dry_run: bool = False) -> list[str]:
         reason = f"TensorRT not found ({why})" if trt_version is None else "TensorRT found but no CUDA GPU"
         lines.append(f"{reason}: every model runs on ONNX Runtime (CPU); no engines to build")
         return lines
-    emoedge = shutil.which("emoedge") or f"{sys.prefix}/bin/emoedge"
+    # This environment's emoedge (the service's venv), not another one earlier on PATH.
+    own = Path(sys.prefix) / "bin" / "emoedge"
+    emoedge = str(own) if own.is_file() else (shutil.which("emoedge") or "emoedge")
     for name, settings in config.models.items():
         if not settings.enabled:
             continue
@@ -44,7 +47,7 @@ def prepare(config_path: str, dry_run: bool = False) -> list[str]:
         if choose_backend(model, "auto").backend == "tensorrt":
             lines.append(f"{name} ({settings.precision}): engine in the cache, TensorRT {trt_version}")
             continue
-        cmd = [emoedge, "build", name, "--precision", settings.precision]
+        cmd = [emoedge, "build", name, "--precision", settings.precision, "--max-batch", str(settings.max_batch)]
         if dry_run:
             lines.append(f"{name}: would run {' '.join(cmd)}")
             continue

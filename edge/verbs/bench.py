@@ -1,6 +1,6 @@
 """``emoedge bench``: latency, throughput, memory, accuracy (and power on a Jetson) per model x backend x precision.
 
-``emoedge bench e2e -- [OPTIONS]`` hands over to the sensor bridge's end-to-end benchmark
+``emoedge bench e2e [OPTIONS]`` hands over to the sensor bridge's end-to-end benchmark
 (``edge.bench.e2e.main(argv)``) where that is installed.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EmoEdgeError, InputError
+from edge.errors import BackendUnavailable, EmoEdgeError, InputError
 from edge.verbs import add_verb
 
 
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         "  emoedge bench face --batch 1,8,32 --threads 2 --out results/\n"
         "  emoedge bench --backends onnxruntime,tensorrt --device-report   # on a Jetson\n"
         "  emoedge bench --compare results/bench.json --fail-on-regression\n"
-        "  emoedge bench e2e -- --duration 30            # the sensor bridge's end-to-end benchmark",
+        "  emoedge bench e2e --duration 30               # the sensor bridge's end-to-end benchmark",
     )
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="model names or folders (default: every model with a card); 'e2e' for the end-to-end mode")
@@ -58,6 +58,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up calls before timing (default: 20)")
     parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 calls (default: 200)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time spent at each batch size for throughput (default: 1)")
     parser.add_argument("--out", default="bench_results", help="folder for bench.json, bench.csv, bench.md, plots")
     parser.add_argument("--data", help="research data folder for accuracy (default: EMOEDGE_DATA or ../shared/data)")
     parser.add_argument("--no-data", action="store_true", help="skip accuracy; agreement with FP32 on random inputs")
@@ -72,6 +73,30 @@ def register(sub: Any) -> None:
     parser.add_argument("--tegrastats-interval", type=int, default=100, metavar="MS", help="tegrastats interval (default: 100)")
     parser.add_argument("--models", dest="models_dir", help="models folder (default: EMOEDGE_MODELS or models/)")
     parser.set_defaults(func=run)
+    _pass_e2e_through(parser)
+
+
+def _pass_e2e_through(parser: argparse.ArgumentParser) -> None:
+    """``emoedge bench e2e ARGS...`` hands ARGS unparsed to the end-to-end benchmark, which has options of its own.
+
+    argparse calls the verb parser's ``parse_known_args`` with the words after ``bench`` (Python 3.10 to 3.13);
+    where it does not, ``emoedge bench e2e -- ARGS`` still reaches the same place through ``run``.
+    """
+    parse = parser.parse_known_args
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if words[:1] == ["e2e"]:
+            namespace = namespace if namespace is not None else argparse.Namespace()
+            namespace.func, namespace.e2e_argv = _run_e2e_args, words[1:]
+            return namespace, []
+        return parse(args, namespace)
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _run_e2e_args(args: argparse.Namespace) -> int:
+    return run_e2e(args.e2e_argv)
 
 
 def run_e2e(argv: list[str]) -> int:
@@ -85,7 +110,7 @@ def run_e2e(argv: list[str]) -> int:
             "the end-to-end benchmark (edge/bench/e2e.py, part of the sensor bridge) is not in this install; "
             "'emoedge bench MODEL ...' measures the models alone"
         ) from None
-    return int(module.main(argv) or 0)
+    return int(module.main(argv[1:] if argv[:1] == ["--"] else argv) or 0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +122,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations < 1 or args.warmup < 0:
         raise InputError("--iterations must be 1 or more and --warmup 0 or more")
+    if args.device_report:
+        from edge.bench.tegrastats import TegrastatsSampler
+
+        if not TegrastatsSampler.available():
+            raise BackendUnavailable(
+                "--device-report needs tegrastats, which L4T ships on a Jetson; it is not on PATH here "
+                "(run without --device-report, or on the Jetson)"
+            )
     data = None
     if not args.no_data:
         data = data_dir(args.data)
@@ -107,15 +140,17 @@ def run(args: argparse.Namespace) -> int:
     options = harness.BenchOptions(
         backends=args.backends, precisions=args.precisions, batches=args.batch, threads=args.threads,
         warmup=args.warmup, iterations=args.iterations, data_dir=data, limit=args.limit or None,
+        throughput_seconds=args.seconds,
     )
     targets = harness.targets_from_models(args.models, args.models_dir)
     notes = []
     if data is None:
         notes.append("no data folder: accuracy not measured; top-1 agreement with FP32 on random inputs")
-    if not args.no_peer and any(t.card.modality == "face" for t in targets):
+    faces = [t for t in targets if t.card.modality == "face"]
+    if not args.no_peer and (faces or not args.models):
         from edge.bench.peer import peer_target
 
-        peer, why = peer_target(data)
+        peer, why = peer_target(data, faces[0].card if faces else None)
         if peer is not None:
             targets.append(peer)
         else:
