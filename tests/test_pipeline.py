@@ -124,7 +124,7 @@ def test_background_detection_never_holds_up_a_frame() -> None:
     frames = face_frames(30, step=2)
 
     def slow_detect(small: np.ndarray):
-        time.sleep(0.05)
+        time.sleep(0.2)
         return bright_square_detector(small)
 
     tracker = FaceTracker(slow_detect, detect_every=5, scale=0.5, background=True)
@@ -136,10 +136,10 @@ def test_background_detection_never_holds_up_a_frame() -> None:
         ids.append([t.id for t in tracks])
         time.sleep(1 / 30)
     tracker.close()
-    assert max(times) < 0.04  # the 50 ms detection ran beside the frames, not in them
+    assert max(times) < 0.15  # the 200 ms detection ran beside the frames, not in them
     assert ids[0] == [] and ids[-1] == [1]  # found once the first detection came back, one id throughout
     assert all(i in ([], [1]) for i in ids)
-    assert 2 <= tracker.detections <= 7
+    assert 2 <= tracker.detections <= 6
 
 
 def test_tracker_keeps_the_id_and_follows_between_detections() -> None:

@@ -39,6 +39,7 @@ def test_simulated_eeg_board_through_the_shipped_model() -> None:
     assert set(est.probs) == {"valence:negative", "valence:positive", "arousal:low", "arousal:high"}
     assert est.valence is not None and est.arousal is not None and -1 <= est.valence <= 1
     assert est.label.startswith("valence:") and " arousal:" in est.label
-    assert all(b.ts - a.ts == pytest.approx(0.25, abs=0.08) for a, b in zip(got, got[1:], strict=False))
+    gaps = [b.ts - a.ts for a, b in zip(got, got[1:], strict=False)]
+    assert all(g > 0 for g in gaps) and sum(gaps) / len(gaps) == pytest.approx(0.25, abs=0.03)  # one window a hop
     stats = pipe.stats()["sources"]["eeg"]
     assert stats["errors"] == 0 and stats["dropped"] == 0

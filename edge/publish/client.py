@@ -106,6 +106,7 @@ class Publisher:
         self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
         self.error: BrokerError | None = None
         self.connected = threading.Event()
+        self.listening = threading.Event()  # the <source>/enabled/set subscription is acknowledged
         self._first_connack = threading.Event()
         self._cond = threading.Condition()
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
@@ -152,6 +153,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = lambda *args: self.listening.set()
         return client
 
     def _status_payload(self, status: str) -> bytes:
@@ -179,8 +181,11 @@ class Publisher:
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
         self._sender.start()
         if wait_s > 0 and reachable:  # wait for the CONNACK: refused credentials are reported here
+            deadline = time.monotonic() + wait_s
             self._first_connack.wait(wait_s)
             self.check()
+            if self.connected.is_set():
+                self.listening.wait(max(0.0, deadline - time.monotonic()))
         return self
 
     def check(self) -> None:
@@ -225,6 +230,7 @@ class Publisher:
             self._counts["disconnects"] += 1
             self._disconnected_at = time.time()
         self.connected.clear()
+        self.listening.clear()
         with self._cond:
             self._draining = True  # paho re-sends what was in flight; send nothing new until it is acked
             self._cond.notify_all()
