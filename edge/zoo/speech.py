@@ -39,7 +39,7 @@ VALIDATION_ACTORS = (5, 10, 15, 20)  # 5 and 15 male, 10 and 20 female
 
 # the recipe (defaults of `emoedge train speech`)
 WIDTHS = (16, 32, 64, 128)
-EPOCHS = 70
+EPOCHS = 60
 LR = 3e-3
 WEIGHT_DECAY = 1e-2
 BATCH = 32
