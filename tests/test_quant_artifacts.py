@@ -61,6 +61,7 @@ def test_calibration_manifest_describes_a_small_training_set(folder: Path) -> No
 
 
 @pytest.mark.data
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", CALIBRATED, ids=lambda p: p.name)
 def test_calibration_set_is_remade_byte_for_byte_from_the_data(folder: Path, data_dir: Path, tmp_path: Path) -> None:
     """The samples are not committed (data terms); the manifest's recipe must remake exactly them."""
