@@ -31,6 +31,9 @@ def test_artifacts_match_their_gate_records(folder: Path) -> None:
             assert precision in passed, f"{path} has no passing gate record in the card"
             assert sha256_file(path) == passed[precision].sha256, f"{path} is not the file its gate record measured"
             assert passed[precision].loss_points <= card.quantization.max_loss_points + 1e-9
+            assert passed[precision].source_sha256 == sha256_file(folder / "model.onnx"), (
+                f"{path} was made from another model.onnx: remake it with {passed[precision].command}"
+            )
         else:
             assert precision not in passed, f"the card records a passing {precision} artifact but {path.name} is missing"
 
