@@ -315,3 +315,34 @@ def test_peer_reads_fer2013_validation_in_its_own_format(data_dir: Path) -> None
         assert why.startswith("face peer skipped: ")
     else:
         assert target.peer and target.card.parameters > 10_000
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_bench_every_shipped_model_with_its_validation_data(data_dir: Path, tmp_path: Path) -> None:
+    """The shipped models: each trained one gets an FP32 row with accuracy on its own data set; untrained ones
+    and absent artifacts are rows with reasons; the face peer sits beside the face model."""
+    from edge.card import list_models, load_card
+
+    shipped = [load_card(f / "card.toml") for f in list_models(ROOT / "models")] if (ROOT / "models").is_dir() else []
+    if not shipped:
+        pytest.skip("no shipped models in models/")
+    out = tmp_path / "out"
+    result = emoedge("bench", "--data", str(data_dir), "--limit", "60", "--iterations", "10", "--warmup", "1",
+                     "--batch", "1,8", "--seconds", "0.05", "--threads", "1", "--no-plots", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    for card in shipped:
+        fp32 = next(r for r in rows if r["model"] == card.name and r["precision"] == "fp32")
+        if card.status == "untrained":
+            assert fp32["status"] == "unavailable" and "no trained weights" in fp32["reason"]
+            continue
+        assert fp32["status"] == "ok", fp32["reason"]
+        assert fp32["accuracy"] is not None and 0 < fp32["accuracy"] <= 1 and fp32["agreement_top1"] == 1.0
+        for precision in ("fp16", "int8"):
+            row = next(r for r in rows if r["model"] == card.name and r["precision"] == precision)
+            has_file = (ROOT / "models" / card.name / f"model.{precision}.onnx").is_file()
+            assert (row["status"] == "ok") == has_file, row["reason"]
+    if any(c.modality == "face" and c.status == "trained" for c in shipped):
+        peer = [r for r in rows if r.get("peer")]
+        assert peer and peer[0]["status"] == "ok" and peer[0]["accuracy"] > 0.3

@@ -103,9 +103,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_cell(row, key, get) for _, key, get in keep) + " |")
     opts = result.get("options", {})
     lines.append("")
+    # One line per model, backend and reason (an untrained model's reason holds for every precision).
+    reasons: dict[tuple[str, str, str, str], list[str]] = {}
     for row in rows:
         if row.get("reason"):
-            lines.append(f"\\* {row['model']} {row['backend']} {row['precision']}: {row['status']}: {row['reason']}")
+            reasons.setdefault((row["model"], row["backend"], row["status"], row["reason"]), []).append(row["precision"])
+    for (model, backend, status, reason), precisions in reasons.items():
+        lines.append(f"\\* {model} {backend} {', '.join(precisions)}: {status}: {reason}")
     lines += [
         "",
         f"Environment: {describe(result.get('environment', {}))}.",
