@@ -388,6 +388,8 @@ kind = "serial"
 model = "eeg"
 port = "/dev/ttyACM0"                  # or usb = "2e8a:000a"
 baudrate = 921600
+window_s = 4.0                         # EEG band power over 4 s (the eeg card sets no window) ...
+hop_s = 0.5                            # ... every 0.5 s
 
 [fusion]
 confidence_floor = 0.35
