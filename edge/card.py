@@ -92,6 +92,7 @@ class ArtifactRecord(_Strict):
     precision: Literal["fp16", "int8"]
     file: str
     sha256: str
+    source_sha256: str | None = Field(None, description="sha256 of the model.onnx it was made from (stale when that changes)")
     metric: str
     fp32: float
     value: float

@@ -450,6 +450,11 @@ class Pipeline:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Pipeline:
+        # One thread per source already uses the cores; BLAS threads on top of that oversubscribe them, and
+        # under contention OpenBLAS' spinning threads turn the 0.4 ms mel filterbank product into 20+ ms.
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limit = threadpool_limits(limits=1, user_api="blas")
         self._started = time.time()
         for name, run in self.runs.items():
             run.source.start()

@@ -47,6 +47,17 @@ def test_shipped_model_matches_its_card_and_runs() -> None:
     np.testing.assert_allclose(single["logits"], out["logits"][:1], atol=1e-4)  # dynamic batch
 
 
+def test_mirror_averaged_model_gives_the_same_answer_for_a_mirrored_face() -> None:
+    model = load_model(FOLDER)
+    if "mirror image" not in model.card.notes:
+        pytest.skip("this model does not average the face and its mirror image")
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 48, 48)).astype(np.float32)
+    with OnnxRuntimeRunner(model.path) as runner:
+        a = runner.infer({"face": x})["logits"]
+        b = runner.infer({"face": np.ascontiguousarray(x[..., ::-1])})["logits"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_card_parameter_count_is_the_students() -> None:
     torch = pytest.importorskip("torch")  # noqa: F841
     from edge.zoo.common import count_parameters

@@ -72,3 +72,22 @@ def test_augment_is_seeded_and_keeps_the_range() -> None:
     b = augment(x, torch.Generator().manual_seed(1), flip)
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
+
+
+def test_mirror_average_is_flip_invariant_and_keeps_the_head_linear() -> None:
+    import torch
+
+    from edge.zoo.face import FaceStudent, MirrorAverage
+
+    torch.manual_seed(0)
+    student = FaceStudent().eval()
+    shipped = MirrorAverage(student).eval()
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        logits, embedding = shipped(x)
+        mirrored, _ = shipped(torch.flip(x, dims=[3]))
+        _, plain = student(x)
+        _, flipped = student(torch.flip(x, dims=[3]))
+    assert torch.allclose(logits, mirrored, atol=1e-5)
+    assert torch.allclose(embedding, (plain + flipped) / 2, atol=1e-5)
+    assert torch.allclose(logits, student.head(embedding), atol=1e-5)

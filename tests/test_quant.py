@@ -112,6 +112,7 @@ def test_int8_is_symmetric_per_channel_qdq_and_passes(toy: dict[str, Path]) -> N
     card = load_card(toy["folder"] / "card.toml")
     [record] = card.artifacts
     assert record.precision == "int8" and record.passed and record.sha256 == model.sha256
+    assert record.source_sha256 == load_model(toy["folder"]).sha256
     assert record.metric == "accuracy" and record.method == "minmax" and record.n == 300
     assert record.loss_points == pytest.approx((record.fp32 - record.value) * 100, abs=1e-3)
     assert 0.5 < record.top1_agreement <= 1.0 and record.calibration.startswith("calibration/toyconv")

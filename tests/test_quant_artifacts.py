@@ -31,6 +31,9 @@ def test_artifacts_match_their_gate_records(folder: Path) -> None:
             assert precision in passed, f"{path} has no passing gate record in the card"
             assert sha256_file(path) == passed[precision].sha256, f"{path} is not the file its gate record measured"
             assert passed[precision].loss_points <= card.quantization.max_loss_points + 1e-9
+            assert passed[precision].source_sha256 == sha256_file(folder / "model.onnx"), (
+                f"{path} was made from another model.onnx: remake it with {passed[precision].command}"
+            )
         else:
             assert precision not in passed, f"the card records a passing {precision} artifact but {path.name} is missing"
 
@@ -61,6 +64,7 @@ def test_calibration_manifest_describes_a_small_training_set(folder: Path) -> No
 
 
 @pytest.mark.data
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", CALIBRATED, ids=lambda p: p.name)
 def test_calibration_set_is_remade_byte_for_byte_from_the_data(folder: Path, data_dir: Path, tmp_path: Path) -> None:
     """The samples are not committed (data terms); the manifest's recipe must remake exactly them."""

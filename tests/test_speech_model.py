@@ -114,3 +114,16 @@ def test_tiny_training_run(tmp_path: Path, data_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     model = load_model(out)
     assert model.card.training.holdout["train_actors"] == [1, 2]
+
+
+@pytest.mark.data
+def test_ravdess_layout_without_labels_csv(tmp_path: Path, data_dir: Path) -> None:
+    """Labels from RAVDESS file names in Actor_XX folders (links to the real files; no audio copied)."""
+    folder = ravdess(data_dir)
+    clips = sorted((folder / "Actor_10").glob("*.wav"))[::6]
+    (tmp_path / "Actor_10").mkdir()
+    for clip in clips:
+        (tmp_path / "Actor_10" / clip.name).symlink_to(clip)
+    result = run_eval("--data", str(tmp_path))
+    assert result["n"] == len(clips) and "speakers ['10']" in result["data"]
+    assert result["accuracy"] > 0.125

@@ -37,10 +37,34 @@ def _speaker(row: dict[str, str]) -> str | None:
     return None
 
 
+RAVDESS_EMOTIONS = {
+    "01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful", "07": "disgust",
+    "08": "surprised",
+}
+
+
+def ravdess_rows(folder: Path) -> list[dict[str, str]]:
+    """Rows for a RAVDESS folder without labels.csv, from the file names (MM-VV-EE-II-SS-RR-AA.wav)."""
+    rows = []
+    for path in sorted(folder.rglob("*.wav")):
+        parts = path.stem.split("-")
+        if len(parts) == 7 and all(p.isdigit() for p in parts) and parts[2] in RAVDESS_EMOTIONS:
+            rows.append({"file": str(path.relative_to(folder)), "emotion": RAVDESS_EMOTIONS[parts[2]], "actor": parts[6]})
+    return rows
+
+
 def read_labels(folder: Path) -> list[dict[str, str]]:
+    """The clips of a speech folder: labels.csv (columns file and emotion, optionally actor or speaker),
+    or, without one, RAVDESS file names (Actor_XX subfolders or flat)."""
     path = folder / "labels.csv"
     if not path.is_file():
-        raise ConfigError(f"{folder}: no labels.csv (a folder of wav files needs one, with columns file and emotion)")
+        rows = ravdess_rows(folder) if folder.is_dir() else []
+        if rows:
+            return rows
+        raise ConfigError(
+            f"{folder}: no labels.csv and no RAVDESS-named wav files (a folder of wav files needs a labels.csv "
+            "with columns file and emotion)"
+        )
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
@@ -48,6 +72,11 @@ def read_labels(folder: Path) -> list[dict[str, str]]:
         if missing:
             raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(fields)})")
         return list(reader)
+
+
+def speaker_of(row: dict[str, str]) -> str | None:
+    """The speaker id of a row (``actor`` or ``speaker`` column; numbers without leading zeros), if any."""
+    return _speaker(row)
 
 
 def load_split(

@@ -125,6 +125,7 @@ def quantize_model(
             precision=precision,  # type: ignore[arg-type]
             file=final.name,
             sha256=sha256_file(candidate),
+            source_sha256=model.sha256,
             metric=gate.metric,
             fp32=round(gate.fp32, 6),
             value=round(gate.value, 6),

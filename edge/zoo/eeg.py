@@ -346,6 +346,7 @@ def write_card(
                     "population statistics features.params.population_mean/std in mode population-norm"
                 ),
                 sample_rate=128.0,
+                window_s=60.0,  # the DEAP features describe 60-s trials; shorter windows give noisier powers
             )
         ],
         outputs=[

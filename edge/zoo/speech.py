@@ -11,7 +11,6 @@ own speaker's statistics (chosen at random), so one model serves both evaluation
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import time
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError
+from edge.evaluation.speech import read_labels, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
 from edge.zoo.signal_common import (
@@ -39,7 +39,7 @@ VALIDATION_ACTORS = (5, 10, 15, 20)  # 5 and 15 male, 10 and 20 female
 
 # the recipe (defaults of `emoedge train speech`)
 WIDTHS = (16, 32, 64, 128)
-EPOCHS = 70
+EPOCHS = 60
 LR = 3e-3
 WEIGHT_DECAY = 1e-2
 BATCH = 32
@@ -79,21 +79,11 @@ class SpeechCNN(nn.Module):
 # data
 
 
-def read_labels(folder: Path) -> list[dict[str, str]]:
-    path = folder / "labels.csv"
-    if not path.is_file():
-        raise ConfigError(f"{folder}: no labels.csv (expected columns file, emotion, actor)")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    for col in ("file", "emotion", "actor"):
-        if rows and col not in rows[0]:
-            raise ConfigError(f"{path}: no column '{col}' (has {', '.join(rows[0])})")
-    return rows
-
-
 def load_corpus(folder: Path, args: argparse.Namespace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Log-mels, label indices and actor ids of every labelled clip, cached by folder and feature params."""
-    rows = [r for r in read_labels(folder) if r["emotion"] in EMOTIONS]
+    rows = [r for r in read_labels(folder) if r["emotion"].strip().lower() in EMOTIONS]
+    if any(speaker_of(r) is None for r in rows):
+        raise ConfigError(f"{folder}: training splits by speaker: every clip needs an actor (or speaker) id")
     key = hashlib.sha256(json.dumps([str(folder.resolve()), F.PARAMS, [r["file"] for r in rows]]).encode()).hexdigest()[:16]
     cache = feature_cache("speech") / f"{key}.npz"
     if cache.exists():
@@ -106,8 +96,11 @@ def load_corpus(folder: Path, args: argparse.Namespace) -> tuple[list[np.ndarray
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, logmel=np.concatenate(mels, axis=1), lengths=np.array([m.shape[1] for m in mels]))
         tmp.replace(cache)
-    labels = np.array([EMOTIONS.index(r["emotion"]) for r in rows], dtype=np.int64)
-    actors = np.array([int(r["actor"]) for r in rows], dtype=np.int64)
+    labels = np.array([EMOTIONS.index(r["emotion"].strip().lower()) for r in rows], dtype=np.int64)
+    speakers = sorted({str(speaker_of(r)) for r in rows}, key=lambda s: (len(s), s))
+    # numeric ids (RAVDESS actors) stay themselves; other speaker names are numbered in sorted order
+    ids = {s: int(s) if s.isdigit() else i + 1000 for i, s in enumerate(speakers)}
+    actors = np.array([ids[str(speaker_of(r))] for r in rows], dtype=np.int64)
     return mels, labels, actors
 
 
