@@ -9,9 +9,7 @@ its status and reason, never a crash of the whole run.
 
 from __future__ import annotations
 
-import gc
 import logging
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +51,7 @@ class BenchOptions:
     limit: int | None = 1000  # validation samples for accuracy; None = the whole split
     agreement_samples: int = 256
     throughput_seconds: float = 1.0  # timed calls per batch size last at least this long (and 5 calls)
+    measure_memory: bool = True  # peak RSS of the model in a fresh process (edge.bench.memory)
     seed: int = 0
     keep_latencies: bool = True  # per-call latencies in the JSON, for plots
 
@@ -76,53 +75,13 @@ class Target:
         if self.folder is not None and not self.artifacts:
             return load_model(self.folder, precision=precision)
         path = self.artifacts.get(precision)
-        if path is None or not path.is_file():
-            raise ModelError(f"no {precision} artifact for peer {self.name} (peers are compared at FP32 only)")
+        if path is None:
+            raise ModelError(f"no {precision} artifact for {self.name} (peers are compared at FP32 only)")
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
         from edge.card import sha256_file
 
         return Model(folder=path.parent, card=self.card, precision=precision, path=path, sha256=sha256_file(path))
-
-
-# --- memory -----------------------------------------------------------------------------------
-
-class PeakMemory:
-    """Peak resident memory of this process over a window, as a delta to the RSS at its start.
-
-    Linux lets a process reset its own high-water mark (``/proc/self/clear_refs`` = 5), which sees
-    ONNX Runtime's and TensorRT's native allocations; elsewhere the fallback is getrusage's
-    ru_maxrss, which only grows and so reads 0 when an earlier row peaked higher.
-    """
-
-    def __init__(self) -> None:
-        self.method = "VmHWM (reset per row)"
-        self.start_kib = 0
-
-    @staticmethod
-    def _status_kib(key: str) -> int | None:
-        try:
-            with open("/proc/self/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            return None
-        return None
-
-    def start(self) -> None:
-        gc.collect()
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-        except OSError:
-            self.method = "ru_maxrss (process-wide high-water mark)"
-        rss = self._status_kib("VmRSS") if self.method.startswith("VmHWM") else None
-        self.start_kib = rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def peak_mib(self) -> float:
-        peak = self._status_kib("VmHWM") if self.method.startswith("VmHWM") else None
-        if peak is None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return max(0, peak - self.start_kib) / 1024
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -326,8 +285,6 @@ class BenchRun:
         data = self.validation(target)
         pool = None if data is None else {k: v[: max(o.batches)] for k, v in data.inputs.items()}
         row["inputs"] = "validation samples" if pool is not None else "random"
-        memory = PeakMemory()
-        memory.start()
         t0 = time.perf_counter()
         runner.activate()
         row["load_ms"] = (time.perf_counter() - t0) * 1e3
@@ -379,8 +336,13 @@ class BenchRun:
         if throughput:
             best = max(throughput, key=lambda b: throughput[b])
             row["best_batch"], row["best_throughput"] = int(best), throughput[best]
-        row["peak_rss_mib"] = memory.peak_mib()
-        row["peak_memory_method"] = memory.method
+        if o.measure_memory:
+            from edge.bench.memory import measure_in_child
+
+            memory = measure_in_child(Path(row["file"]), row["backend"], o.batches, o.threads, target.folder,
+                                      row["precision"], pool)
+            row["peak_rss_mib"] = memory.get("peak_mib")
+            row["peak_memory_method"] = memory.get("method") or memory.get("error")
 
         ref = self.reference(target)
         if ref is not None:
@@ -443,5 +405,5 @@ def targets_from_models(names: Sequence[str], models: str | None = None) -> list
     return targets
 
 
-__all__ = ["BENCH_BACKENDS", "PRECISION_FILES", "BenchOptions", "BenchRun", "PeakMemory", "Target", "run_bench",
+__all__ = ["BENCH_BACKENDS", "PRECISION_FILES", "BenchOptions", "BenchRun", "Target", "run_bench",
            "targets_from_models"]

@@ -127,7 +127,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("Top-1 agreement with the FP32 model (ONNX Runtime CPU) on " + "; ".join(agreement) + ".")
     methods = sorted({r["peak_memory_method"] for r in rows if r.get("peak_memory_method")})
     if methods:
-        lines.append("Peak MiB: resident memory above the row's start, by " + ", ".join(methods) + ".")
+        lines.append("Peak MiB: " + "; ".join(methods) + ".")
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ GPU and one TensorRT version, so the device builds them on first start (``edge.b
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -62,8 +63,10 @@ def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
                 shutil.copytree(src, copy / part, ignore=ignore)
             elif src.is_file():
                 shutil.copy2(src, copy / part)
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out_dir), str(copy)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out_dir), str(copy)]
+        # Offline with this environment's setuptools where it has one; else pip's isolated build (needs an index).
+        offline = importlib.util.find_spec("setuptools") is not None
+        done = subprocess.run(cmd[:5] + ["--no-build-isolation"] * offline + cmd[5:], capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise BundleError(
