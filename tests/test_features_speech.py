@@ -80,3 +80,23 @@ def test_model_windows_from_any_rate() -> None:
     a, b = F.model_windows(y, 16_000, mean, std), F.model_windows(y48, 48_000, mean, std)
     assert a.shape == b.shape == (3, 1, F.N_MELS, F.WINDOW_FRAMES)
     assert np.abs(a - b).mean() < 0.1  # the same speech at 48 kHz gives nearly the same input
+
+
+def test_read_wav_pcm_without_soundfile_matches_soundfile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import wave
+
+    sf = pytest.importorskip("soundfile")
+    y = chirp(seconds=1.0, rate=22_050)
+    pcm = (np.stack([y, -y], axis=1) * 32767).astype(np.int16)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(22_050)
+        w.writeframes(pcm.tobytes())
+    ours = F.read_wav(tmp_path / "a.wav")
+    ref, rate = sf.read(str(tmp_path / "a.wav"), dtype="float32")
+    np.testing.assert_allclose(ours, F.to_mono_16k(ref, rate), atol=1e-6)
+    sf.write(str(tmp_path / "f.wav"), y, 22_050, subtype="FLOAT")  # float wav: the soundfile path
+    assert F.read_wav(tmp_path / "f.wav").shape == (16_000,)
+    with pytest.raises(InputError, match="not found"):
+        F.read_wav(tmp_path / "missing.wav")

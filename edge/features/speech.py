@@ -60,9 +60,29 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def read_wav(path: str | os.PathLike[str]) -> np.ndarray:
-    """A wav (or any file soundfile reads) as 16 kHz mono float32."""
-    import soundfile as sf
+    """A wav file as 16 kHz mono float32. PCM wav (8/16/32-bit) needs only the standard library;
+    other formats (float wav, FLAC, ...) use soundfile when it is installed."""
+    import wave
 
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+        dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
+        if dtype is None:
+            raise wave.Error(f"{8 * width}-bit samples")
+        audio = np.frombuffer(raw, dtype=dtype).reshape(-1, channels)
+        if dtype is np.uint8:
+            audio = (audio.astype(np.float32) - 128.0) / 128.0
+        return to_mono_16k(audio if channels > 1 else audio[:, 0], rate)
+    except (wave.Error, EOFError) as exc:
+        reason = str(exc)
+    except FileNotFoundError:
+        raise InputError(f"{path}: audio file not found") from None
+    try:
+        import soundfile as sf
+    except ImportError:
+        raise InputError(f"{path}: not a PCM wav file ({reason}); install soundfile to read other formats") from None
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as exc:

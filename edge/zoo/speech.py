@@ -44,9 +44,10 @@ LR = 3e-3
 WEIGHT_DECAY = 1e-2
 BATCH = 32
 MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weight ...
-MIXUP_P = 0.5  # ... applied to this share of batches
-SPEAKER_NORM_P = 0.3  # share of training windows z-scored with their speaker's statistics
+MIXUP_P = 0.0  # ... applied to this share of batches (off: with 16 training actors the model underfits)
+SPEAKER_NORM_P = 0.0  # share of training windows z-scored with their speaker's statistics (off: it did not help)
 LABEL_SMOOTHING = 0.05
+SPEC_MASKS = 2  # SpecAugment: this many frequency masks (up to 8 bins) and time masks (up to 30 frames)
 
 
 class SpeechCNN(nn.Module):
@@ -137,7 +138,7 @@ class Augmenter:
         out = np.where(speech, out + gain, out)
         mean, std = self.speaker[int(self.actors[i])] if rng.random() < SPEAKER_NORM_P else self.pop
         x = F.standardise(out, mean, std)
-        for _ in range(2):  # SpecAugment: two frequency and two time masks, filled with 0 (the mean)
+        for _ in range(SPEC_MASKS):  # SpecAugment masks, filled with 0 (the mean)
             f = int(rng.integers(0, 9))
             f0 = int(rng.integers(0, F.N_MELS - f + 1))
             x[f0 : f0 + f] = 0.0
