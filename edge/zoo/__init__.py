@@ -2,8 +2,10 @@
 
 Never imported by the runtime. One module per model, registered in ``RECIPES``; each has
 
-    add_arguments(parser)                       recipe-specific options of ``emoedge train NAME``
     train(data_dir, out_dir, args) -> Path      trains, exports model.onnx + card.toml into out_dir
+
+``args`` carries the train verb's common options (epochs, lr, batch size, teacher, seed, mode,
+target, max steps); a recipe reads those it uses and keeps its own defaults for the rest.
 """
 
 from __future__ import annotations

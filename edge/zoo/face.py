@@ -287,10 +287,6 @@ def class_weights(y: np.ndarray, power: float) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Recipe options (the train verb's common options cover epochs, lr, batch size, teacher, seed)."""
-
-
 def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     data = Path(data_dir) if data_dir else default_data_dir() / "fer2013"
