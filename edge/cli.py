@@ -18,20 +18,24 @@ from edge.errors import EmoEdgeError
 
 # verb -> module; the order is the order of `emoedge --help`.
 VERBS: dict[str, str] = {
+    # device
     "doctor": "edge.verbs.doctor",
     "config": "edge.verbs.config",
-    "train": "edge.verbs.train",
-    "eval": "edge.verbs.eval",
     "ports": "edge.verbs.ports",
     "listen": "edge.verbs.listen",
-    "simulate": "edge.verbs.simulate",
-    "run": "edge.verbs.run",
-    "watch": "edge.verbs.watch",
-    "bench": "edge.verbs.bench",
-    "bundle": "edge.verbs.bundle",
+    # models
+    "train": "edge.verbs.train",
+    "eval": "edge.verbs.eval",
     "calibrate": "edge.verbs.calibrate",
     "quantize": "edge.verbs.quantize",
     "build": "edge.verbs.build",
+    "bench": "edge.verbs.bench",
+    # running
+    "run": "edge.verbs.run",
+    "simulate": "edge.verbs.simulate",
+    "watch": "edge.verbs.watch",
+    # shipping
+    "bundle": "edge.verbs.bundle",
 }
 
 
