@@ -41,8 +41,8 @@ def test_shipped_model_loads_matches_its_card_and_runs() -> None:
 
 def test_card_parameter_count_is_the_architecture_count() -> None:
     pytest.importorskip("torch")
+    from edge.zoo.common import count_parameters
     from edge.zoo.eeg import BandPowerHiSTN
-    from edge.zoo.signal_common import count_parameters
 
     assert load_model("eeg", models=MODELS).card.parameters == count_parameters(BandPowerHiSTN())
 

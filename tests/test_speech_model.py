@@ -42,7 +42,7 @@ def test_shipped_model_loads_matches_its_card_and_runs() -> None:
 
 def test_card_parameter_count_is_the_architecture_count() -> None:
     pytest.importorskip("torch")
-    from edge.zoo.signal_common import count_parameters
+    from edge.zoo.common import count_parameters
     from edge.zoo.speech import SpeechCNN
 
     assert load_model("speech", models=MODELS).card.parameters == count_parameters(SpeechCNN())

@@ -24,9 +24,8 @@ from edge.errors import ConfigError
 from edge.evaluation.metrics import classification_metrics
 from edge.features.eeg import DEAP_BANDS, DEAP_ELECTRODES, load_deap_features, standardise
 from edge.paths import data_dir as find_data
+from edge.zoo.common import count_parameters, export_onnx
 from edge.zoo.signal_common import (
-    count_parameters,
-    export_onnx,
     prepare_out,
     progress,
     setup,
@@ -314,9 +313,9 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     n_params = count_parameters(model)
     print(f"parameters: {n_params} (trainable); {steps} optimiser steps in {seconds:.1f} s")
     example = torch.from_numpy(x[:5])
-    worst = export_onnx(
-        model, [example], ["band_power"], ["valence_logits", "arousal_logits", "va", "embedding"], out / "model.onnx"
-    )
+    worst = max(export_onnx(
+        model, example, out / "model.onnx", "band_power", ["valence_logits", "arousal_logits", "va", "embedding"]
+    ).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
     write_card(out, n_params, seed, seconds, mode, mean, std, folder, int(model.head.in_features), steps, worst)
     return out

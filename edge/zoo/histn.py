@@ -30,9 +30,8 @@ from torch import nn
 from edge.errors import ConfigError
 from edge.evaluation.ordinal import gaussian_ordinal_targets, ordinal_metrics
 from edge.zoo import dreamer
+from edge.zoo.common import count_parameters, export_onnx
 from edge.zoo.signal_common import (
-    count_parameters,
-    export_onnx,
     prepare_out,
     progress,
     setup,
@@ -220,7 +219,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
         print(f"held-out subjects {holdout} ({target}, torch): weighted F1 {m['weighted_f1']:.3f}, "
               f"top-2 {m['top2_accuracy']:.3f}, Tri-P {m['tri_p']:.3f}, Seq2HR {m['seq2hr']:.3f}")
     example = torch.from_numpy(x[:4])
-    worst = export_onnx(model, [example], ["eeg"], ["logits", "embedding"], out / "model.onnx")
+    worst = max(export_onnx(model, example, out / "model.onnx", "eeg", ["logits", "embedding"]).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
     card = make_card(trainable, status="trained")
     card.training.data = f"DREAMER ({path.name}), {target}, subjects {[s.index for s in train_subjects]}; held out {holdout}"

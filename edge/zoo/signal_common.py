@@ -1,24 +1,23 @@
-"""Training helpers shared by the speech and EEG recipes: seeding, threads, progress, export, cards.
+"""Training helpers of the speech, EEG and HiSTN recipes, on top of ``edge.zoo.common``.
 
-Kept separate from the face recipe's helpers for now (the two were written in parallel); they do
-the same jobs and can be merged.
+Seeding, progress, parameter counts and the ONNX export with its ORT-vs-torch check live in
+``edge.zoo.common`` (shared with the face recipe); this module adds what the signal recipes read from
+the train verb's arguments (threads, --no-progress), the feature cache and the output folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from edge.errors import ModelError
 from edge.paths import cache_dir
+from edge.zoo.common import progress as common_progress
+from edge.zoo.common import seed_everything
 
 OPSET = 17
 
@@ -26,12 +25,7 @@ OPSET = 17
 def setup(args: argparse.Namespace, default_threads: int = 2) -> int:
     """Seed every generator and pin torch to a few threads (the training machines are shared)."""
     seed = int(getattr(args, "seed", 0) or 0)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    threads = int(getattr(args, "threads", 0) or 0) or default_threads
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(seed, int(getattr(args, "threads", 0) or 0) or default_threads)
     return seed
 
 
@@ -42,15 +36,9 @@ def feature_cache(name: str) -> Path:
     return path
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
 def progress(iterable: Iterable[Any], args: argparse.Namespace, **kwargs: Any) -> Any:
     """A tqdm bar unless --no-progress."""
-    from tqdm import tqdm
-
-    return tqdm(iterable, disable=bool(getattr(args, "no_progress", False)), file=sys.stderr, **kwargs)
+    return common_progress(iterable, enabled=not getattr(args, "no_progress", False), **kwargs)
 
 
 def training_command(default: str) -> str:
@@ -58,47 +46,6 @@ def training_command(default: str) -> str:
     if len(sys.argv) > 1 and sys.argv[1] == "train":
         return shlex.join(["emoedge", *sys.argv[1:]])
     return default
-
-
-def export_onnx(
-    model: torch.nn.Module,
-    examples: Sequence[torch.Tensor],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    path: Path,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
-) -> float:
-    """Export FP32 with a dynamic batch (opset 17), run onnx.checker, and check ONNX Runtime against torch.
-
-    Returns the largest absolute difference seen; raises ModelError when it exceeds ``atol + rtol*|torch|``.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    model = model.eval()
-    dynamic = {name: {0: "batch"} for name in [*input_names, *output_names]}
-    with torch.no_grad():
-        torch.onnx.export(
-            model, tuple(examples), str(path), input_names=list(input_names), output_names=list(output_names),
-            dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(*examples)
-    if isinstance(expected, torch.Tensor):
-        expected = (expected,)
-    got = session.run(list(output_names), {n: e.numpy() for n, e in zip(input_names, examples, strict=False)})
-    worst = 0.0
-    for name, want, have in zip(output_names, expected, got, strict=False):
-        want = want.numpy()
-        diff = np.abs(want - have)
-        worst = max(worst, float(diff.max(initial=0.0)))
-        if not np.all(diff <= atol + rtol * np.abs(want)):
-            raise ModelError(f"{path}: ONNX Runtime output '{name}' differs from torch by {diff.max():.3g} (> {atol})")
-    return worst
 
 
 def prepare_out(out: Path) -> Path:

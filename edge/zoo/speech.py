@@ -24,9 +24,8 @@ from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
+from edge.zoo.common import count_parameters, export_onnx
 from edge.zoo.signal_common import (
-    count_parameters,
-    export_onnx,
     feature_cache,
     prepare_out,
     progress,
@@ -239,7 +238,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
         acc = clip_accuracy(model, [mels[i] for i in val], labels[val], mean, std)
         print(f"held-out actors {list(VALIDATION_ACTORS)} (torch, population statistics): accuracy {acc:.3f}")
     example = torch.from_numpy(eval_windows(mels[:3], mean, std)[0])
-    worst = export_onnx(model, [example], ["logmel"], ["logits", "embedding"], out / "model.onnx")
+    worst = max(export_onnx(model, example, out / "model.onnx", "logmel", ["logits", "embedding"]).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
     write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx].tolist())), int(model.head.in_features), worst)
     return out
