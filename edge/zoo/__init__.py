@@ -12,6 +12,7 @@ from __future__ import annotations
 
 RECIPES: dict[str, str] = {
     "face": "edge.zoo.face",
+    "face-teacher": "edge.zoo.face_teacher",
     "speech": "edge.zoo.speech",
     "eeg": "edge.zoo.eeg",
     "histn": "edge.zoo.histn",

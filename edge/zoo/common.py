@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.card import ModelCard, save_card
-from edge.errors import ModelError
+from edge.errors import ConfigError, ModelError
 
 T = TypeVar("T")
 
@@ -139,3 +139,30 @@ def command_line() -> str:
     """The command that is running, as ``emoedge VERB ...`` (for the card)."""
     argv = sys.argv[1:]
     return shlex.join(["emoedge", *argv]) if argv else "emoedge"
+
+
+def recipe_overrides(items: list[str], recipe: dict[str, Any]) -> dict[str, Any]:
+    """``["alpha=0.9", "mirror_average=true", "widths=16,32"]`` -> typed overrides of ``recipe`` (``--set``).
+
+    Each value takes the type of the recipe's default; an unknown key or a value of the wrong type is an error
+    that names the key and what it takes.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in recipe:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(recipe))}")
+        kind = type(recipe[key])
+        try:
+            if kind is tuple:
+                out[key] = tuple(int(v) for v in value.split(","))
+            elif kind is bool:
+                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.strip().lower() in ("true", "1", "yes")
+            else:
+                out[key] = kind(value)
+        except ValueError:
+            raise ConfigError(f"--set {item}: {key} takes a {kind.__name__}, not {value!r}") from None
+    return out

@@ -3,9 +3,11 @@
 Split by actor, never by clip: ``VALIDATION_ACTORS`` (two male, two female of actors 1-20) never
 reach training. Augmentation for speaker independence: random placement of the clip in its 3-s
 window, random gain, shifts along the mel axis (a crude vocal-tract-length change), SpecAugment
-masks and mixup. Each training clip is z-scored either with the population statistics or with its
-own speaker's statistics (chosen at random), so one model serves both evaluation modes:
-``default`` (population statistics from the card) and ``speaker-norm`` (the speaker's unlabeled history).
+masks and (off by default) mixup. Each training window is z-scored with the population statistics or,
+for a share ``speaker_norm_p`` of them (off by default: it did not help), with its own speaker's; the
+model is evaluated in both modes: ``default`` (population statistics from the card) and ``speaker-norm``
+(the speaker's unlabeled history). The shipped recipe was chosen among eight run on a GPU (``--device
+cuda``, about 2 minutes); on two CPU cores its 200 epochs take hours.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +27,7 @@ from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
-from edge.zoo.common import count_parameters, export_onnx
+from edge.zoo.common import count_parameters, export_onnx, recipe_overrides
 from edge.zoo.signal_common import (
     feature_cache,
     prepare_out,
@@ -36,28 +39,32 @@ from edge.zoo.signal_common import (
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 VALIDATION_ACTORS = (5, 10, 15, 20)  # 5 and 15 male, 10 and 20 female
 
-# the recipe (defaults of `emoedge train speech`)
-WIDTHS = (16, 32, 64, 128)
-EPOCHS = 60
-LR = 3e-3
-WEIGHT_DECAY = 1e-2
-BATCH = 32
-MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weight ...
-MIXUP_P = 0.0  # ... applied to this share of batches (off: with 16 training actors the model underfits)
-SPEAKER_NORM_P = 0.0  # share of training windows z-scored with their speaker's statistics (off: it did not help)
-LABEL_SMOOTHING = 0.05
-SPEC_MASKS = 2  # SpecAugment: this many frequency masks (up to 8 bins) and time masks (up to 30 frames)
+# the recipe (defaults of `emoedge train speech`; --epochs, --lr, --batch-size and --set KEY=VALUE override)
+RECIPE: dict[str, Any] = {
+    "widths": (24, 48, 96, 192),
+    "epochs": 200,
+    "lr": 3e-3,
+    "weight_decay": 1e-2,
+    "batch_size": 32,
+    "dropout": 0.1,
+    "mixup_alpha": 0.2,  # Beta(alpha, alpha) mixing weight ...
+    "mixup_p": 0.0,  # ... applied to this share of batches (off: with 16 training actors the model underfits)
+    "speaker_norm_p": 0.0,  # share of training windows z-scored with their speaker's statistics
+    "label_smoothing": 0.05,
+    "spec_masks": 2,  # SpecAugment: this many frequency masks (up to 8 bins) and time masks (up to 30 frames)
+}
 
 
 class SpeechCNN(nn.Module):
     """Four conv blocks (3x3 conv, BN, ReLU, 2x2 max-pool) over [B, 1, mels, frames]; mean over
-    frequency, mean+max over time, then a linear layer. About 100k parameters."""
+    frequency, mean+max over time, then a linear layer. About 220k parameters with the default widths."""
 
-    def __init__(self, n_classes: int = len(EMOTIONS), widths: tuple[int, ...] | None = None, dropout: float = 0.3):
+    def __init__(self, n_classes: int = len(EMOTIONS), widths: tuple[int, ...] | None = None, dropout: float | None = None):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
-        widths = widths or WIDTHS
+        widths = widths or RECIPE["widths"]
+        dropout = RECIPE["dropout"] if dropout is None else dropout
         for i, c in enumerate(widths):
             # the first conv strides by 2: full-resolution feature maps cost most of the time on a CPU
             stride = 2 if i == 0 else 1
@@ -108,9 +115,11 @@ class Augmenter:
     """Builds one training batch of standardised 3-s windows with the augmentations above."""
 
     def __init__(
-        self, mels: list[np.ndarray], actors: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int
+        self, mels: list[np.ndarray], actors: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         self.mels, self.actors = mels, actors
+        self.recipe = recipe or RECIPE
         self.pop = (mean, std)
         self.speaker = {int(a): F.bin_statistics([m for m, b in zip(mels, actors, strict=False) if b == a]) for a in np.unique(actors)}
         self.rng = np.random.default_rng(seed)
@@ -135,9 +144,9 @@ class Augmenter:
         gain = float(rng.uniform(-1.0, 1.0))  # +-8.7 dB (natural-log units of power)
         speech = out > F.SILENCE + 1e-3
         out = np.where(speech, out + gain, out)
-        mean, std = self.speaker[int(self.actors[i])] if rng.random() < SPEAKER_NORM_P else self.pop
+        mean, std = self.speaker[int(self.actors[i])] if rng.random() < self.recipe["speaker_norm_p"] else self.pop
         x = F.standardise(out, mean, std)
-        for _ in range(SPEC_MASKS):  # SpecAugment masks, filled with 0 (the mean)
+        for _ in range(self.recipe["spec_masks"]):  # SpecAugment masks, filled with 0 (the mean)
             f = int(rng.integers(0, 9))
             f0 = int(rng.integers(0, F.N_MELS - f + 1))
             x[f0 : f0 + f] = 0.0
@@ -175,16 +184,18 @@ def clip_accuracy(model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, 
 
 def fit(
     mels: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, mean: np.ndarray, std: np.ndarray,
-    args: argparse.Namespace, epochs: int, seed: int,
+    args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu",
 ) -> tuple[SpeechCNN, int]:
-    model = SpeechCNN()
-    batch = args.batch_size or BATCH
+    """Train a SpeechCNN by ``recipe`` on ``device``; the model comes back on the CPU in eval mode."""
+    model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"]).to(device)
+    batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr or LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr or LR, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    aug = Augmenter(mels, actors, mean, std, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    aug = Augmenter(mels, actors, mean, std, seed, recipe)
     rng = np.random.default_rng(seed + 1)
     y_all = torch.from_numpy(labels)
+    smoothing = recipe["label_smoothing"]
     steps = 0
     bar = progress(range(epochs), args, desc="speech epochs")
     for _ in bar:
@@ -195,14 +206,14 @@ def fit(
             idx = order[start : start + batch]
             x = aug.batch(idx)
             y = nn.functional.one_hot(y_all[idx], len(EMOTIONS)).float()
-            if rng.random() < MIXUP_P:
-                lam = float(rng.beta(MIXUP_ALPHA, MIXUP_ALPHA))
+            if rng.random() < recipe["mixup_p"]:
+                lam = float(rng.beta(recipe["mixup_alpha"], recipe["mixup_alpha"]))
                 perm = torch.from_numpy(rng.permutation(len(idx)))
                 x = lam * x + (1 - lam) * x[perm]
                 y = lam * y + (1 - lam) * y[perm]
-            y = y * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / len(EMOTIONS)
-            logits, _ = model(x)
-            loss = -(y * torch.log_softmax(logits, 1)).sum(1).mean()
+            y = y * (1 - smoothing) + smoothing / len(EMOTIONS)
+            logits, _ = model(x.to(device))
+            loss = -(y.to(device) * torch.log_softmax(logits, 1)).sum(1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -210,10 +221,10 @@ def fit(
             steps += 1
             total += float(loss.detach())
             if args.max_steps and steps >= args.max_steps:
-                return model.eval(), steps
+                return model.cpu().eval(), steps
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / steps_per_epoch:.3f}")
-    return model.eval(), steps
+    return model.cpu().eval(), steps
 
 
 def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
@@ -221,7 +232,10 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     folder = Path(data) if data else find_data() / "ravdess_speech_16k"
     out = prepare_out(out or Path("models/speech"))
     mels, labels, actors = load_corpus(folder, args)
-    epochs = args.epochs or EPOCHS
+    recipe = dict(RECIPE)
+    for key in ("epochs", "batch_size", "lr"):
+        recipe[key] = getattr(args, key, None) or recipe[key]
+    recipe.update(recipe_overrides(getattr(args, "set", None) or [], recipe))
     train_mask = ~np.isin(actors, VALIDATION_ACTORS)
     idx = np.flatnonzero(train_mask)
     if getattr(args, "cv", 0):
@@ -229,24 +243,31 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     tr_mels = [mels[i] for i in idx]
     mean, std = F.bin_statistics(tr_mels)
     start = time.perf_counter()
-    model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, epochs, seed)
+    model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed, getattr(args, "device", None) or "cpu")
     seconds = time.perf_counter() - start
     n_params = count_parameters(model)
     print(f"parameters: {n_params}; {steps} optimiser steps in {seconds:.0f} s")
     val = np.flatnonzero(~train_mask)
     if len(val) and not args.max_steps:
         acc = clip_accuracy(model, [mels[i] for i in val], labels[val], mean, std)
-        print(f"held-out actors {list(VALIDATION_ACTORS)} (torch, population statistics): accuracy {acc:.3f}")
+        by_speaker = [clip_accuracy(model, [mels[i] for i in val if actors[i] == a], labels[val][actors[val] == a],
+                                    *F.bin_statistics([mels[i] for i in val if actors[i] == a]))
+                      * int((actors[val] == a).sum()) for a in np.unique(actors[val])]
+        print(f"held-out actors {list(VALIDATION_ACTORS)} (torch): accuracy {acc:.3f} with the population statistics, "
+              f"{sum(by_speaker) / len(val):.3f} with each speaker's own", flush=True)
     example = torch.from_numpy(eval_windows(mels[:3], mean, std)[0])
     worst = max(export_onnx(model, example, out / "model.onnx", "logmel", ["logits", "embedding"]).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
-    write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx].tolist())), int(model.head.in_features), worst)
+    recipe_note = (f"Trained on {getattr(args, 'device', None) or 'cpu'}. Recipe: "
+                   + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in recipe.items()) + ". ")
+    write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx].tolist())), int(model.head.in_features), worst,
+               recipe_note)
     return out
 
 
 def write_card(
     out: Path, n_params: int, seed: int, seconds: float, steps: int, mean: np.ndarray, std: np.ndarray,
-    folder: Path, train_actors: list[int], emb: int, worst: float,
+    folder: Path, train_actors: list[int], emb: int, worst: float, recipe_note: str = "",
 ) -> None:
     from edge.card import FeatureRecipe, ModelCard, TensorSpec, TrainingInfo, save_card
 
@@ -291,7 +312,7 @@ def write_card(
             holdout={"actors": list(VALIDATION_ACTORS), "train_actors": train_actors},
         ),
         notes=(
-            f"Export: FP32 ONNX, opset 17, dynamic batch; ONNX Runtime matches torch within 1e-4 + 1e-3*|x| "
+            recipe_note + f"Export: FP32 ONNX, opset 17, dynamic batch; ONNX Runtime matches torch within 1e-4 + 1e-3*|x| "
             f"(max abs difference at export {worst:.1e}). {steps} optimiser steps. Validation = RAVDESS actors not in training.holdout.train_actors (any "
             "folder without actor ids: every clip). Metrics are written by `emoedge eval speech ... --write-card`; "
             "mode default uses the population statistics, mode speaker-norm each speaker's own statistics over "
