@@ -91,3 +91,29 @@ def test_mirror_average_is_flip_invariant_and_keeps_the_head_linear() -> None:
     assert torch.allclose(logits, mirrored, atol=1e-5)
     assert torch.allclose(embedding, (plain + flipped) / 2, atol=1e-5)
     assert torch.allclose(logits, student.head(embedding), atol=1e-5)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_tiny_teacher_then_student_distilled_from_it(data_dir: Path, tmp_path: Path) -> None:
+    """`train face-teacher` makes a model folder that `train face --teacher FOLDER` distils from; --set reaches the recipe."""
+    from edge.card import load_model
+
+    _small_copy(data_dir / "fer2013", tmp_path / "fer", per_class=4)
+    common = ["--data", str(tmp_path / "fer"), "--max-steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    teacher = tmp_path / "teacher"
+    done = subprocess.run([sys.executable, "-m", "edge", "train", "face-teacher", "--out", str(teacher), *common],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_model(teacher).card.name == "face-teacher" and load_model(teacher).card.parameters > 1_000_000
+    student = tmp_path / "student"
+    done = subprocess.run([sys.executable, "-m", "edge", "train", "face", "--out", str(student), "--teacher", str(teacher),
+                           "--set", "alpha=0.9", "--set", "mirror_average=true", *common],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = load_model(student).card
+    assert card.training.teacher == teacher.resolve().as_posix()
+    assert "alpha 0.9" in card.notes and "mirror image" in card.notes and "Trained on cpu" in card.notes
+    bad = subprocess.run([sys.executable, "-m", "edge", "train", "face", "--out", str(student), "--set", "alpha=high",
+                          *common], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "alpha takes a float, not 'high'" in bad.stderr

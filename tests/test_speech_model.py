@@ -108,12 +108,14 @@ def test_tiny_training_run(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "speech"
     proc = subprocess.run(
         [sys.executable, "-m", "edge", "train", "speech", "--data", str(small), "--out", str(out), "--max-steps", "3",
-         "--no-progress"],
+         "--no-progress", "--set", "widths=8,8,16,16", "--set", "mixup_p=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     model = load_model(out)
     assert model.card.training.holdout["train_actors"] == [1, 2]
+    assert "widths 8,8,16,16" in model.card.notes and "mixup_p 1.0" in model.card.notes  # --set reached the recipe
+    assert model.card.output("embedding").shape == ["batch", 32]  # mean and max of the last 16 channels
 
 
 @pytest.mark.data

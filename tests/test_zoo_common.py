@@ -17,6 +17,7 @@ from edge.zoo.common import (  # noqa: E402
     distillation_loss,
     export_onnx,
     progress,
+    recipe_overrides,
     seed_everything,
     write_card,
 )
@@ -95,3 +96,25 @@ def test_write_card_validates(tmp_path: Path) -> None:
     assert load_card(path).parameters == 71
     with pytest.raises(Exception, match="modality"):
         write_card(card | {"modality": "smell"}, tmp_path)
+
+
+def test_recipe_overrides_take_the_defaults_types() -> None:
+    recipe = {"alpha": 0.5, "epochs": 60, "mirror_average": True, "widths": (16, 32)}
+    got = recipe_overrides(["alpha=0.9", "epochs=3", "mirror-average=false", "widths=24,48,96"], recipe)
+    assert got == {"alpha": 0.9, "epochs": 3, "mirror_average": False, "widths": (24, 48, 96)}
+    assert recipe_overrides([], recipe) == {}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("gamma=1", "KEY one of alpha, epochs, mirror_average, widths"),
+    ("alpha", "expected KEY=VALUE"),
+    ("epochs=ten", "epochs takes a int, not 'ten'"),
+    ("mirror_average=maybe", "mirror_average takes a bool"),
+    ("widths=16,x", "widths takes a tuple"),
+])
+def test_recipe_overrides_name_what_is_wrong(item: str, message: str) -> None:
+    from edge.errors import ConfigError
+
+    recipe = {"alpha": 0.5, "epochs": 60, "mirror_average": True, "widths": (16, 32)}
+    with pytest.raises(ConfigError, match=message):
+        recipe_overrides([item], recipe)

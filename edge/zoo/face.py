@@ -458,7 +458,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     soft = teacher_logits(teachers, x_train_u8, show) if teachers else None
     if soft is not None:
         agreement = (soft[0].argmax(1) == y_train).mean()
-        print(f"teacher: {', '.join(p.name if p.name != 'model.onnx' else str(p.parent) for p in teachers)} "
+        print(f"teacher: {', '.join(_teacher_name(p) for p in teachers)} "
               f"(training-set accuracy {agreement:.3f})")
 
     model: nn.Module = FaceTeacher() if teacher_model else FaceStudent()
@@ -488,6 +488,14 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     print(f"{name}: best validation accuracy {best['accuracy']:.4f} at epoch {best['epoch']}; {parameters} "
           f"parameters; {seconds:.0f} s")
     return out
+
+
+def _teacher_name(path: Path) -> str:
+    """A teacher as the card names it: the file name, or a model folder relative to the project when inside it."""
+    if path.name != "model.onnx":
+        return path.name
+    folder = path.parent.resolve()
+    return folder.relative_to(PROJECT_ROOT).as_posix() if folder.is_relative_to(PROJECT_ROOT) else folder.as_posix()
 
 
 def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size: int, teachers: list[Path],
@@ -530,8 +538,7 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
                     f"(PublicTest, {n_val} images, {val_root})",
             "terms": FER2013_TERMS,
             "command": command_line(),
-            "teacher": ", ".join(p.name if p.name != "model.onnx" else p.parent.as_posix() for p in teachers)
-                       if teachers else None,
+            "teacher": ", ".join(_teacher_name(p) for p in teachers) if teachers else None,
             "seconds": round(seconds, 1),
             "seed": seed,
         },
