@@ -291,3 +291,27 @@ def test_all_operators_or_only_weighted_ones(toy: dict[str, Path]) -> None:
     everything = quantize_int8(toy["folder"] / "model.onnx", toy["folder"] / "a.onnx", calib.batches(32), op_types="all")
     assert {"Conv", "Gemm"} <= set(weighted.quantized_ops)
     assert everything.qdq_nodes >= weighted.qdq_nodes
+
+
+def test_weight_only_int8_keeps_the_graph_float_and_quarters_the_weights(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from edge.export.int8 import store_weights_int8
+    from edge.zoo.common import export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(64 * 6 * 6, 32)).eval()
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "w8.onnx"
+    export_onnx(net, torch.zeros(2, 1, 8, 8), src, "x", ["y"])
+    before, after = store_weights_int8(src, dst)
+    assert after < 0.35 * before
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    session = ort.InferenceSession(str(dst))
+    assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float)"
+    got = session.run(None, {"x": x})[0]
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # INT8 weights: about 1% off, not exact
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops.count("DequantizeLinear") == 2 and "QuantizeLinear" not in ops  # weights only, activations float

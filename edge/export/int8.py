@@ -203,3 +203,51 @@ def quantize_int8(
             f"per-tensor weights at {summary.per_tensor_weights}"
         )
     return summary
+
+
+def store_weights_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> tuple[int, int]:
+    """Store every Conv and Gemm weight as symmetric per-output-channel INT8 behind a DequantizeLinear.
+
+    Weight-only: activations and arithmetic stay FP32 and inputs/outputs keep their types, so the file is a
+    drop-in FP32 model at a quarter of the size (used for the face teacher, which is shipped for
+    distillation rather than for devices). Returns the file sizes before and after.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    dequantize, done = [], set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] in done:
+            continue
+        name = node.input[1]
+        if name not in initializers or initializers[name].data_type != onnx.TensorProto.FLOAT:
+            continue
+        weight = numpy_helper.to_array(initializers[name])
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        axis = 1 if node.op_type == "Gemm" and not trans_b else 0  # the output-channel axis
+        other = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.abs(weight).max(axis=other) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend([
+            numpy_helper.from_array(quantized, f"{name}_int8"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero"),
+        ])
+        dequantize.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                                           [name], name=f"{name}_dequantize", axis=axis))
+        done.add(name)
+    if not done:
+        raise ModelError(f"{src}: no FP32 Conv or Gemm weights to store as INT8")
+    nodes = dequantize + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+    return Path(src).stat().st_size if Path(src) != Path(dst) else -1, Path(dst).stat().st_size
