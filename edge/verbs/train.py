@@ -29,10 +29,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--lr", type=float, help="default: the recipe's")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--device", default="cpu",
-                        help="torch device to train on: cpu, cuda, cuda:1 (the face recipes)")
+                        help="torch device to train on: cpu, cuda, cuda:1 (face, face-teacher, speech)")
     parser.add_argument("--teacher", help="teacher for distillation (path); default: the recipe's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one entry of the recipe's RECIPE table (face recipes), e.g. --set alpha=0.9")
+                        help="override one entry of the recipe's RECIPE table (face, face-teacher, speech), e.g. --set alpha=0.9")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", help="input normalisation to train with, where the recipe has several "
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise BackendUnavailable("training needs torch: pip install 'emoedge[train]'") from None
     recipe = importlib.import_module(RECIPES[args.name])
-    if args.set and not hasattr(recipe, "recipe_overrides"):
-        raise ConfigError(f"train {args.name}: this recipe takes no --set overrides")
+    if (args.set or args.device != "cpu") and not hasattr(recipe, "RECIPE"):
+        raise ConfigError(f"train {args.name}: this recipe trains on the CPU only and takes no --set overrides")
     out = Path(args.out) if args.out else None
     folder = recipe.train(args.data, out, args)
     print(f"trained {args.name}: {folder}")

@@ -166,3 +166,12 @@ def recipe_overrides(items: list[str], recipe: dict[str, Any]) -> dict[str, Any]
         except ValueError:
             raise ConfigError(f"--set {item}: {key} takes a {kind.__name__}, not {value!r}") from None
     return out
+
+
+def recipe_from_args(defaults: dict[str, Any], args: Any) -> dict[str, Any]:
+    """A recipe's ``RECIPE`` table with the train verb's --epochs, --batch-size, --lr and --set applied."""
+    recipe = dict(defaults)
+    for key in ("epochs", "batch_size", "lr"):
+        recipe[key] = getattr(args, key, None) or recipe[key]
+    recipe.update(recipe_overrides(getattr(args, "set", None) or [], recipe))
+    return recipe

@@ -37,7 +37,7 @@ from edge.zoo.common import (
     distillation_loss,
     export_onnx,
     progress,
-    recipe_overrides,
+    recipe_from_args,
     seed_everything,
     write_card,
 )
@@ -437,10 +437,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     name = "face-teacher" if teacher_model else "face"
     data = Path(data_dir) if data_dir else default_data_dir() / "fer2013"
     out = Path(out_dir) if out_dir else models_dir() / "face" / ("teacher" if teacher_model else "")
-    recipe = dict(TEACHER_RECIPE if teacher_model else RECIPE)
-    for key in ("epochs", "batch_size", "lr"):
-        recipe[key] = getattr(args, key, None) or recipe[key]
-    recipe.update(recipe_overrides(getattr(args, "set", None) or [], recipe))
+    recipe = recipe_from_args(TEACHER_RECIPE if teacher_model else RECIPE, args)
     seed = int(getattr(args, "seed", 0) or 0)
     max_steps = getattr(args, "max_steps", None)
     device = getattr(args, "device", None) or "cpu"

@@ -27,7 +27,7 @@ from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
-from edge.zoo.common import count_parameters, export_onnx, recipe_overrides
+from edge.zoo.common import count_parameters, export_onnx, recipe_from_args
 from edge.zoo.signal_common import (
     feature_cache,
     prepare_out,
@@ -232,10 +232,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     folder = Path(data) if data else find_data() / "ravdess_speech_16k"
     out = prepare_out(out or Path("models/speech"))
     mels, labels, actors = load_corpus(folder, args)
-    recipe = dict(RECIPE)
-    for key in ("epochs", "batch_size", "lr"):
-        recipe[key] = getattr(args, key, None) or recipe[key]
-    recipe.update(recipe_overrides(getattr(args, "set", None) or [], recipe))
+    recipe = recipe_from_args(RECIPE, args)
     train_mask = ~np.isin(actors, VALIDATION_ACTORS)
     idx = np.flatnonzero(train_mask)
     if getattr(args, "cv", 0):
