@@ -83,6 +83,20 @@ class MetricRecord(_Strict):
     values: dict[str, Any]
 
 
+class CpuVerification(_Strict):
+    """One instruction set an artifact was checked on (``tools/cpu_check.py --write-card``), natively or emulated."""
+
+    target: str = Field(description="instruction set and how it was run, e.g. 'x86_64 avx2 ... (qemu-x86_64 -cpu Haswell)'")
+    onnxruntime: str
+    metric: str
+    loss_points: float
+    top1_agreement: float
+    n: int = Field(ge=0)
+    passed: bool
+    command: str
+    measured_at: str
+
+
 class ArtifactRecord(_Strict):
     """A derived artifact (FP16, INT8) and the result of its accuracy gate (written by ``emoedge quantize``).
 
@@ -111,6 +125,10 @@ class ArtifactRecord(_Strict):
         default_factory=dict, description="metric per label head (EEG valence and arousal): fp32, value, loss_points"
     )
     note: str | None = Field(None, description="why the gate fell back, or why the artifact was refused")
+    recipe: str | None = Field(None, description="INT8: the quantization recipe (types, ranges, format)")
+    verified_on: list[CpuVerification] = Field(
+        default_factory=list, description="instruction sets this artifact was checked on against FP32"
+    )
 
 
 class ModelCard(_Strict):
@@ -210,7 +228,7 @@ def check_against_card(card: ModelCard, onnx_path: Path, card_path: Path, allow_
             if got.dtype != spec.dtype and got.dtype != allow_dtype:
                 problems.append(f"{kind} '{spec.name}': card says {spec.dtype}, model has {got.dtype}")
             if len(got.shape) != len(spec.shape) or any(
-                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, got.shape)
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, got.shape, strict=False)
             ):
                 problems.append(f"{kind} '{spec.name}': card says shape {spec.shape}, model has {got.shape}")
         extra = set(by_name) - {t.name for t in declared}

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10 on JetPack 6
     import tomli as tomllib
 
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 SECRET_KEYS = {"password", "key_password", "passphrase"}
 
 
@@ -139,7 +139,9 @@ class ModelSettings(_Strict):
     enabled: bool = True
     path: Path | None = Field(None, description="model folder; default models/<name>")
     backend: Backend | None = Field(None, description="default: [backend].default")
-    precision: Precision = "fp32"
+    precision: Precision = Field(
+        "auto", description="auto: the fastest precision that passed the device check here (see edge/trust.py)"
+    )
     max_batch: int = Field(8, ge=1, le=256)
 
 
@@ -360,13 +362,13 @@ default = "auto"                       # TensorRT where an engine exists, else O
 threads = 0
 
 [models.face]
-precision = "fp32"
+precision = "auto"                     # the fastest precision that passed the device check here
 
 [models.speech]
-precision = "fp32"
+precision = "auto"                     # the fastest precision that passed the device check here
 
 [models.eeg]
-precision = "fp32"
+precision = "auto"                     # the fastest precision that passed the device check here
 
 [[sources]]
 name = "camera"

@@ -35,13 +35,14 @@ import numpy as np
 from edge import __version__
 from edge.backends import open_runner
 from edge.backends.base import Runner
-from edge.card import Model, ModelCard, load_model
+from edge.card import Model, ModelCard
 from edge.config import CameraSource, DeviceConfig
 from edge.config import Source as SourceConfig
 from edge.errors import ConfigError, EmoEdgeError, InputError
 from edge.estimate import EmotionState, Estimate, ModelInfo
 from edge.fusion import Fusion, LabelMap, chance_corrected_confidence, significant_change, softmax
 from edge.tracker import DetectFn, FaceTracker
+from edge.trust import CheckedRunner
 from firmware_bridge.sources.base import Sample, Source
 
 log = logging.getLogger(__name__)
@@ -417,15 +418,23 @@ class Pipeline:
 
     def _build_run(self, src: SourceConfig, source: Source, detect: DetectFn | None, face_input: FaceInputFn | None) -> SourceRun:
         settings = self.config.models[src.model]
-        precision = settings.precision
-        model = load_model(settings.path or src.model, precision=precision)
         backend = settings.backend or self.config.backend.default
-        runner = open_runner(model, backend=backend, precision=precision, threads=self.config.backend.threads,
-                             engine_cache=self.config.backend.engine_cache)
+
+        def open_for(model: Model) -> Runner:
+            return open_runner(model, backend=backend, precision=model.precision, threads=self.config.backend.threads,
+                               engine_cache=self.config.backend.engine_cache)
+
+        # Anything but FP32 is checked against FP32 on this device before its estimates are published.
+        runner = CheckedRunner(settings.path or src.model, settings.precision, open_for)
         runner.activate()
+        model = runner.model
         reader = OutputReader(model.card, self.config.fusion.prototypes)
-        info = ModelInfo(model.card.name, model.card.version, model.sha256, runner.backend, precision)
-        run = SourceRun(src, source, model, runner, reader, info, settings.max_batch)
+        run = SourceRun(src, source, model, runner, reader, runner.model_info(), settings.max_batch)
+
+        def switched(checked: CheckedRunner) -> None:
+            run.model, run.info = checked.model, checked.model_info()
+
+        runner.on_switch = switched
         input_meta = runner.inputs[0]
         item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
         if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
@@ -677,7 +686,8 @@ class Pipeline:
             dropped = (run.slot.skipped if run.slot is not None else 0) + run.source.dropped
             entry: dict[str, Any] = {
                 "kind": run.kind, "enabled": run.enabled, "model": run.model.name, "backend": run.info.backend,
-                "precision": run.info.precision, "rate_hz": round(rate, 2), "estimates": run.estimates,
+                "precision": run.info.precision, "device_check": run.runner.status()
+                if isinstance(run.runner, CheckedRunner) else None, "rate_hz": round(rate, 2), "estimates": run.estimates,
                 "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "errors": run.errors, "latency_ms": run.times.summary(),
                 "link": _jsonable(run.source.stats()),
             }

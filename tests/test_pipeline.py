@@ -110,9 +110,10 @@ def test_video_newest_frame_wins_and_counts_skips(tmp_path: Path) -> None:
                     on_estimate=got.append)
     pipe.start()
     wait(lambda: source.emitted == len(frames))
-    time.sleep(0.1)
-    pipe.stop()
     run = pipe.runs["cam"]
+    # let the frames in flight finish (under load the face path may still hold a few)
+    wait(lambda: len(got) + run.slot.skipped + source.dropped >= len(frames) - 3, timeout=5.0)
+    pipe.stop()
     assert run.received + source.dropped == len(frames)
     assert run.slot is not None and run.slot.skipped > 0
     assert len(got) + run.slot.skipped + source.dropped >= len(frames) - 3  # each frame either ran or was skipped

@@ -91,10 +91,48 @@ def jetson_info() -> dict[str, str | None] | None:
     return {"model": model, "l4t_release": release.splitlines()[0] if release else None, "power_mode": power}
 
 
+# Instruction-set flags that change which CPU kernels ONNX Runtime runs (and so, for INT8, which answers it gives).
+ISA_FLAGS = (
+    "sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",  # x86
+    "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2",  # 64-bit Arm
+)
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as far as numeric kernels care: architecture, model name and the relevant instruction sets."""
+
+    arch: str
+    model: str
+    isa: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.arch} {self.model} [{' '.join(self.isa) or 'no extensions read'}]"
+
+
+def cpu_info() -> CpuInfo:
+    """Read /proc/cpuinfo (Linux, Jetson); elsewhere the architecture only. Under qemu-user this is the host's."""
+    import platform
+
+    arch = platform.machine() or "unknown"
+    text = _read("/proc/cpuinfo") or ""
+    flags: set[str] = set()
+    model = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+    return CpuInfo(arch, model or "unknown model", tuple(f for f in ISA_FLAGS if f in flags))
+
+
 def gpu_key() -> str | None:
     """The first GPU's name, as used in engine cache names."""
     gpus = cuda_gpus()
     return gpus[0].name if gpus else None
 
 
-__all__ = ["GpuInfo", "asdict", "cuda_gpus", "gpu_key", "import_status", "jetson_info", "tensorrt_version"]
+__all__ = ["CpuInfo", "GpuInfo", "asdict", "cpu_info", "cuda_gpus", "gpu_key", "import_status", "jetson_info", "tensorrt_version"]

@@ -27,6 +27,7 @@ from edge.card import (
 from edge.errors import InputError
 from edge.export.calibrate import CalibrationSet, load_calibration_set
 from edge.export.gate import GateFailed, GateResult, gate_on_labelled_data, gate_on_samples
+from edge.export.int8 import RECIPE as INT8_RECIPE
 from edge.paths import calibration_dir
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def quantize_model(
                          if calib is not None and precision == "int8" else None),
             method=method if precision == "int8" else None,
             op_types=op_types if precision == "int8" else None,
+            recipe=INT8_RECIPE if precision == "int8" else None,
             data=gate.data,
             n=gate.n,
             allowance=allowance,

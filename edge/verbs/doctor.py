@@ -187,24 +187,44 @@ def collect(config_path: str | None = None, mqtt_url: str | None = None, models:
 
 
 def _model_backends(models: str | None, config: Any) -> list[dict[str, Any]]:
-    """For each shipped model: does it load, and which backend would ``auto`` pick, and why."""
-    from edge.backends import choose_backend
-    from edge.card import list_models, load_model
+    """For each shipped model: does it load, which precision and backend it runs at here, and why.
+
+    Runs the device check (``edge.trust``) of every precision the config asks for (default ``auto``):
+    each verdict with its agreement and batch-1 latency, the one in use, and why the others are not."""
+    from edge.backends import open_runner
+    from edge.card import Model, list_models
     from edge.errors import EmoEdgeError
+    from edge.trust import CheckedRunner
 
     out = []
     for folder in list_models(models):
-        precision = "fp32"
+        precision, backend = "auto", "auto"
         if config is not None and folder.name in config.models:
             precision = config.models[folder.name].precision
+            backend = config.models[folder.name].backend or config.backend.default
+
+        def open_for(model: Model, backend: str = backend) -> Any:
+            return open_runner(model, backend=backend, precision=model.precision, threads=1)
+
         try:
-            model = load_model(folder, precision=precision)
-            choice = choose_backend(model, "auto")
-            out.append({"name": folder.name, "ok": True, "precision": precision, "backend": choice.backend,
-                        "detail": f"{precision} on {choice.backend}: {choice.reason}"})
+            runner = CheckedRunner(folder, precision, open_for)
+            with runner:
+                status = runner.status()
+                chosen = runner.backend
         except EmoEdgeError as exc:
             out.append({"name": folder.name, "ok": False, "precision": precision, "backend": None,
                         "detail": str(exc).splitlines()[0], "hint": str(exc)})
+            continue
+        checks = "; ".join(
+            f"{p} {'passed' if c['passed'] else 'FAILED'}"
+            + (f" ({c['agreement'] * 100:.1f}% agreement on {c['n']} {c['data']})" if c["agreement"] is not None else "")
+            for p, c in status["checks"].items()
+        )
+        detail = f"{precision} -> {status['active']} on {chosen}: {status['reason']}" + (f" [checks: {checks}]" if checks else "")
+        failed = [p for p, c in status["checks"].items() if not c["passed"]] + list(status["problems"])
+        out.append({"name": folder.name, "ok": True, "precision": status["active"], "requested": precision,
+                    "backend": chosen, "device_check": status, "detail": detail,
+                    "hint": f"{', '.join(failed)} not trusted here: see device_check" if failed else ""})
     return out
 
 

@@ -1,0 +1,208 @@
+"""The device check: an FP16/INT8 artifact is compared with FP32 on this device before it is trusted."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import quant_toys
+
+from edge.backends.ort import OnnxRuntimeRunner
+from edge.card import Model, load_card, save_card, sha256_file
+from edge.config import DeviceConfig
+from edge.export.calibrate import load_calibration_set, make_calibration_set
+from edge.export.int8 import quantize_int8
+from edge.export.quantize import quantize_model
+from edge.pipeline import Pipeline
+from edge.trust import (
+    CheckedRunner,
+    agreement_threshold,
+    device_identity,
+    load_verdict,
+    verdict_dir,
+)
+
+
+def open_ort(model: Model) -> OnnxRuntimeRunner:
+    return OnnxRuntimeRunner(model.path, threads=1)
+
+
+@pytest.fixture
+def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A toy model with a gated INT8 artifact, its calibration set, and a private verdict cache."""
+    from edge import evaluation
+
+    monkeypatch.setitem(evaluation.EVALUATORS, "toyconv", "quant_toys")
+    folder = quant_toys.make_model_folder(tmp_path / "models")
+    data = quant_toys.make_data(tmp_path / "data", folder / "model.onnx")
+    calibration = tmp_path / "calibration"
+    make_calibration_set(load_card(folder / "card.toml"), data, calibration / "toyconv", count=96, seed=0)
+    monkeypatch.setenv("EMOEDGE_CALIBRATION", str(calibration))
+    monkeypatch.setenv("EMOEDGE_CACHE", str(tmp_path / "cache"))
+    assert quantize_model(folder, "int8", data_dir=data).gate.passed
+    return {"folder": folder, "data": data, "calibration": calibration, "cache": tmp_path / "cache", "tmp": tmp_path}
+
+
+def break_int8(toy: dict[str, Path]) -> None:
+    """Put a broken INT8 file on the 'device' whose card record says it passed where it was made.
+
+    Calibrated on data with huge outliers, its activation ranges lose all resolution (what a CPU whose
+    INT8 kernels saturate does to a good file); the record's sha256 is updated to vouch for it."""
+    folder = toy["folder"]
+    polluted = quant_toys.make_data(toy["tmp"] / "polluted", folder / "model.onnx", outliers=200)
+    bad_calib = toy["tmp"] / "bad-calibration"
+    card = load_card(folder / "card.toml")
+    make_calibration_set(card, polluted, bad_calib / "toyconv", count=96)
+    batches = load_calibration_set(bad_calib / "toyconv", card).batches(32)
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", batches)
+    [record] = card.artifacts
+    record.sha256 = sha256_file(folder / "model.int8.onnx")
+    save_card(card, folder / "card.toml")
+
+
+def test_a_good_int8_is_checked_once_on_calibration_samples_then_cached(toy: dict[str, Path]) -> None:
+    with CheckedRunner(toy["folder"], "int8", open_ort) as runner:
+        status = runner.status()
+        assert runner.precision == "int8", status
+        check = status["checks"]["int8"]
+        assert check["passed"] and check["n"] == 96 and check["agreement"] >= check["threshold"]
+        assert set(check["latency_ms"]) == {"fp32", "int8"} and check["data"].startswith("calibration samples")
+    [cached] = list(verdict_dir().glob("toyconv-int8-*.json"))
+    written = cached.read_text()
+    with CheckedRunner(toy["folder"], "int8", open_ort) as again:
+        assert again.precision == "int8"
+    assert cached.read_text() == written  # reused, not measured again
+
+
+def test_a_broken_int8_falls_back_to_fp32_and_says_why(toy: dict[str, Path]) -> None:
+    break_int8(toy)
+    with CheckedRunner(toy["folder"], "int8", open_ort) as runner:
+        status = runner.status()
+        x = np.zeros((2, 1, quant_toys.SIDE, quant_toys.SIDE), np.float32)
+        fp32 = OnnxRuntimeRunner(toy["folder"] / "model.onnx", threads=1)
+        with fp32:
+            assert np.array_equal(runner.infer({"image": x})["logits"], fp32.infer({"image": x})["logits"])
+    assert runner.precision == "fp32"
+    check = status["checks"]["int8"]
+    assert not check["passed"] and check["agreement"] < check["threshold"]
+    assert status["reason"].startswith("fp32 (fallback): int8 failed (agreement")
+
+
+def test_an_artifact_its_card_does_not_vouch_for_is_refused(toy: dict[str, Path]) -> None:
+    card = load_card(toy["folder"] / "card.toml")
+    card.artifacts[0].sha256 = "0" * 64  # the file on disk is not the one that passed the gate
+    save_card(card, toy["folder"] / "card.toml")
+    with CheckedRunner(toy["folder"], "int8", open_ort) as runner:
+        assert runner.precision == "fp32"
+        problem = runner.status()["problems"]["int8"]
+    assert "never passed the accuracy gate" in problem and "emoedge quantize toyconv --precision int8" in problem
+
+
+def test_a_corrupt_artifact_is_not_used(toy: dict[str, Path]) -> None:
+    (toy["folder"] / "model.int8.onnx").write_bytes(b"\x08\x07garbage")
+    with CheckedRunner(toy["folder"], "auto", open_ort) as runner:
+        assert runner.precision == "fp32"
+        assert "not a readable ONNX model" in runner.status()["problems"]["int8"]
+
+
+def test_without_calibration_samples_the_first_live_windows_decide(toy: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMOEDGE_CALIBRATION", str(toy["tmp"] / "nothing-here"))
+    x = np.load(toy["data"] / "validation.npz")["x"][:40]
+    with CheckedRunner(toy["folder"], "int8", open_ort, live_windows=16) as runner:
+        assert runner.precision == "fp32" and runner.status()["pending"] == ["int8"]
+        for i in range(15):
+            runner.infer({"image": x[i : i + 1]})
+        assert runner.precision == "fp32"  # published from FP32 meanwhile
+        runner.infer({"image": x[15:16]})
+        assert runner.precision == "int8" and runner.status()["checks"]["int8"]["data"] == "live windows (shadow mode)"
+
+
+def test_a_broken_int8_without_calibration_samples_never_serves(toy: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    break_int8(toy)
+    monkeypatch.setenv("EMOEDGE_CALIBRATION", str(toy["tmp"] / "nothing-here"))
+    live = np.load(toy["data"] / "validation.npz")["x"][:32]
+    with CheckedRunner(toy["folder"], "int8", open_ort, live_windows=32) as runner:
+        for i in range(32):
+            runner.infer({"image": live[i : i + 1]})
+        assert runner.precision == "fp32"
+        assert not runner.status()["checks"]["int8"]["passed"]
+
+
+def test_a_verdict_from_another_device_or_a_corrupt_one_is_not_trusted(toy: dict[str, Path]) -> None:
+    with CheckedRunner(toy["folder"], "int8", open_ort):
+        pass
+    [path] = list(verdict_dir().glob("toyconv-int8-*.json"))
+    here = device_identity("onnxruntime")
+    sha = json.loads(path.read_text())["artifact_sha256"]
+    assert load_verdict(path, sha, here) is not None
+    other = dict(here, hardware="x86_64 Some CPU [avx2 fma]")
+    assert load_verdict(path, sha, other) is None  # copied from a machine with other instruction sets
+    path.write_text("{ not json")
+    assert load_verdict(path, sha, here) is None
+
+
+def test_auto_picks_the_fastest_precision_that_passed(toy: dict[str, Path]) -> None:
+    from edge.export.quantize import quantize_model as q
+
+    assert q(toy["folder"], "fp16", data_dir=toy["data"]).gate.passed
+    with CheckedRunner(toy["folder"], "auto", open_ort) as runner:
+        status = runner.status()
+    timings = {p: c["latency_ms"][p] for p, c in status["checks"].items() if c["passed"]}
+    timings["fp32"] = next(iter(status["checks"].values()))["latency_ms"]["fp32"]
+    assert set(status["checks"]) == {"fp16", "int8"}
+    fastest = min(timings, key=timings.get)
+    if status["active"] != "fp32":
+        assert timings[status["active"]] <= timings["fp32"] * 0.95 and status["active"] == fastest
+        assert "fastest at batch 1 here" in status["reason"]
+    else:
+        assert "no checked precision is faster here" in status["reason"]
+
+
+def test_agreement_threshold_allows_sampling_noise_but_not_a_collapse() -> None:
+    assert agreement_threshold(0.97, 200) == pytest.approx(0.97 - 3 * (0.97 * 0.03 / 200) ** 0.5)
+    assert agreement_threshold(1.0, 200) == pytest.approx(0.98)  # at least two points
+    assert agreement_threshold(0.97, 3589) > 0.94 > 0.52  # the AVX2 face failure is far below
+
+
+def test_the_bridge_falls_back_to_fp32_with_the_reason_in_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `emoedge run` does with a broken INT8 artifact on a device without calibration samples: estimates
+    come from FP32 while the first live windows are compared, then the reason is in stats and FP32 stays."""
+    from tests.pipeline_helpers import ListSource, make_model
+
+    monkeypatch.setenv("EMOEDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EMOEDGE_CALIBRATION", str(tmp_path / "no-calibration"))
+    labels = ["low_valence", "high_valence", "neutral"]
+    folder = make_model(tmp_path / "models", "eeg", 4 * 128, labels, "eeg", window_s=1.0, seed=1)
+    rng = np.random.default_rng(0)
+    outliers = [{"x": rng.normal(0, 1, (32, 512)).astype(np.float32) * 5000.0}]  # ranges far too wide
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", outliers)
+    card = load_card(folder / "card.toml")
+    from edge.card import ArtifactRecord
+
+    card.artifacts = [ArtifactRecord(
+        precision="int8", file="model.int8.onnx", sha256=sha256_file(folder / "model.int8.onnx"), metric="accuracy",
+        fp32=0.9, value=0.9, loss_points=0.0, top1_agreement=0.99, passed=True,
+        command="made elsewhere (test)", measured_at="2026-01-01T00:00:00+00:00")]
+    save_card(card, folder / "card.toml")
+    cfg = DeviceConfig.model_validate({
+        "device_id": "t", "models": {"eeg": {"path": str(folder), "precision": "int8"}}, "backend": {"threads": 1},
+        "sources": [{"name": "eeg", "kind": "replay", "path": "x", "model": "eeg", "hop_s": 0.25}],
+    })
+    blocks = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(80)]  # 10 s at 128 Hz: 37 windows
+    got = []
+    pipe = Pipeline(cfg, sources={"eeg": ListSource("eeg", "eeg", blocks, 128.0)}, on_estimate=got.append)
+    pipe.start()
+    deadline = time.monotonic() + 60
+    while len(got) < 37 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = pipe.stats()
+    pipe.stop()
+    assert len(got) == 37 and all(e.model.precision == "fp32" for e in got)
+    entry = stats["sources"]["eeg"]
+    check = entry["device_check"]
+    assert entry["precision"] == "fp32" and check["requested"] == "int8" and check["active"] == "fp32"
+    assert not check["checks"]["int8"]["passed"] and check["checks"]["int8"]["data"] == "live windows (shadow mode)"
+    assert check["reason"].startswith("fp32 (fallback): int8 failed (agreement")
