@@ -431,10 +431,11 @@ class Pipeline:
         reader = OutputReader(model.card, self.config.fusion.prototypes)
         run = SourceRun(src, source, model, runner, reader, runner.model_info(), settings.max_batch)
 
-        def switched(checked: CheckedRunner) -> None:
+        def changed(checked: CheckedRunner) -> None:
             run.model, run.info = checked.model, checked.model_info()
+            self._report_device_checks()
 
-        runner.on_switch = switched
+        runner.on_change = changed
         input_meta = runner.inputs[0]
         item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
         if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
@@ -458,12 +459,21 @@ class Pipeline:
         return run
 
     # --- lifecycle ---------------------------------------------------------------------------
+    def device_checks(self) -> dict[str, Any]:
+        """Per source: the model's precision asked for and in use, and why (for the ``status`` payload)."""
+        return {name: run.runner.summary() for name, run in self.runs.items() if isinstance(run.runner, CheckedRunner)}
+
+    def _report_device_checks(self) -> None:
+        if self.publisher is not None and hasattr(self.publisher, "set_status_details"):
+            self.publisher.set_status_details({"models": self.device_checks()})
+
     def start(self) -> Pipeline:
         # One thread per source already uses the cores; BLAS threads on top of that oversubscribe them, and
         # under contention OpenBLAS' spinning threads turn the 0.4 ms mel filterbank product into 20+ ms.
         from threadpoolctl import threadpool_limits
 
         self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        self._report_device_checks()
         self._started = time.time()
         for name, run in self.runs.items():
             run.source.start()

@@ -292,7 +292,7 @@ class CheckedRunner(Runner):
         self.verdicts: dict[str, Verdict] = {}
         self.problems: dict[str, str] = {}  # precision -> why it was not even checked
         self.reason = ""
-        self.on_switch: Callable[[CheckedRunner], None] | None = None
+        self.on_change: Callable[[CheckedRunner], None] | None = None  # after a switch or a live verdict
         self._lock = threading.Lock()
         self._active_runner: Runner | None = None
         self._shadow: list[_Candidate] = []
@@ -450,9 +450,23 @@ class CheckedRunner(Runner):
             self.backend = runner.backend
         if old is not None and old is not runner:
             old.deactivate()
-        if self.on_switch is not None:
-            self.on_switch(self)
+        self._changed()
         log.info("%s: now running %s (%s)", self.fp32.name, model.precision, runner.backend)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # a reporting hook must never break inference
+                log.exception("%s: device-check change hook failed", self.fp32.name)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form for the ``status`` payload: asked, in use, why, and what failed here."""
+        status = self.status()
+        failed = {p: c for p, c in status["checks"].items() if not c["passed"]}
+        failed.update({p: {"reason": why} for p, why in status["problems"].items()})
+        return {"model": self.fp32.name, "requested": self.requested, "active": status["active"],
+                "reason": status["reason"], **({"failed": failed} if failed else {})}
 
     def _deactivate(self) -> None:
         for cand in self._shadow:
@@ -520,6 +534,7 @@ class CheckedRunner(Runner):
                 cand.runner.deactivate()
             if not self._shadow and self.model.precision == "fp32":
                 self.reason = self._fp32_reason()
+            self._changed()
 
 
 def _zeros_feed(inputs: Sequence[TensorMeta]) -> dict[str, np.ndarray]:

@@ -11,12 +11,14 @@ import pytest
 import quant_toys
 
 from edge.backends.ort import OnnxRuntimeRunner
-from edge.card import Model, load_card, save_card, sha256_file
+from edge.card import ArtifactRecord, Model, load_card, save_card, sha256_file
 from edge.config import DeviceConfig
 from edge.export.calibrate import load_calibration_set, make_calibration_set
 from edge.export.int8 import quantize_int8
 from edge.export.quantize import quantize_model
 from edge.pipeline import Pipeline
+from edge.publish import Publisher
+from edge.publish.schemas import validate
 from edge.trust import (
     CheckedRunner,
     agreement_threshold,
@@ -24,6 +26,7 @@ from edge.trust import (
     load_verdict,
     verdict_dir,
 )
+from tests.mqtt_broker import Collector, Mosquitto
 
 
 def open_ort(model: Model) -> OnnxRuntimeRunner:
@@ -167,9 +170,12 @@ def test_agreement_threshold_allows_sampling_noise_but_not_a_collapse() -> None:
     assert agreement_threshold(0.97, 3589) > 0.94 > 0.52  # the AVX2 face failure is far below
 
 
-def test_the_bridge_falls_back_to_fp32_with_the_reason_in_stats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bridge_falls_back_to_fp32_and_says_why_in_stats_status_and_doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mosquitto: Mosquitto
+) -> None:
     """What `emoedge run` does with a broken INT8 artifact on a device without calibration samples: estimates
-    come from FP32 while the first live windows are compared, then the reason is in stats and FP32 stays."""
+    come from FP32 while the first live windows are compared; then stats, the retained status and doctor say
+    that int8 failed here, with the numbers, and FP32 stays."""
     from tests.pipeline_helpers import ListSource, make_model
 
     monkeypatch.setenv("EMOEDGE_CACHE", str(tmp_path / "cache"))
@@ -180,29 +186,48 @@ def test_the_bridge_falls_back_to_fp32_with_the_reason_in_stats(tmp_path: Path, 
     outliers = [{"x": rng.normal(0, 1, (32, 512)).astype(np.float32) * 5000.0}]  # ranges far too wide
     quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", outliers)
     card = load_card(folder / "card.toml")
-    from edge.card import ArtifactRecord
-
     card.artifacts = [ArtifactRecord(
         precision="int8", file="model.int8.onnx", sha256=sha256_file(folder / "model.int8.onnx"), metric="accuracy",
         fp32=0.9, value=0.9, loss_points=0.0, top1_agreement=0.99, passed=True,
         command="made elsewhere (test)", measured_at="2026-01-01T00:00:00+00:00")]
     save_card(card, folder / "card.toml")
     cfg = DeviceConfig.model_validate({
-        "device_id": "t", "models": {"eeg": {"path": str(folder), "precision": "int8"}}, "backend": {"threads": 1},
+        "device_id": "trustdev", "models": {"eeg": {"path": str(folder), "precision": "int8"}},
+        "backend": {"threads": 1}, "mqtt": {"url": mosquitto.url, "outbox": {"path": str(tmp_path / "outbox.sqlite")}},
         "sources": [{"name": "eeg", "kind": "replay", "path": "x", "model": "eeg", "hop_s": 0.25}],
     })
     blocks = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(80)]  # 10 s at 128 Hz: 37 windows
+    sub = Collector(mosquitto.port, "emoedge/trustdev/status")
+    publisher = Publisher(cfg.mqtt, cfg.device_id, sources=["eeg"]).start()
     got = []
-    pipe = Pipeline(cfg, sources={"eeg": ListSource("eeg", "eeg", blocks, 128.0)}, on_estimate=got.append)
+    pipe = Pipeline(cfg, publisher, sources={"eeg": ListSource("eeg", "eeg", blocks, 128.0)}, on_estimate=got.append)
     pipe.start()
     deadline = time.monotonic() + 60
     while len(got) < 37 and time.monotonic() < deadline:
         time.sleep(0.02)
     stats = pipe.stats()
+    statuses = sub.wait_for("/status", 2)
     pipe.stop()
+    publisher.stop()
+    sub.close()
     assert len(got) == 37 and all(e.model.precision == "fp32" for e in got)
     entry = stats["sources"]["eeg"]
     check = entry["device_check"]
     assert entry["precision"] == "fp32" and check["requested"] == "int8" and check["active"] == "fp32"
     assert not check["checks"]["int8"]["passed"] and check["checks"]["int8"]["data"] == "live windows (shadow mode)"
     assert check["reason"].startswith("fp32 (fallback): int8 failed (agreement")
+    # the retained status says so too, and follows its schema
+    for body in statuses:
+        validate("status", body)
+    last = statuses[-1]["models"]["eeg"]
+    assert last["active"] == "fp32" and last["failed"]["int8"]["agreement"] < last["failed"]["int8"]["threshold"]
+    # and doctor, from the cached verdict of this device
+    import json as jsonlib
+    import subprocess
+    import sys
+
+    doctor = subprocess.run([sys.executable, "-m", "edge", "doctor", "--json", "--models", str(tmp_path / "models"),
+                             "--mqtt", "mqtt://127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    [report] = [m for m in jsonlib.loads(doctor.stdout)["models"] if m["name"] == "eeg"]
+    assert report["precision"] == "fp32" and "int8 failed (agreement" in report["detail"], report
+    assert "int8 not trusted here" in report["hint"]

@@ -115,6 +115,7 @@ class Publisher:
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
         self._counts = collections.Counter[str]()
+        self._status_details: dict[str, Any] = {}  # e.g. each model's device check, carried by every status
         self._disconnected_at: float | None = time.time()
         self._client = self._make_client()
 
@@ -159,8 +160,16 @@ class Publisher:
     def _status_payload(self, status: str) -> bytes:
         now = time.time()
         body = {"v": SCHEMA_VERSION, "device": self.device_id, "status": status,
-                "seq": self.outbox.next_seq("status"), "ts": now, "pub_ts": now}
+                "seq": self.outbox.next_seq("status"), "ts": now, "pub_ts": now, **self._status_details}
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def set_status_details(self, details: dict[str, Any]) -> None:
+        """Carry ``details`` (JSON-able) in every ``status`` payload from now on, and republish ``online`` when
+        connected, so that a subscriber sees at once, e.g., that a model fell back to FP32 and why. The last
+        will is set at connect time and keeps the details of then."""
+        self._status_details = dict(details)
+        if self.connected.is_set():
+            self._client.publish(self.topics.status, self._status_payload("online"), qos=self.config.qos.status, retain=True)
 
     def start(self, wait_s: float = 5.0) -> Publisher:
         """Connect (in the background if the broker is away) and start sending the outbox.
