@@ -376,9 +376,15 @@ def run_bench(targets: Sequence[Target], options: BenchOptions, sampler: Any = N
                 if target.peer and precision != "fp32":
                     continue
                 rows.append(bench.row(target, backend, precision))
+    checks = device_checks([t for t in targets if not t.peer], options.threads)
+    for row in rows:
+        status = checks.get(row["model"])
+        if status is not None and row["backend"] == "onnxruntime":
+            row["device_check"] = device_check_cell(status, row["precision"])
     opts = asdict(options)
     opts["data_dir"] = str(options.data_dir) if options.data_dir else None
     return {
+        "device_checks": checks,
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["emoedge", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
@@ -387,6 +393,43 @@ def run_bench(targets: Sequence[Target], options: BenchOptions, sampler: Any = N
         "rows": rows,
         "notes": bench.notes,
     }
+
+
+def device_checks(targets: Sequence[Target], threads: int) -> dict[str, dict[str, Any]]:
+    """Each model's device check on ONNX Runtime here (``edge.trust``): every precision's verdict and what
+    ``precision = "auto"`` runs, and why. A model that cannot be checked gets its error as the reason."""
+    from edge.backends import open_runner
+    from edge.errors import EmoEdgeError
+    from edge.trust import CheckedRunner
+
+    out: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        try:
+            runner = CheckedRunner(target.folder, "auto", lambda m: open_runner(m, backend="onnxruntime",
+                                                                                  precision=m.precision, threads=threads))
+            with runner:
+                out[target.name] = runner.status()
+        except EmoEdgeError as exc:
+            out[target.name] = {"requested": "auto", "active": None, "reason": str(exc).splitlines()[0],
+                                "checks": {}, "pending": [], "problems": {}}
+    return out
+
+
+def device_check_cell(status: dict[str, Any], precision: str) -> str:
+    """One table cell: this precision's verdict here, and whether auto picks it."""
+    check = status["checks"].get(precision)
+    if precision == "fp32":
+        cell = "reference"
+    elif check is not None:
+        cell = ("passed" if check["passed"] else "FAILED") + (
+            f" {check['agreement'] * 100:.1f}%" if check.get("agreement") is not None else "")
+    elif precision in status.get("problems", {}):
+        cell = "refused"
+    elif precision in status.get("pending", []):
+        cell = "pending (live)"
+    else:
+        cell = "-"
+    return cell + (" (auto)" if status.get("active") == precision else "")
 
 
 def targets_from_models(names: Sequence[str], models: str | None = None) -> list[Target]:

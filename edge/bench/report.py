@@ -19,6 +19,7 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
     ("backend", "backend", lambda r: r["backend"]),
     ("precision", "precision", lambda r: r["precision"]),
     ("status", "status", lambda r: r["status"]),
+    ("device check", "device_check", lambda r: r.get("device_check")),
     ("size KiB", "file_kib", lambda r: None if r.get("file_mib") is None else r["file_mib"] * 1024),
     ("params", "parameters", lambda r: r.get("parameters")),
     ("accuracy", "accuracy", lambda r: r.get("accuracy")),
@@ -128,6 +129,8 @@ def markdown(result: dict[str, Any]) -> str:
     methods = sorted({r["peak_memory_method"] for r in rows if r.get("peak_memory_method")})
     if methods:
         lines.append("Peak MiB: " + "; ".join(methods) + ".")
+    for name, status in (result.get("device_checks") or {}).items():
+        lines.append(f"Device check, {name}: auto runs {status.get('active')} here: {status.get('reason')}.")
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)
