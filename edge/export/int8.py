@@ -132,8 +132,12 @@ def quantize_int8(
     batches: list[dict[str, np.ndarray]],
     method: str = "minmax",
     op_types: str | tuple[str, ...] = "weighted",
+    reduce_range: bool = True,
 ) -> QdqSummary:
     """Write the QDQ INT8 version of ``src`` to ``dst``, calibrated on ``batches``; return its summary.
+
+    ``reduce_range=False`` (full 8-bit weights) exists only to reproduce the x86 saturation the module
+    docstring describes (tests/test_cpu_portability.py); artifacts are always made with 7-bit weights.
 
     ``op_types``: "weighted" (``WEIGHTED_OP_TYPES``), "all" (whatever ONNX Runtime can), or a tuple of types.
     Raises ModelError when ONNX Runtime cannot quantize the model (e.g. an operator it cannot run),
@@ -208,7 +212,7 @@ def quantize_int8(
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                reduce_range=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate_method,
