@@ -425,7 +425,10 @@ class Pipeline:
                                engine_cache=self.config.backend.engine_cache)
 
         # Anything but FP32 is checked against FP32 on this device before its estimates are published.
-        runner = CheckedRunner(settings.path or src.model, settings.precision, open_for)
+        def reference(model: Model) -> Runner:
+            return open_runner(model, backend="onnxruntime", threads=self.config.backend.threads)
+
+        runner = CheckedRunner(settings.path or src.model, settings.precision, open_for, reference=reference)
         runner.activate()
         model = runner.model
         reader = OutputReader(model.card, self.config.fusion.prototypes)

@@ -231,3 +231,39 @@ def test_the_bridge_falls_back_to_fp32_and_says_why_in_stats_status_and_doctor(
     [report] = [m for m in jsonlib.loads(doctor.stdout)["models"] if m["name"] == "eeg"]
     assert report["precision"] == "fp32" and "int8 failed (agreement" in report["detail"], report
     assert "int8 not trusted here" in report["hint"]
+
+
+def test_an_engine_checked_by_its_build_is_trusted_by_the_runtime(toy: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT cannot run here: the engine is built by test_engine_cache's FakeTensorRTBuilder and run by a
+    stand-in runner (ONNX Runtime on the engine file, reporting itself as tensorrt), and the probe answers as
+    a Jetson's would. The build's comparison with FP32 is the engine's device check; the runtime reuses it."""
+    from test_engine_cache import FakeTensorRTBuilder, ort_engine
+
+    from edge.backends import probe
+    from edge.backends.engine_cache import engine_cache_dir, find_engine
+    from edge.export.build import build_engine
+
+    class EngineStandIn(OnnxRuntimeRunner):
+        backend = "tensorrt"
+
+        def __init__(self, engine: Path) -> None:
+            super().__init__(engine, threads=1)
+            self.engine_path = engine
+
+    monkeypatch.setattr(probe, "tensorrt_version", lambda: "10.3.0")
+    monkeypatch.setattr(probe, "gpu_key", lambda: "Orin (nvgpu)")
+    outcome = build_engine(toy["folder"], "int8", builder=FakeTensorRTBuilder(), open_engine=ort_engine,
+                           trt_version="10.3.0", gpu="Orin (nvgpu)")
+    assert outcome.gate is not None and outcome.gate.passed
+    [recorded] = list(verdict_dir().glob("toyconv-int8@tensorrt-*.json"))
+
+    def open_engine(model: Model) -> OnnxRuntimeRunner:
+        engine = find_engine(engine_cache_dir(), model.name, model.sha256, "10.3.0", "Orin (nvgpu)", model.precision)
+        return EngineStandIn(engine) if engine is not None else OnnxRuntimeRunner(model.path, threads=1)
+
+    with CheckedRunner(toy["folder"], "int8", open_engine) as runner:
+        status = runner.status()
+    assert status["active"] == "int8" and status["backend"] == "tensorrt", status
+    check = status["checks"]["int8@tensorrt"]
+    assert check["passed"] and check["data"] == outcome.gate.data  # the build's own comparison, not a second one
+    assert json.loads(recorded.read_text())["device"] == {"runtime": "tensorrt 10.3.0", "hardware": "Orin (nvgpu)"}

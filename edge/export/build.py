@@ -223,6 +223,10 @@ def build_engine(
             gate=asdict(gate),
             engine_sha256=sha256_file(engine_path), builder=info, rebuilt_because=reasons,
         )
+        from edge.trust import record_engine_verdict
+
+        record_engine_verdict(card.name, precision, engine_path, trt_version, gpu, gate.top1_agreement, gate.fp32,
+                              gate.n, gate.data, cache=cache)  # the device check of this engine, done here
         if gate.passed:
             manifest.write(manifest_path)
             return BuildOutcome("built", engine_path, manifest, reasons, gate)
