@@ -267,3 +267,15 @@ def test_an_engine_checked_by_its_build_is_trusted_by_the_runtime(toy: dict[str,
     check = status["checks"]["int8@tensorrt"]
     assert check["passed"] and check["data"] == outcome.gate.data  # the build's own comparison, not a second one
     assert json.loads(recorded.read_text())["device"] == {"runtime": "tensorrt 10.3.0", "hardware": "Orin (nvgpu)"}
+
+
+def test_eval_refuses_an_artifact_its_card_does_not_vouch_for(toy: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    (toy["folder"] / "model.int8.onnx").write_bytes((toy["folder"] / "model.onnx").read_bytes())  # swapped file
+    result = subprocess.run([sys.executable, "-m", "edge", "eval", str(toy["folder"]), "--data", str(toy["data"]),
+                             "--precision", "int8"], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent)
+    assert result.returncode == 2, result.stderr
+    assert "never passed the accuracy gate" in result.stderr and "Traceback" not in result.stderr
