@@ -29,3 +29,7 @@ class BackendUnavailable(EmoEdgeError):
     """A backend that was asked for cannot run on this machine; the message says how to get it."""
 
     exit_code = 3
+
+
+class InferenceError(ModelError):
+    """A backend failed on one batch (ONNX Runtime or TensorRT raised): that window is skipped, the stream goes on."""
