@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -93,8 +94,8 @@ def watch(args: argparse.Namespace) -> int:
 
 def _num(body: dict[str, Any], key: str) -> float:
     value = body.get(key, 0.0)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
-        raise ValueError(f"{key!r} is not a number")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{key!r} is not a finite number")
     return float(value)
 
 
