@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,12 +34,6 @@ else:  # pragma: no cover - Python 3.10 on JetPack 6
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
 SECRET_KEYS = {"password", "key_password", "passphrase"}
-_URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^\s/@:]*):[^\s/@]*@")
-
-
-def redact_url(text: str) -> str:
-    """Any ``scheme://user:password@`` in ``text`` with the password replaced by ``***`` (for every message we print)."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 class _Strict(BaseModel):

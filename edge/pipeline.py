@@ -206,29 +206,9 @@ class OutputReader:
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
         self.card = card
         self.labels = list(card.labels)
+        self.heads = label_heads(card)  # (output name, label indices, are probabilities)
         self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
         outputs = {o.name: o for o in card.outputs}
-        self.heads: list[tuple[str, list[int], bool]] = []  # (output name, label indices, are probabilities)
-        single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels)
-                       and o.name not in ("embedding", "va")), None)
-        groups: dict[str, list[int]] = {}
-        for i, label in enumerate(self.labels):
-            if ":" in label:
-                groups.setdefault(label.split(":", 1)[0], []).append(i)
-        if groups and len(groups) > 1:
-            for head, idx in groups.items():
-                spec = outputs.get(f"{head}_logits") or outputs.get(f"{head}_probs") or outputs.get(head)
-                if spec is None or spec.shape[-1] != len(idx):
-                    raise ConfigError(f"model '{card.name}': labels '{head}:*' need an output '{head}_logits' with "
-                                      f"{len(idx)} values; outputs: " + ", ".join(f"{o.name}{o.shape}" for o in card.outputs))
-                self.heads.append((spec.name, idx, _are_probs(spec.meaning, spec.name)))
-        elif single is not None:
-            self.heads.append((single.name, list(range(len(self.labels))), _are_probs(single.meaning, single.name)))
-        else:
-            raise ConfigError(
-                f"model '{card.name}': no output has {len(self.labels)} values (one per label); outputs: "
-                + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
-            )
         va = outputs.get("va")
         self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
 
@@ -255,6 +235,38 @@ class OutputReader:
             items.append(({lab: float(x) for lab, x in zip(self.labels, probs[i], strict=True)}, label,
                           float(confidences[i].mean()), v, a))
         return items
+
+
+def label_heads(card: ModelCard) -> list[tuple[str, list[int], bool]]:
+    """Which output carries which labels: (output name, label indices, are probabilities), one per head.
+
+    A ConfigError when the card's labels do not match its outputs (7 labels, 8 logits): ``run`` and
+    ``eval`` refuse such a card alike.
+    """
+    labels = list(card.labels)
+    outputs = {o.name: o for o in card.outputs}
+    heads: list[tuple[str, list[int], bool]] = []
+    single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(labels)
+                   and o.name not in ("embedding", "va")), None)
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        if ":" in label:
+            groups.setdefault(label.split(":", 1)[0], []).append(i)
+    if groups and len(groups) > 1:
+        for head, idx in groups.items():
+            spec = outputs.get(f"{head}_logits") or outputs.get(f"{head}_probs") or outputs.get(head)
+            if spec is None or spec.shape[-1] != len(idx):
+                raise ConfigError(f"model '{card.name}': labels '{head}:*' need an output '{head}_logits' with "
+                                  f"{len(idx)} values; outputs: " + ", ".join(f"{o.name}{o.shape}" for o in card.outputs))
+            heads.append((spec.name, idx, _are_probs(spec.meaning, spec.name)))
+    elif single is not None:
+        heads.append((single.name, list(range(len(labels))), _are_probs(single.meaning, single.name)))
+    else:
+        raise ConfigError(
+            f"model '{card.name}': no output has {len(labels)} values (one per label); outputs: "
+            + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
+        )
+    return heads
 
 
 def _are_probs(meaning: str | None, name: str) -> bool:

@@ -23,8 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import MqttConfig, redact_url
-from edge.errors import EmoEdgeError
+from edge.config import MqttConfig
+from edge.errors import EmoEdgeError, redact_url
 from edge.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.publish")

@@ -57,18 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def with_broker(config: Any, url: str) -> Any:
-    """The config with ``[mqtt].url`` replaced (validated like the file's value)."""
-    from pydantic import ValidationError
+    """The config with ``[mqtt].url`` replaced (validated like the file's value; errors never repeat a password)."""
+    from edge.config import mqtt_with
 
-    from edge.config import DeviceConfig
-    from edge.errors import ConfigError
-
-    data = config.model_dump()
-    data["mqtt"]["url"] = url
-    try:
-        return DeviceConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"--mqtt {url}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return config.model_copy(update={"mqtt": mqtt_with(config.mqtt, url=url)})
 
 
 def serve(config: Any, duration: float | None, plain: bool, extra_sources: dict[str, Any] | None = None) -> int:
