@@ -55,6 +55,7 @@ from edge.ratelog import RateLimitedLog
 log = logging.getLogger(__name__)
 COMMAND_BURST = 20  # commands accepted at once ...
 COMMAND_RATE = 10.0  # ... and per second after that; the rest are dropped and counted
+EVICTION_REPORT_S = 10.0  # evictions are logged at most this often, and at exit
 
 def default_outbox_path(device_id: str) -> Path:
     return cache_dir() / "outbox" / f"{device_id}.sqlite"
@@ -109,6 +110,8 @@ class Publisher:
         self._tokens, self._tokens_at = float(COMMAND_BURST), time.monotonic()
         self._last_progress = time.monotonic()  # the last PUBACK, or when the first message went in flight
         self._evicted_logged = self.outbox.evicted
+        self._pending_evicted = 0
+        self._evicted_report_at = 0.0
         self._client = self._make_client()
 
     # --- set-up ----------------------------------------------------------------------------
@@ -308,11 +311,21 @@ class Publisher:
         """Evictions are data lost: logged once per interval while they happen, and at exit."""
         evicted = self.outbox.evicted
         if evicted > self._evicted_logged:
-            new, self._evicted_logged = evicted - self._evicted_logged, evicted
-            self._pending_evicted = getattr(self, "_pending_evicted", 0) + new
-            if final or self._ratelog.warn("evicted", "outbox full (%d messages): %d oldest message(s) evicted "
-                                           "(%d in all)", self.outbox.max_messages, self._pending_evicted, evicted):
-                self._pending_evicted = 0
+            self._pending_evicted += evicted - self._evicted_logged
+            self._evicted_logged = evicted
+        if not self._pending_evicted:
+            return
+        now = time.monotonic()
+        if not final and now - self._evicted_report_at < EVICTION_REPORT_S:
+            return
+        log.warning("outbox full (%d messages): %d oldest message(s) evicted%s (%d in all)", self.outbox.max_messages,
+                    self._pending_evicted, " since the last report" if self._evicted_report_at else "", evicted)
+        self._pending_evicted, self._evicted_report_at = 0, now
+
+    @property
+    def evicted(self) -> int:
+        """Messages evicted from the full outbox, in all (persisted across restarts); still known after stop()."""
+        return self._evicted_logged
 
     def _take_acks(self) -> None:
         done: list[int] = []
