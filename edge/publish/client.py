@@ -300,10 +300,14 @@ class Publisher:
         self._last_progress = time.monotonic()
         log.warning("broker %s:%s acknowledged nothing for %.0f s with %d message(s) in flight; reconnecting",
                     self.config.host, self.config.port, self.config.ack_timeout_s, len(self._inflight))
-        sock = self._client.socket()
+        self._drop_connection()  # paho's loop sees the connection end, reconnects and re-sends what was in flight
+
+    def _drop_connection(self) -> None:
+        """End the TCP connection under paho without an MQTT DISCONNECT (so the broker treats it as lost)."""
+        shutdown = getattr(self._client.socket(), "shutdown", None)
         try:
-            if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)  # paho's loop sees the connection end and reconnects
+            if shutdown is not None:
+                shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -427,11 +431,8 @@ class Publisher:
                 said_stopped = info.is_published()
             except (RuntimeError, ValueError):
                 pass
-        if not said_stopped and (sock := self._client.socket()) is not None:
-            try:  # end the connection without DISCONNECT: the broker then publishes our will, "offline"
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        if not said_stopped:
+            self._drop_connection()  # without DISCONNECT: the broker then publishes our will, "offline"
         self._stopping.set()
         self._wake()
         if self._sender is not None:

@@ -42,7 +42,7 @@ def json_depth(payload: bytes) -> int:
     return deepest
 
 
-def parse_json_bounded(payload: bytes, max_bytes: int = MAX_STATE_BYTES, max_depth: int = MAX_STATE_DEPTH) -> Any:
+def parse_json_bounded(payload: bytes | bytearray, max_bytes: int = MAX_STATE_BYTES, max_depth: int = MAX_STATE_DEPTH) -> Any:
     """``json.loads`` for untrusted bytes: PayloadRejected (only) when over size or depth, or not JSON."""
     if not isinstance(payload, bytes | bytearray):
         raise PayloadRejected(f"payload of type {type(payload).__name__}, expected bytes")
@@ -57,7 +57,7 @@ def parse_json_bounded(payload: bytes, max_bytes: int = MAX_STATE_BYTES, max_dep
         raise PayloadRejected(f"not JSON ({type(exc).__name__})") from None
 
 
-def parse_enabled(payload: bytes) -> bool:
+def parse_enabled(payload: bytes | bytearray) -> bool:
     """``ON``/``OFF``, ``true``/``false``, ``1``/``0``, ``enable``/``disable`` or ``{"enabled": true}``.
 
     Raises PayloadRejected, and only that, for anything else.
@@ -80,7 +80,7 @@ def parse_enabled(payload: bytes) -> bool:
     return bool(data["enabled"])
 
 
-def describe(payload: bytes, limit: int = 40) -> str:
+def describe(payload: bytes | bytearray, limit: int = 40) -> str:
     """A short, safe rendering of a payload for a log line (never the whole of a hostile one)."""
     head = bytes(payload[:limit])
     return repr(head) + ("..." if len(payload) > limit else "") + f" ({len(payload)} bytes)"
