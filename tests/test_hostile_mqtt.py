@@ -181,7 +181,7 @@ def test_a_command_flood_is_rate_limited_and_estimates_keep_flowing(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("edge")]
     assert len(warnings) <= 10, [r.getMessage() for r in warnings]  # was 1,146 lines
     gaps = arrival_gaps(sub, "/mic/estimate", flood_at[0])
-    assert gaps and max(gaps) < 1.0, f"estimates paused {max(gaps):.2f} s"  # was a 3 s pause
+    assert gaps and max(gaps) < 1.5, f"estimates paused {max(gaps):.2f} s"  # was a 3 s pause
     mqtt_stats = sub.on("/stats")[-1]["mqtt"]
     assert mqtt_stats["commands_dropped"] > 1000 and mqtt_stats["callback_errors"] == 0
     assert sub.on("/mic/enabled")[-1]["enabled"] is True
