@@ -212,7 +212,7 @@ class Publisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         source = self.topics.source_of_enabled_set(msg.topic)
-        if source is None:
+        if source is None or not msg.payload:  # empty: a retained command being cleared (by us, or its sender)
             return
         if msg.retain:  # applied once, then cleared: a retained command must not act on every later start
             client.publish(msg.topic, b"", qos=1, retain=True)
