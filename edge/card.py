@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.errors import CardError, ModelError
 from edge.paths import models_dir
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 Dtype = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -159,13 +153,18 @@ class ModelCard(_Strict):
 
 def load_card(path: str | os.PathLike[str]) -> ModelCard:
     """Read and validate a ``card.toml``."""
+    from edge.config import load_toml_text
+
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CardError(f"{p}: model card not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CardError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CardError(f"{p}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise CardError(f"{p}: cannot read the model card ({exc.strerror or exc})") from None
+    data = load_toml_text(text, str(p), CardError)
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.errors import EmoEdgeError
+from edge.errors import EmoEdgeError, redact_url
 
 # verb -> module; the order is the order of `emoedge --help`.
 VERBS: dict[str, str] = {
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EmoEdgeError as exc:
-        print(f"emoedge {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"emoedge {args.verb}: error: {redact_url(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

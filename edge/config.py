@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,6 +88,10 @@ class MqttConfig(_Strict):
     qos: QosConfig = QosConfig()
     outbox: OutboxConfig = OutboxConfig()
     stats_interval_s: float = Field(10.0, gt=0, le=3600)
+    ack_timeout_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="connected, messages in flight and no PUBACK for this long: the connection is stalled and is re-made",
+    )
     state_interval_s: float = Field(5.0, gt=0, le=3600, description="retained state is re-sent at least this often")
 
     @model_validator(mode="before")
@@ -96,17 +108,22 @@ class MqttConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        shown = redact_url(repr(value))[:120]
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # e.g. an unbalanced [ in the host
+            raise ValueError(f"not a URL ({exc}): {shown}") from None
+        if parts.password is not None:
+            raise ValueError("the URL must not carry a password (it would show in logs and process lists); "
+                             "use username and password_env")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
-        if parts.password:
-            raise ValueError("the URL must not carry a password; use password_env")
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {shown}")
         try:
             port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}") from exc
+        except ValueError:
+            raise ValueError(f"bad port in {shown} (expected 1-65535)") from None
         if port is not None and not 0 < port < 65536:
-            raise ValueError(f"port out of range in {value!r}")
+            raise ValueError(f"port out of range in {shown} (expected 1-65535)")
         return value
 
     @field_validator("topic_root")
@@ -131,6 +148,20 @@ class MqttConfig(_Strict):
 
     def password(self) -> SecretStr | None:
         return _secret_from_env(self.password_env)
+
+
+def mqtt_with(base: MqttConfig | None, option: str = "--mqtt", **updates: Any) -> MqttConfig:
+    """``base`` (default: the defaults) with ``updates`` (url, protocol, topic_root) validated; a ConfigError
+    naming ``option`` and never repeating a password, instead of pydantic's traceback."""
+    data = (base or MqttConfig()).model_dump()
+    data.update({k: v for k, v in updates.items() if v is not None})
+    try:
+        return MqttConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "mqtt"
+        raise ConfigError(f"{option if key == 'url' else 'mqtt.' + key}: "
+                          f"{redact_url(err['msg'].removeprefix('Value error, '))}") from None
 
 
 class ModelSettings(_Strict):
@@ -296,10 +327,7 @@ def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
 
 def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
     """Parse and validate config text; every problem is reported at once, with key path and line."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    data = load_toml_text(text, source, ConfigError)
     try:
         return DeviceConfig.model_validate(data)
     except ValidationError as exc:
@@ -315,9 +343,32 @@ def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
                 msg = "required value missing"
             given = ""
             if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict | list):
-                given = f" (given: {err.get('input')!r})"
-            problems.append(f"  {where}{at}: {msg}{given}")
+                given = f" (given: {redact_url(repr(err.get('input')))[:200]})"
+            problems.append(f"  {where}{at}: {redact_url(msg)}{given}")
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems)) from None
+
+
+MAX_TOML_DEPTH = 64
+
+
+def load_toml_text(text: str, source: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """``tomllib.loads`` with one-line errors: not TOML, or nested deeper than any real file is (tomllib recurses)."""
+    depth = 0
+    deepest = 0
+    for char in re.sub(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'', "", text):  # brackets outside simple strings
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_TOML_DEPTH:
+        raise error(f"{source}: not valid TOML: arrays or tables nested {deepest} deep (at most {MAX_TOML_DEPTH})")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"{source}: not valid TOML: nested too deep") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> DeviceConfig:

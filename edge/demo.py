@@ -159,6 +159,10 @@ class Demo:
         return self.config.mqtt.url
 
     def __enter__(self) -> Demo:
+        if self.mqtt_url is not None:  # a bad --mqtt is one line naming the option (never its password), not a traceback
+            from edge.config import mqtt_with
+
+            mqtt_with(None, url=self.mqtt_url)
         try:
             if self.mqtt_url is None:
                 self.broker = EmbeddedBroker().start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class EmoEdgeError(Exception):
     """Base of every error EmoEdge reports to a user (not a bug: bad input or a missing part)."""
@@ -29,3 +31,15 @@ class BackendUnavailable(EmoEdgeError):
     """A backend that was asked for cannot run on this machine; the message says how to get it."""
 
     exit_code = 3
+
+
+class InferenceError(ModelError):
+    """A backend failed on one batch (ONNX Runtime or TensorRT raised): that window is skipped, the stream goes on."""
+
+
+_URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^\s/@:]*):[^\s/@]*@")
+
+
+def redact_url(text: str) -> str:
+    """Any ``scheme://user:password@`` in ``text`` with the password replaced by ``***`` (for every message we print)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)

@@ -13,6 +13,13 @@ One reader thread per source and one inference thread per source:
 
 Every estimate is published (outbox first) and handed to fusion; a timer thread publishes the fused
 state on change and at least every ``state_interval_s``, and ``stats`` every ``stats_interval_s``.
+
+A fault stays where it happened: a block that fails ``firmware_bridge.sources.checks`` (rate zero or
+absurd, NaN, wrong shape) is dropped and counted (``malformed``); a change of a board's layout is
+taken after FIRST or when it persists, and restarts that source's windows with a log line; a window
+whose features or inference raise anything is skipped and counted (``errors``, ``last_error``), and
+a source whose windows keep failing is reported (``failing``, a rate-limited log line) while every
+next window is tried again. A source thread that dies takes only that source with it.
 ``stop()`` stops the sources, lets the threads finish every complete window already read, publishes
 the last state and leaves the rest to the publisher's flush.
 """
@@ -41,14 +48,17 @@ from edge.config import Source as SourceConfig
 from edge.errors import ConfigError, EmoEdgeError, InputError
 from edge.estimate import EmotionState, Estimate, ModelInfo
 from edge.fusion import Fusion, LabelMap, chance_corrected_confidence, significant_change, softmax
+from edge.ratelog import RateLimitedLog
 from edge.tracker import DetectFn, FaceTracker
 from edge.trust import CheckedRunner
 from firmware_bridge.sources.base import Sample, Source
+from firmware_bridge.sources.checks import LayoutGuard, sample_problem
 
 log = logging.getLogger(__name__)
 FeatureFn = Callable[[np.ndarray, float, list[str] | None], np.ndarray]  # window, rate, channel names
 FaceInputFn = Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]
 LATENCY_WINDOW = 2048  # latency samples kept per stage for p50/p99
+FAILING_AFTER = 10  # windows in a row that failed: the source is reported as failing
 
 
 # --- features -------------------------------------------------------------------------------------
@@ -197,29 +207,9 @@ class OutputReader:
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
         self.card = card
         self.labels = list(card.labels)
+        self.heads = label_heads(card)  # (output name, label indices, are probabilities)
         self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
         outputs = {o.name: o for o in card.outputs}
-        self.heads: list[tuple[str, list[int], bool]] = []  # (output name, label indices, are probabilities)
-        single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels)
-                       and o.name not in ("embedding", "va")), None)
-        groups: dict[str, list[int]] = {}
-        for i, label in enumerate(self.labels):
-            if ":" in label:
-                groups.setdefault(label.split(":", 1)[0], []).append(i)
-        if groups and len(groups) > 1:
-            for head, idx in groups.items():
-                spec = outputs.get(f"{head}_logits") or outputs.get(f"{head}_probs") or outputs.get(head)
-                if spec is None or spec.shape[-1] != len(idx):
-                    raise ConfigError(f"model '{card.name}': labels '{head}:*' need an output '{head}_logits' with "
-                                      f"{len(idx)} values; outputs: " + ", ".join(f"{o.name}{o.shape}" for o in card.outputs))
-                self.heads.append((spec.name, idx, _are_probs(spec.meaning, spec.name)))
-        elif single is not None:
-            self.heads.append((single.name, list(range(len(self.labels))), _are_probs(single.meaning, single.name)))
-        else:
-            raise ConfigError(
-                f"model '{card.name}': no output has {len(self.labels)} values (one per label); outputs: "
-                + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
-            )
         va = outputs.get("va")
         self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
 
@@ -246,6 +236,38 @@ class OutputReader:
             items.append(({lab: float(x) for lab, x in zip(self.labels, probs[i], strict=True)}, label,
                           float(confidences[i].mean()), v, a))
         return items
+
+
+def label_heads(card: ModelCard) -> list[tuple[str, list[int], bool]]:
+    """Which output carries which labels: (output name, label indices, are probabilities), one per head.
+
+    A ConfigError when the card's labels do not match its outputs (7 labels, 8 logits): ``run`` and
+    ``eval`` refuse such a card alike.
+    """
+    labels = list(card.labels)
+    outputs = {o.name: o for o in card.outputs}
+    heads: list[tuple[str, list[int], bool]] = []
+    single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(labels)
+                   and o.name not in ("embedding", "va")), None)
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        if ":" in label:
+            groups.setdefault(label.split(":", 1)[0], []).append(i)
+    if groups and len(groups) > 1:
+        for head, idx in groups.items():
+            spec = outputs.get(f"{head}_logits") or outputs.get(f"{head}_probs") or outputs.get(head)
+            if spec is None or spec.shape[-1] != len(idx):
+                raise ConfigError(f"model '{card.name}': labels '{head}:*' need an output '{head}_logits' with "
+                                  f"{len(idx)} values; outputs: " + ", ".join(f"{o.name}{o.shape}" for o in card.outputs))
+            heads.append((spec.name, idx, _are_probs(spec.meaning, spec.name)))
+    elif single is not None:
+        heads.append((single.name, list(range(len(labels))), _are_probs(single.meaning, single.name)))
+    else:
+        raise ConfigError(
+            f"model '{card.name}': no output has {len(labels)} values (one per label); outputs: "
+            + ", ".join(f"{o.name}{o.shape}" for o in card.outputs)
+        )
+    return heads
 
 
 def _are_probs(meaning: str | None, name: str) -> bool:
@@ -368,6 +390,11 @@ class SourceRun:
     received: int = 0  # samples (eeg/audio) or frames (video)
     estimates: int = 0
     errors: int = 0  # windows or faces skipped because features or the model refused them
+    consecutive_errors: int = 0
+    last_error: str | None = None
+    malformed: int = 0  # blocks dropped at the edge (sample_problem, or a layout not (yet) taken)
+    layout: LayoutGuard = field(default_factory=LayoutGuard)
+    failed: str | None = None  # why this source's thread ended, if it did
     faces: int = 0
     latest: Estimate | None = None
     reading_done: threading.Event = field(default_factory=threading.Event)
@@ -406,6 +433,7 @@ class Pipeline:
         self.state: EmotionState | None = None
         self._published_state: EmotionState | None = None
         self.errors: list[str] = []
+        self._ratelog = RateLimitedLog(log)
         self.runs: dict[str, SourceRun] = {}
         given = dict(sources or {})
         for src in config.sources:
@@ -486,13 +514,21 @@ class Pipeline:
         return self
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        run = next((a for a in args if isinstance(a, SourceRun)), None)
+
         def guarded() -> None:
             try:
                 target(*args)
             except Exception as exc:  # a broken source or model must not hang the others silently
                 log.exception("pipeline thread %s failed", name)
                 self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                self._stop.set()
+                if run is not None:  # only this source ends; the others keep publishing
+                    run.failed = f"{type(exc).__name__}: {exc}"
+                    run.reading_done.set()
+                    if run.slot is not None:
+                        run.slot.close()
+                if run is None or all(r.failed for r in self.runs.values()):
+                    self._stop.set()
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -540,25 +576,54 @@ class Pipeline:
                             log.warning("source %s ended (end of its file, or its reader failed: see above)", run.config.name)
                         break
                     continue
+                problem = sample_problem(sample)
+                if problem is not None:
+                    self._malformed(run, problem)
+                    continue
                 run.received += 1 if run.kind == "video" else int(np.asarray(sample.data).shape[-1])
                 if not run.enabled:
                     continue
                 if run.slot is not None:
                     run.slot.put(sample)
                     continue
-                run.sample_rate, run.channels = float(sample.sample_rate), sample.channels
-                if run.windows is None:
-                    rate = float(sample.sample_rate)
-                    size = max(1, round((run.window_s or 1.0) * rate))
-                    hop = max(1, round((run.config.hop_s or (run.window_s or 1.0) / 2) * rate))
-                    run.windows = WindowBuffer(size, hop)
-                assert run.queue is not None
-                for window, ts in run.windows.push(sample):
-                    run.queue.put((window, ts, time.perf_counter()))  # blocks: EEG and audio are never dropped
+                self._window_sample(run, sample)
         finally:
             run.reading_done.set()
             if run.slot is not None:
                 run.slot.close()
+
+    def _window_sample(self, run: SourceRun, sample: Sample) -> None:
+        """One eeg/audio block into the source's windows; a new layout restarts them, a bad block is dropped."""
+        before = run.layout.layout
+        verdict = run.layout.check(sample)
+        if verdict == "drop":
+            self._malformed(run, f"layout {run.layout.describe((int(sample.data.shape[0]) if sample.data.ndim == 2 else 1, float(sample.sample_rate)))} "
+                                 f"differs from the stream's {run.layout.describe()}")
+            return
+        if verdict == "new" and before is not None:
+            log.warning("source %s: the board's layout changed from %s to %s; restarting its windows",
+                        run.config.name, run.layout.describe(before), run.layout.describe())
+            run.windows = None
+        run.sample_rate, run.channels = float(sample.sample_rate), sample.channels
+        if run.windows is None:
+            rate = float(sample.sample_rate)
+            size = max(1, round((run.window_s or 1.0) * rate))
+            hop = max(1, round((run.config.hop_s or (run.window_s or 1.0) / 2) * rate))
+            run.windows = WindowBuffer(size, hop)
+        assert run.queue is not None
+        try:
+            windows = run.windows.push(sample)
+        except Exception as exc:  # noqa: BLE001 - the windows restart; the stream goes on
+            run.windows = None
+            self._malformed(run, f"{type(exc).__name__}: {exc}")
+            return
+        for window, ts in windows:
+            run.queue.put((window, ts, time.perf_counter()))  # blocks: EEG and audio are never dropped
+
+    def _malformed(self, run: SourceRun, why: str) -> None:
+        run.malformed += 1
+        self._ratelog.warn(f"malformed:{run.config.name}", "source %s: dropped a block (%d so far): %s",
+                           run.config.name, run.malformed, why)
 
     def _infer_loop(self, run: SourceRun) -> None:
         if run.slot is not None:
@@ -586,12 +651,14 @@ class Pipeline:
                 items = np.stack([run.features(window, run.sample_rate, run.channels) for window, _, _ in batch])
                 t1 = time.perf_counter()
                 outputs = run.runner.infer({run.runner.inputs[0].name: items})
-            except EmoEdgeError as exc:
+                t2 = time.perf_counter()
+                read = run.reader.read(outputs)
+            except Exception as exc:  # noqa: BLE001 - one bad window is skipped and counted, never the end of the run
                 self._skip(run, len(batch), exc)
                 continue
-            t2 = time.perf_counter()
+            run.consecutive_errors = 0
             estimates = []
-            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
+            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, read, strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
                                           run.window_s, run.info, lat))
@@ -618,13 +685,15 @@ class Pipeline:
                 items = np.stack([run.face_input(frame, t.box) for t in tracks])
                 t2 = time.perf_counter()
                 outputs = run.runner.infer({run.runner.inputs[0].name: items})
-            except EmoEdgeError as exc:
+                t3 = time.perf_counter()
+                read = run.reader.read(outputs)
+            except Exception as exc:  # noqa: BLE001 - one bad frame is skipped and counted
                 self._skip(run, len(tracks), exc)
                 continue
-            t3 = time.perf_counter()
+            run.consecutive_errors = 0
             run.faces += len(tracks)
             estimates = []
-            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs), strict=True):
+            for track, (probs, label, conf, v, a) in zip(tracks, read, strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
@@ -633,10 +702,19 @@ class Pipeline:
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
 
     def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:
-        """A window or face the features or the model refused: counted and logged, the stream goes on."""
+        """A window or face the features or the model refused or failed on: counted and logged, the stream goes on.
+
+        Every next window is tried again; after FAILING_AFTER in a row the source is reported as failing.
+        """
         run.errors += n
-        if run.errors == n or run.errors % 100 < n:
-            log.warning("source %s: %d input(s) skipped (%d so far): %s", run.config.name, n, run.errors, exc)
+        run.consecutive_errors += n
+        run.last_error = f"{type(exc).__name__}: {str(exc)[:300]}" if not isinstance(exc, EmoEdgeError) else str(exc)[:300]
+        if run.consecutive_errors >= FAILING_AFTER:
+            self._ratelog.warn(f"failing:{run.config.name}", "source %s keeps failing: %d window(s) in a row (%d in all); "
+                               "trying every next one: %s", run.config.name, run.consecutive_errors, run.errors, run.last_error)
+        else:
+            self._ratelog.warn(f"skip:{run.config.name}", "source %s: %d input(s) skipped (%d so far): %s",
+                               run.config.name, n, run.errors, run.last_error)
 
     def _emit(self, run: SourceRun, estimates: list[Estimate], primary: Estimate | None) -> None:
         if not run.enabled:
@@ -703,7 +781,13 @@ class Pipeline:
                 if isinstance(run.runner, CheckedRunner) else None, "rate_hz": round(rate, 2), "estimates": run.estimates,
                 "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "errors": run.errors, "latency_ms": run.times.summary(),
                 "link": _jsonable(run.source.stats()),
+                "malformed": run.malformed, "layout_changes": run.layout.changes,
+                "failing": run.consecutive_errors >= FAILING_AFTER or run.failed is not None,
             }
+            if run.last_error is not None:
+                entry["last_error"] = run.last_error
+            if run.failed is not None:
+                entry["failed"] = run.failed
             if run.tracker is not None:
                 entry["faces"] = run.faces
                 entry["tracks"] = len(run.tracker.tracks)

@@ -64,6 +64,12 @@ LOG_HEAD = struct.Struct("<B")  # level
 
 INT24_MIN, INT24_MAX = -(1 << 23), (1 << 23) - 1
 
+# what a frame may declare (a good CRC proves only that the board sent it, not that it makes sense)
+MIN_RATE_HZ = 0.1
+MAX_EEG_RATE_HZ = 100_000.0  # research amplifiers stop at 16-32 kHz
+MAX_AUDIO_RATE_HZ = 384_000
+MAX_ABS_SCALE = 1e6  # microvolts per count; beyond it a 24-bit count overflows float32
+
 
 def crc32(data: bytes | bytearray | memoryview) -> int:
     """CRC-32/ISO-HDLC (zlib's): the C encoder computes the same."""
@@ -173,6 +179,17 @@ class MalformedPayload(ValueError):
     """A frame whose CRC is good but whose payload does not match its type (an encoder bug)."""
 
 
+def check_rate(rate: float, most: float, what: str) -> None:
+    """A sample rate is finite and between MIN_RATE_HZ and ``most``; else MalformedPayload."""
+    if not (MIN_RATE_HZ <= rate <= most):  # also false for NaN
+        raise MalformedPayload(f"{what} sample rate {rate!r} Hz is outside {MIN_RATE_HZ}..{most:g}")
+
+
+def check_scale(scale: float) -> None:
+    if not (0 < abs(scale) <= MAX_ABS_SCALE):  # zero, NaN, infinity or absurd
+        raise MalformedPayload(f"eeg scale {scale!r} uV per count is not a finite non-zero value up to {MAX_ABS_SCALE:g}")
+
+
 def parse_body(ftype: int, payload: bytes) -> Body:
     """Parse a payload of a known type; raise MalformedPayload when its sizes do not add up."""
     n = len(payload)
@@ -185,11 +202,17 @@ def parse_body(ftype: int, payload: bytes) -> Body:
             raise MalformedPayload(f"unknown sample format {fmt}")
         if channels == 0 or n != EEG_HEAD.size + channels * samples * size:
             raise MalformedPayload("eeg payload size does not match channels x samples")
-        return EegBlock(fmt, channels, samples, rate, scale, payload[EEG_HEAD.size:])
+        check_rate(rate, MAX_EEG_RATE_HZ, "eeg")
+        check_scale(scale)
+        block = EegBlock(fmt, channels, samples, rate, scale, payload[EEG_HEAD.size:])
+        if fmt == FMT_FLOAT32 and not np.isfinite(np.frombuffer(block.raw, dtype="<f4")).all():
+            raise MalformedPayload("eeg float32 samples are not all finite (NaN or infinity)")
+        return block
     if ftype == AUDIO:
         if n < AUDIO_HEAD.size or (n - AUDIO_HEAD.size) % 2:
             raise MalformedPayload("audio payload is not a rate and whole PCM16 samples")
         (rate,) = AUDIO_HEAD.unpack_from(payload)
+        check_rate(rate, MAX_AUDIO_RATE_HZ, "audio")
         return AudioBlock(rate, payload[AUDIO_HEAD.size:])
     if ftype == INFO:
         if n < INFO_HEAD.size:
@@ -203,6 +226,7 @@ def parse_body(ftype: int, payload: bytes) -> Body:
         names = labels.split(",") if labels else []
         if names and len(names) != channels:
             raise MalformedPayload(f"info names {len(names)} channels but declares {channels}")
+        check_rate(rate, MAX_EEG_RATE_HZ if fmt in FORMAT_SIZES else MAX_AUDIO_RATE_HZ, "info")
         return DeviceInfo(fmt, channels, rate, scale, name, names)
     if ftype == HEARTBEAT:
         if n != HEARTBEAT_BODY.size:
@@ -336,7 +360,8 @@ class FrameDecoder:
       oversize        runs of bytes longer than the largest legal frame without a delimiter
       unsupported_version  frames with a good CRC but a major version this host cannot read
       unknown_type    frames of a type this version does not know (a newer minor version): skipped
-      malformed       frames with a good CRC whose payload does not match its type
+      malformed       frames with a good CRC whose payload does not match its type, or declares a sample
+                      rate, scale or values that make no sense (zero, NaN, infinite, absurd)
       lost_frames     frames missing from the sequence (gaps, modulo 2^16)
       duplicates      frames repeating the last sequence number (dropped)
       seq_jumps       backward sequence jumps without the FIRST flag (tracking restarts)
@@ -633,6 +658,9 @@ class TextLineDecoder:
             self.bad_lines += 1
             return None
         if values.size == 0:
+            return None
+        if not np.isfinite(values).all():  # "nan" and "inf" parse as floats; a window with one is poisoned
+            self.bad_lines += 1
             return None
         if self.columns is None:
             self.columns = values.size

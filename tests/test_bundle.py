@@ -209,3 +209,36 @@ def test_prepare_builds_engines_only_where_tensorrt_and_a_gpu_are(tmp_path: Path
     monkeypatch.setattr(probe, "cuda_gpus", lambda: [probe.GpuInfo("Orin (stand-in)", "8.7", 7620)])  # stand-in GPU
     lines = prepare(str(tmp_path / "device.toml"), dry_run=True)
     assert len(lines) == 1 and lines[0].startswith("conv: would run ") and lines[0].endswith("build conv --precision int8 --max-batch 8")
+
+
+def test_the_wheel_builds_from_a_venv_made_as_the_readme_makes_it(tmp_path: Path) -> None:
+    """Issue 17 finding 7: ``python3 -m venv .venv`` leaves Python's bundled setuptools (65.5 on 3.11), which cannot
+    build this pyproject (setuptools >= 77); bundle saw "a setuptools" and built offline with it, and failed.
+
+    The venv is made exactly as the README's first step makes it (``pip install -e '.[demo]'`` adds no setuptools
+    to it: pip builds the editable install in isolation). The build requirements are then read from pyproject, found
+    unmet, and the wheel is built in pip's isolated build, or the error names what is missing and how to get it.
+    """
+    root = Path(__file__).resolve().parent.parent
+    env_dir = tmp_path / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, capture_output=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONPATH"] = str(root)  # edge.bundle itself needs nothing beyond the standard library here
+    have = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('setuptools'))"],
+                          capture_output=True, text=True, env=env, check=True).stdout.strip()
+    script = (
+        "from pathlib import Path\nfrom edge.bundle import BundleError, build_requirements, build_wheel\n"
+        f"root = Path({str(root)!r})\nprint('UNMET', build_requirements(root)[1])\n"
+        f"try:\n    print('WHEEL', build_wheel(Path({str(tmp_path)!r}), root).name)\n"
+        "except BundleError as exc:\n    print('REFUSED', exc)\n"
+    )
+    done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    if tuple(int(x) for x in have.split(".")[:2]) < (77, 0):
+        assert f"setuptools>=77 (have {have})" in out, out
+    if "WHEEL" in out:
+        assert "WHEEL emoedge-" in out and out.strip().endswith(".whl"), out
+    else:  # no package index reachable: the error says what the build needs, not a setuptools traceback
+        assert "REFUSED building the EmoEdge wheel needs setuptools>=77" in out and "pip install" in out, out

@@ -115,3 +115,86 @@ def test_right_password_connects(auth_broker: Mosquitto, tmp_path: Path, monkeyp
     pub = Publisher(cfg, "authdev").start()
     assert pub.connected.is_set()
     pub.stop()
+
+
+def make_encrypted_client(folder: Path, passphrase: str) -> tuple[Path, Path]:
+    openssl("genrsa", "-aes256", "-passout", f"pass:{passphrase}", "-out", "enc.key", "2048", cwd=folder)
+    openssl("req", "-new", "-key", "enc.key", "-passin", f"pass:{passphrase}", "-subj", "/CN=enc", "-out", "enc.csr", cwd=folder)
+    (folder / "enc.ext").write_text("extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", "enc.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-out", "enc.crt", "-extfile", "enc.ext", cwd=folder)
+    return folder / "enc.crt", folder / "enc.key"
+
+
+def test_an_encrypted_key_without_its_passphrase_never_prompts_on_the_terminal(pki: Path, tmp_path: Path) -> None:
+    """Issue 17 finding 6: with key_password_env unset, OpenSSL asked "Enter PEM pass phrase:" on the tty and waited."""
+    import os
+    import pty
+    import select
+    import sys
+
+    cert, key = make_encrypted_client(pki, "board-secret")
+    script = (
+        "from edge.config import MqttConfig, TlsConfig, OutboxConfig\n"
+        "from edge.publish import Publisher\n"
+        "from edge.errors import EmoEdgeError\n"
+        f"tls = TlsConfig(ca_file={str(pki / 'ca.crt')!r}, cert_file={str(cert)!r}, key_file={str(key)!r}, "
+        "key_password_env='T_KEY_PW_UNSET')\n"
+        f"cfg = MqttConfig(url='mqtts://127.0.0.1:8883', tls=tls, outbox=OutboxConfig(path={str(tmp_path / 'o.sqlite')!r}))\n"
+        "try:\n    Publisher(cfg, 'encdev')\nexcept EmoEdgeError as exc:\n    print('REFUSED', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "T_KEY_PW_UNSET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child has the pty as its controlling terminal, where OpenSSL would prompt
+        os.execve(sys.executable, [sys.executable, "-c", script], env)
+    output = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                if b"pass phrase" in output:
+                    break
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+    text = output.decode(errors="replace")
+    assert "pass phrase" not in text, text
+    assert "REFUSED TLS set-up" in text and "T_KEY_PW_UNSET is not set" in text, text
+
+
+def test_an_encrypted_key_with_its_passphrase_connects(tls_broker: Mosquitto, pki: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = make_encrypted_client(pki, "board-secret")
+    monkeypatch.setenv("T_KEY_PW", "board-secret")
+    tls = TlsConfig(ca_file=pki / "ca.crt", cert_file=cert, key_file=key, key_password_env="T_KEY_PW")
+    cfg = MqttConfig(url=f"mqtts://127.0.0.1:{tls_broker.port}", tls=tls, outbox=OutboxConfig(path=tmp_path / "o.sqlite"))
+    pub = Publisher(cfg, "encdev").start()
+    assert pub.connected.is_set()
+    pub.stop()
+
+
+def test_doctor_probes_a_tls_broker_as_run_reaches_it(tls_broker: Mosquitto, pki: Path, tmp_path: Path) -> None:
+    """Issue 17 finding 6: doctor's probe spoke plain MQTT and reported a TLS broker that run reaches as absent."""
+    from edge.verbs.doctor import _broker_answers
+
+    tls = TlsConfig(ca_file=pki / "ca.crt", cert_file=pki / "client.crt", key_file=pki / "client.key")
+    cfg = MqttConfig(url=f"mqtts://127.0.0.1:{tls_broker.port}", tls=tls)
+    ok, detail = _broker_answers(cfg)
+    assert ok, detail
+    assert "(TLS) answers" in detail
+    wrong = MqttConfig(url=f"mqtts://127.0.0.1:{tls_broker.port}", tls=TlsConfig(ca_file=pki / "other-ca.crt"))
+    ok, detail = _broker_answers(wrong)
+    assert not ok and "CERTIFICATE_VERIFY_FAILED" in detail

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import Runner, TensorMeta
-from edge.errors import BackendUnavailable, ModelError
+from edge.errors import BackendUnavailable, InferenceError, ModelError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -116,5 +116,9 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None
-        values = self._session.run(self._output_names, dict(feed))
-        return dict(zip(self._output_names, values))
+        try:
+            values = self._session.run(self._output_names, dict(feed))
+        except Exception as exc:  # onnxruntime's own Fail/InvalidArgument/RuntimeException types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InferenceError(f"{self.model_path.name}: ONNX Runtime failed on this batch: {first[:300]}") from exc
+        return dict(zip(self._output_names, values, strict=True))

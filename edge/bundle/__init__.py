@@ -8,7 +8,6 @@ GPU and one TensorRT version, so the device builds them on first start (``edge.b
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -43,11 +42,55 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
-    """A wheel of EmoEdge built offline from its source tree (``pip wheel --no-deps --no-build-isolation``)."""
-    from edge.paths import PROJECT_ROOT
+def build_requirements(source: Path) -> tuple[list[str], list[str]]:
+    """pyproject's ``[build-system] requires``, and which of them this environment does not meet, as
+    ``"setuptools>=77 (have 65.5.0)"``: the presence of a module says nothing about its version."""
+    # this runs in the environment that builds, which may hold only pip and setuptools
+    from importlib import metadata
 
-    source = source or PROJECT_ROOT
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 on JetPack 6
+        import tomli as tomllib
+
+    try:
+        data = tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BundleError(f"{source / 'pyproject.toml'}: cannot read the build requirements: {exc}") from None
+    requires = [str(r) for r in data.get("build-system", {}).get("requires", ["setuptools", "wheel"])]
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # a bare venv: pip carries its own copy
+        try:
+            from pip._vendor.packaging.requirements import InvalidRequirement, Requirement  # type: ignore[no-redef]
+        except ImportError:
+            return requires, [f"{r} (cannot be checked here)" for r in requires]
+    unmet = []
+    for text in requires:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            unmet.append(f"{text} (cannot be parsed)")
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            unmet.append(f"{text} (not installed)")
+            continue
+        if not req.specifier.contains(have, prereleases=True):
+            unmet.append(f"{text} (have {have})")
+    return requires, unmet
+
+
+def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
+    """A wheel of EmoEdge from its source tree: offline where this environment meets the build requirements of
+    pyproject.toml, else by pip's isolated build (which needs the package index)."""
+    if source is None:
+        from edge.paths import PROJECT_ROOT
+
+        source = PROJECT_ROOT
     if not (source / "pyproject.toml").is_file():
         raise BundleError(
             f"no EmoEdge source tree at {source} to build a wheel from (an installed copy has none): "
@@ -63,16 +106,22 @@ def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
                 shutil.copytree(src, copy / part, ignore=ignore)
             elif src.is_file():
                 shutil.copy2(src, copy / part)
+        requires, unmet = build_requirements(source)
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out_dir), str(copy)]
-        # Offline with this environment's setuptools where it has one; else pip's isolated build (needs an index).
-        offline = importlib.util.find_spec("setuptools") is not None
+        # Offline, with this environment's build tools, only where they meet pyproject's [build-system]; else
+        # pip's isolated build, which fetches them from the package index.
+        offline = not unmet
         done = subprocess.run(cmd[:5] + ["--no-build-isolation"] * offline + cmd[5:], capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BundleError(
-                "building the EmoEdge wheel failed (it needs pip and setuptools in this environment, or give "
-                "--wheel):\n  " + "\n  ".join(tail)
-            )
+            if unmet:
+                raise BundleError(
+                    f"building the EmoEdge wheel needs {', '.join(requires)} (pyproject.toml [build-system]); this "
+                    f"environment has {', '.join(unmet)}, and pip's isolated build could not get them. Install them "
+                    f"with: {sys.executable} -m pip install {' '.join(repr(r) for r in requires)}  (or give --wheel)."
+                    "\n  " + "\n  ".join(tail)
+                )
+            raise BundleError("building the EmoEdge wheel failed (or give --wheel):\n  " + "\n  ".join(tail))
     wheels = sorted(out_dir.glob("emoedge-*.whl"))
     if not wheels:
         raise BundleError(f"pip wheel wrote no emoedge wheel into {out_dir}")

@@ -14,6 +14,14 @@ sender sends nothing new until those are acknowledged, so order holds.
 ``status`` (retained) is ``online`` on every connect, ``offline`` as the last will and ``stopped``
 on a clean exit. ``<source>/enabled/set`` turns a source on or off and is answered on the
 retained ``<source>/enabled``. ``stats`` is sent only while connected (it is a sample, not a log).
+
+Nothing from outside can stop it: command payloads go through ``edge.publish.control`` (bounded,
+validated, never raising), every paho callback is guarded (an exception is logged and counted in
+``stats.mqtt.callback_errors``, never ends paho's network thread), commands beyond a steady rate are
+dropped and counted, and a connection that stays connected but acknowledges nothing for
+``ack_timeout_s`` is closed and re-made (``stalls``). A retained ``.../enabled/set`` is applied once
+and then cleared from the broker, so that one stale or hostile retained command cannot act on every
+later start.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -30,56 +39,38 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import MqttConfig
-from edge.errors import EmoEdgeError
+from edge.errors import ConfigError
 from edge.estimate import SCHEMA_VERSION, EmotionState, Estimate
 from edge.paths import cache_dir
+from edge.publish.connection import FATAL_CONNACK, BrokerError, CallbackGuard, make_client
+from edge.publish.control import PayloadRejected, describe, parse_enabled
 from edge.publish.outbox import Outbox
 from edge.publish.topics import Topics
+from edge.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
-
-# CONNACK reasons that a retry cannot fix (MQTT 5 codes; paho maps 3.1.1 return codes onto them).
-FATAL_CONNACK = {
-    128: "the broker refused the connection (unspecified error)",
-    129: "the broker could not parse the CONNECT packet",
-    130: "protocol error",
-    132: "the broker does not support this MQTT protocol version (try protocol = \"3.1.1\")",
-    133: "the broker rejected the client id",
-    134: "bad user name or password",
-    135: "not authorized",
-    138: "this client is banned",
-    140: "bad authentication method",
-}
-ENABLE_WORDS = {"on": True, "true": True, "1": True, "enable": True, "off": False, "false": False, "0": False, "disable": False}
-
-
-class BrokerError(EmoEdgeError):
-    """The broker refused us for a reason that retrying cannot fix (credentials, TLS, protocol)."""
-
-    exit_code = 4
-
+COMMAND_BURST = 20  # commands accepted at once ...
+COMMAND_RATE = 10.0  # ... and per second after that; the rest are dropped and counted
+EVICTION_REPORT_S = 10.0  # evictions are logged at most this often, and at exit
 
 def default_outbox_path(device_id: str) -> Path:
     return cache_dir() / "outbox" / f"{device_id}.sqlite"
 
 
-def parse_enabled(payload: bytes) -> bool | None:
-    """``ON``/``OFF``, ``true``/``false``, ``1``/``0`` or ``{"enabled": true}``; None when it is none of those."""
-    text = payload.decode("utf-8", "replace").strip()
-    word = ENABLE_WORDS.get(text.lower())
-    if word is not None:
-        return word
+def open_outbox(config: MqttConfig, device_id: str) -> Outbox:
+    """The configured outbox; a path that cannot be created is a ConfigError naming mqtt.outbox.path."""
+    from edge.publish.outbox import OutboxError
+
+    path = config.outbox.path or default_outbox_path(device_id)
     try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("enabled"), bool):
-        return bool(data["enabled"])
-    return None
+        return Outbox(path, config.outbox.max_messages, config.outbox.synchronous)
+    except OutboxError as exc:
+        key = "mqtt.outbox.path" if config.outbox.path else "the default outbox (set mqtt.outbox.path, or EMOEDGE_CACHE)"
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 class Publisher:
@@ -98,9 +89,7 @@ class Publisher:
         self.device_id = device_id
         self.topics = Topics(config.topic_root, device_id)
         self.enabled: dict[str, bool] = {s: True for s in sources}
-        self.outbox = outbox or Outbox(
-            config.outbox.path or default_outbox_path(device_id), config.outbox.max_messages, config.outbox.synchronous
-        )
+        self.outbox = outbox or open_outbox(config, device_id)
         self.on_enable = on_enable
         self.window = window
         self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
@@ -117,45 +106,25 @@ class Publisher:
         self._counts = collections.Counter[str]()
         self._status_details: dict[str, Any] = {}  # e.g. each model's device check, carried by every status
         self._disconnected_at: float | None = time.time()
+        self._ratelog = RateLimitedLog(log)
+        self._guard = CallbackGuard(log)
+        self._tokens, self._tokens_at = float(COMMAND_BURST), time.monotonic()
+        self._last_progress = time.monotonic()  # the last PUBACK, or when the first message went in flight
+        self._evicted_logged = self.outbox.evicted
+        self._pending_evicted = 0
+        self._evicted_report_at = 0.0
         self._client = self._make_client()
 
     # --- set-up ----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        client_id = cfg.client_id or f"emoedge-{self.device_id}-{uuid.uuid4().hex[:8]}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-        paho_log = logging.getLogger("edge.publish.paho")
-        if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every refused retry as an error: only at -vv
-            client.enable_logger(paho_log)
-        client.max_inflight_messages_set(self.window)
-        client.reconnect_delay_set(1, 8)
-        if cfg.username is not None:
-            password = cfg.password()
-            client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-        if cfg.use_tls:
-            tls = cfg.tls
-            key_password = tls.key_password() if tls else None
-            try:
-                client.tls_set(
-                    ca_certs=str(tls.ca_file) if tls else None,
-                    certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                    keyfile=str(tls.key_file) if tls and tls.key_file else None,
-                    keyfile_password=key_password.get_secret_value() if key_password else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise BrokerError(f"TLS set-up for {cfg.url} failed: {exc} (check mqtt.tls files)") from None
-            if tls and tls.insecure:
-                client.tls_insecure_set(True)
-        will = self._status_payload("offline")
-        client.will_set(self.topics.status, will, qos=cfg.qos.status, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_subscribe = lambda *args: self.listening.set()
-        return client
+        return make_client(
+            cfg, cfg.client_id or f"emoedge-{self.device_id}-{uuid.uuid4().hex[:8]}",
+            will=(self.topics.status, self._status_payload("offline"), cfg.qos.status), max_inflight=self.window,
+            guard=self._guard, callbacks={"connect": self._on_connect, "disconnect": self._on_disconnect,
+                                          "publish": self._on_publish, "message": self._on_message,
+                                          "subscribe": lambda *args: self.listening.set()},
+        )
 
     def _status_payload(self, status: str) -> bytes:
         now = time.time()
@@ -245,25 +214,51 @@ class Publisher:
             self._cond.notify_all()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
+        self._last_progress = time.monotonic()
         self._acks.append((mid, reason.is_failure))
         with self._cond:
             self._cond.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         source = self.topics.source_of_enabled_set(msg.topic)
-        if source is None:
+        if source is None or not msg.payload:  # empty: a retained command being cleared (by us, or its sender)
+            return
+        if msg.retain:  # applied once, then cleared: a retained command must not act on every later start
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            self._counts["commands_retained_cleared"] += 1
+        if not self._take_token():
+            self._counts["commands_dropped"] += 1
+            self._ratelog.warn("flood", "%s: more than %.0f commands a second; dropping the excess (%d dropped so far)",
+                               msg.topic, COMMAND_RATE, self._counts["commands_dropped"])
             return
         if source not in self.enabled:
-            log.warning("%s: no source named '%s' (sources: %s)", msg.topic, source, ", ".join(self.enabled))
+            self._counts["commands_rejected"] += 1
+            self._ratelog.warn("unknown-source", "%s: no source named %s (sources: %s)", msg.topic[:120],
+                               describe(source.encode(), 30), ", ".join(self.enabled))
             return
-        value = parse_enabled(msg.payload)
-        if value is None:
-            log.warning("%s: expected ON/OFF, true/false or {\"enabled\": true}, got %r", msg.topic, msg.payload[:40])
+        try:
+            value = parse_enabled(msg.payload)
+        except PayloadRejected as exc:
+            self._counts["commands_rejected"] += 1
+            self._ratelog.warn("bad-command", "%s: expected ON/OFF, true/false or {\"enabled\": true}; %s: %s",
+                               msg.topic, exc, describe(msg.payload))
             return
+        self._counts["commands"] += 1
+        changed = self.enabled.get(source) != value
         self.enabled[source] = value
-        if self.on_enable is not None:
+        if changed and self.on_enable is not None:
             self.on_enable(source, value)
         self._publish_enabled(source, value)
+
+    def _take_token(self) -> bool:
+        """A token bucket for commands: a robot's burst passes, a flood does not stall the network thread."""
+        now = time.monotonic()
+        self._tokens = min(float(COMMAND_BURST), self._tokens + (now - self._tokens_at) * COMMAND_RATE)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _publish_enabled(self, source: str, on: bool) -> None:
         now = time.time()
@@ -280,7 +275,14 @@ class Publisher:
             self._take_acks()
             if self._stopping.is_set():
                 return
+            self._log_evictions()
             if not self.connected.is_set():
+                self._last_progress = time.monotonic()
+                continue
+            if not self._inflight:
+                self._last_progress = time.monotonic()
+            elif time.monotonic() - self._last_progress > self.config.ack_timeout_s:
+                self._reconnect_stalled()
                 continue
             if self._draining:
                 if self._inflight:
@@ -300,6 +302,43 @@ class Publisher:
                 self._counts["sent"] += 1
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                     break  # paho keeps it and re-sends after the reconnect
+
+    def _reconnect_stalled(self) -> None:
+        """Connected, yet nothing acknowledged for ack_timeout_s: close the socket so that paho reconnects and re-sends."""
+        self._counts["stalls"] += 1
+        self._last_progress = time.monotonic()
+        log.warning("broker %s:%s acknowledged nothing for %.0f s with %d message(s) in flight; reconnecting",
+                    self.config.host, self.config.port, self.config.ack_timeout_s, len(self._inflight))
+        self._drop_connection()  # paho's loop sees the connection end, reconnects and re-sends what was in flight
+
+    def _drop_connection(self) -> None:
+        """End the TCP connection under paho without an MQTT DISCONNECT (so the broker treats it as lost)."""
+        shutdown = getattr(self._client.socket(), "shutdown", None)
+        try:
+            if shutdown is not None:
+                shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _log_evictions(self, final: bool = False) -> None:
+        """Evictions are data lost: logged once per interval while they happen, and at exit."""
+        evicted = self.outbox.evicted
+        if evicted > self._evicted_logged:
+            self._pending_evicted += evicted - self._evicted_logged
+            self._evicted_logged = evicted
+        if not self._pending_evicted:
+            return
+        now = time.monotonic()
+        if not final and now - self._evicted_report_at < EVICTION_REPORT_S:
+            return
+        log.warning("outbox full (%d messages): %d oldest message(s) evicted%s (%d in all)", self.outbox.max_messages,
+                    self._pending_evicted, " since the last report" if self._evicted_report_at else "", evicted)
+        self._pending_evicted, self._evicted_report_at = 0, now
+
+    @property
+    def evicted(self) -> int:
+        """Messages evicted from the full outbox, in all (persisted across restarts); still known after stop()."""
+        return self._evicted_logged
 
     def _take_acks(self) -> None:
         done: list[int] = []
@@ -368,6 +407,11 @@ class Publisher:
             "inflight": len(self._inflight),
             "outbox": len(self.outbox),
             "evicted": self.outbox.evicted,
+            "stalls": self._counts["stalls"],
+            "callback_errors": self._guard.total,
+            "commands": self._counts["commands"],
+            "commands_rejected": self._counts["commands_rejected"],
+            "commands_dropped": self._counts["commands_dropped"],
         }
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -386,14 +430,18 @@ class Publisher:
 
         What could not be sent stays in the outbox for the next start.
         """
+        said_stopped = False
         if self.connected.is_set() and self.error is None:
             if not self.flush(flush_s):
                 log.warning("%d message(s) not acknowledged; they stay in the outbox %s", len(self.outbox), self.outbox.path)
             info = self._client.publish(self.topics.status, self._status_payload(status), qos=self.config.qos.status, retain=True)
             try:
                 info.wait_for_publish(2.0)
+                said_stopped = info.is_published()
             except (RuntimeError, ValueError):
                 pass
+        if not said_stopped:
+            self._drop_connection()  # without DISCONNECT: the broker then publishes our will, "offline"
         self._stopping.set()
         self._wake()
         if self._sender is not None:
@@ -402,4 +450,5 @@ class Publisher:
         self._client.disable_logger()  # paho's loop logs a spurious "not connected" error while it winds down
         self._client.disconnect()
         self._client.loop_stop()
+        self._log_evictions(final=True)
         self.outbox.close()

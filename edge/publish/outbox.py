@@ -74,6 +74,8 @@ class Outbox:
             self._count = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"{self.path}: cannot open the outbox ({exc}); move the file away to start empty") from None
+        except OSError as exc:  # a parent that is a file, or a folder we may not write
+            raise OutboxError(f"{self.path}: cannot create the outbox ({exc.strerror or exc})") from None
         self.sent_upto = 0  # rows with id <= sent_upto have been handed to the MQTT client
 
     # --- counters --------------------------------------------------------------------------

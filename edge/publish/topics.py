@@ -48,3 +48,18 @@ class Topics:
             source = topic[len(prefix) : -len(suffix)]
             return source if source and "/" not in source else None
         return None
+
+    def parse(self, topic: str) -> tuple[str, str | None, str] | None:
+        """``<root>/<device>/state`` -> (device, None, "state"); ``<root>/<device>/<source>/estimate`` ->
+        (device, source, "estimate"); None for a topic outside this contract (works with device ``+``)."""
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix):].split("/")
+        if self.device_id != "+" and parts[0] != self.device_id:
+            return None
+        if len(parts) == 2 and parts[1] in ("state", "status", "stats"):
+            return parts[0], None, parts[1]
+        if len(parts) == 3 and parts[2] in ("estimate", "enabled", "explanation"):
+            return parts[0], parts[1], parts[2]
+        return None

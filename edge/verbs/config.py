@@ -26,11 +26,39 @@ def register(sub: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from edge.config import load_config
+    from edge.errors import ConfigError
 
     config = load_config(args.file)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError(f"{args.file}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
     sources = ", ".join(f"{s.name} ({s.kind} -> {s.model})" for s in config.sources) or "none"
     print(f"{args.file}: ok: device {config.device_id}, broker {config.mqtt.host}:{config.mqtt.port}, sources: {sources}")
     return 0
+
+
+def file_problems(config: Any) -> list[str]:
+    """What ``run`` would refuse that the file's syntax cannot show: missing model folders and TLS files, by key."""
+    from edge.card import resolve_model_folder
+    from edge.errors import ModelError
+    from edge.publish.connection import tls_file_problems
+
+    problems = []
+    used = {s.model for s in config.sources if s.enabled}
+    for key, settings in config.models.items():
+        if key not in used or not settings.enabled:
+            continue
+        where = f"models.{key}.path" if settings.path else f"models.{key}"
+        try:
+            folder = resolve_model_folder(settings.path or key)
+        except ModelError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if not (folder / "card.toml").is_file():
+            problems.append(f"{where}: {folder} has no card.toml")
+    if config.mqtt.use_tls:
+        problems += tls_file_problems(config.mqtt)
+    return problems
 
 
 def run_schema(args: argparse.Namespace) -> int:

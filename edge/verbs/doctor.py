@@ -38,36 +38,24 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _broker_answers(host: str, port: int, timeout: float = 3.0) -> tuple[bool, str]:
-    """Connect with paho-mqtt and wait for CONNACK."""
-    import threading
+def _broker_answers(cfg: Any, timeout: float = 3.0) -> tuple[bool, str]:
+    """Connect as ``emoedge run`` would (the same client factory: TLS, credentials) and wait for CONNACK."""
+    from edge.errors import EmoEdgeError
+    from edge.publish import Subscriber
 
-    import paho.mqtt.client as mqtt
-
-    done = threading.Event()
-    result: dict[str, Any] = {}
-
-    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        result["rc"] = reason_code
-        done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
-    client.on_connect = on_connect
+    where = f"{cfg.host}:{cfg.port}{' (TLS)' if cfg.use_tls else ''}"
     try:
-        client.connect(host, port, keepalive=10)
-    except OSError as exc:
-        return False, f"{host}:{port} unreachable ({exc.strerror or exc})"
-    client.loop_start()
+        sub = Subscriber(cfg, []).start()
+    except EmoEdgeError as exc:
+        return False, f"{where} unreachable: {exc}" if "cannot reach" in str(exc) else f"{where}: {exc}"
     try:
-        if not done.wait(timeout):
-            return False, f"{host}:{port} accepted TCP but sent no CONNACK within {timeout:.0f} s"
-        rc = result["rc"]
-        if rc.is_failure:
-            return False, f"{host}:{port} refused the connection: {rc}"
-        return True, f"{host}:{port} answers"
+        if not sub.connack.wait(timeout):
+            return False, f"{where} accepted TCP but sent no CONNACK within {timeout:.0f} s"
+        if sub.refused:
+            return False, sub.refused
+        return True, f"{where} answers"
     finally:
-        client.disconnect()
-        client.loop_stop()
+        sub.stop()
 
 
 def collect(config_path: str | None = None, mqtt_url: str | None = None, models: str | None = None) -> dict[str, Any]:
@@ -164,16 +152,11 @@ def collect(config_path: str | None = None, mqtt_url: str | None = None, models:
         from edge.config import load_config
 
         config = load_config(config_path)
-    host, port = "127.0.0.1", 1883
-    if mqtt_url:
-        from edge.config import MqttConfig
+    from edge.config import mqtt_with
 
-        mq = MqttConfig(url=mqtt_url)
-        host, port = mq.host, mq.port
-    elif config is not None:
-        host, port = config.mqtt.host, config.mqtt.port
-    ok, detail = _broker_answers(host, port)
-    report["broker"] = {"host": host, "port": port, "reachable": ok, "detail": detail}
+    mq = mqtt_with(config.mqtt if config is not None else None, url=mqtt_url)
+    ok, detail = _broker_answers(mq)
+    report["broker"] = {"host": mq.host, "port": mq.port, "tls": mq.use_tls, "reachable": ok, "detail": detail}
     checks.append(Check("mqtt broker", ok, detail, False, "start one (apt install mosquitto) or use emoedge run --demo"))
 
     report["models"] = _model_backends(models, config)

@@ -37,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from edge.backends import open_runner
     from edge.card import MetricRecord, load_model, save_card
     from edge.evaluation import evaluator_for
+    from edge.pipeline import label_heads
 
     model = load_model(args.name, precision=args.precision, models=args.models)
     if args.precision != "fp32":  # a file no passed gate vouches for is refused, as `run` refuses it
         from edge.trust import gate_record
 
         gate_record(model.card, args.precision, model.sha256)
+    label_heads(model.card)  # a card whose labels do not match the model's outputs is refused, as run refuses it
     module = evaluator_for(model.card)
     data = module.load_split(model.card, args.data, args.split, limit=args.limit, mode=args.mode)
     with open_runner(model, backend=args.backend, threads=args.threads) as runner:

@@ -57,18 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def with_broker(config: Any, url: str) -> Any:
-    """The config with ``[mqtt].url`` replaced (validated like the file's value)."""
-    from pydantic import ValidationError
+    """The config with ``[mqtt].url`` replaced (validated like the file's value; errors never repeat a password)."""
+    from edge.config import mqtt_with
 
-    from edge.config import DeviceConfig
-    from edge.errors import ConfigError
-
-    data = config.model_dump()
-    data["mqtt"]["url"] = url
-    try:
-        return DeviceConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"--mqtt {url}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return config.model_copy(update={"mqtt": mqtt_with(config.mqtt, url=url)})
 
 
 def serve(config: Any, duration: float | None, plain: bool, extra_sources: dict[str, Any] | None = None) -> int:
@@ -90,6 +82,7 @@ def serve(config: Any, duration: float | None, plain: bool, extra_sources: dict[
         config.mqtt, config.device_id, sources=[s.name for s in config.sources if s.enabled],
         on_enable=lambda name, on: pipeline.set_enabled(name, on) if pipeline is not None else None,
     )
+    evicted_before = publisher.evicted
     try:
         publisher.start(wait_s=5.0)
         pipeline = Pipeline(config, publisher, sources=extra_sources).start()
@@ -104,10 +97,13 @@ def serve(config: Any, duration: float | None, plain: bool, extra_sources: dict[
     publisher.check()
     if pipeline.errors:
         raise EmoEdgeError("the pipeline stopped on an error: " + "; ".join(pipeline.errors))
-    left = len(publisher.outbox)
+    left, evicted = len(publisher.outbox), publisher.evicted - evicted_before
     print(f"stopped{' on ' + received[0] if received else ''}: "
-          + ", ".join(f"{n} {r.estimates} estimates" for n, r in pipeline.runs.items())
-          + (f"; {left} message(s) kept in the outbox for the next start" if left else ""), flush=True)
+          + ", ".join(f"{n} {r.estimates} estimates" + (f" ({r.errors} skipped)" if r.errors else "")
+                      for n, r in pipeline.runs.items())
+          + (f"; {left} message(s) kept in the outbox for the next start" if left else "")
+          + (f"; {evicted} oldest message(s) evicted from the full outbox (mqtt.outbox.max_messages)" if evicted else ""),
+          flush=True)
     return 0
 
 

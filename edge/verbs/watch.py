@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import threading
 import time
 from typing import Any
@@ -32,107 +34,108 @@ def register(sub: Any) -> None:
 
 
 def watch(args: argparse.Namespace) -> int:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge.config import MqttConfig, load_config
+    from edge.config import load_config, mqtt_with
     from edge.errors import EmoEdgeError
+    from edge.publish import Subscriber, Topics
+    from edge.publish.control import PayloadRejected, parse_json_bounded
+    from edge.ratelog import RateLimitedLog
 
-    cfg = MqttConfig()
-    device = args.device
+    base_cfg, device = None, args.device
     if args.config:
         config = load_config(args.config)
-        cfg, device = config.mqtt, device or config.device_id
-    updates: dict[str, Any] = {"protocol": args.protocol or ("3.1.1" if not args.config else cfg.protocol)}
-    if args.mqtt:
-        updates["url"] = args.mqtt
-    if args.root:
-        updates["topic_root"] = args.root
-    cfg = MqttConfig.model_validate({**cfg.model_dump(), **updates})
-    base = f"{cfg.topic_root}/{device or '+'}"
-    topics = [f"{base}/state", f"{base}/status"] + ([f"{base}/+/estimate"] if args.estimates else [])
+        base_cfg, device = config.mqtt, device or config.device_id
+    cfg = mqtt_with(base_cfg, url=args.mqtt, topic_root=args.root,
+                    protocol=args.protocol or ("3.1.1" if not args.config else None))
+    topics = Topics(cfg.topic_root, device or "+")
+    wanted = [topics.state, topics.status] + ([topics.estimate("+")] if args.estimates else [])
 
     done = threading.Event()
-    failure: list[str] = []
     states = 0
     last: dict[str, tuple[str, float, float]] = {}
     seen: dict[tuple[str, str], int] = {}
+    ratelog = RateLimitedLog(logging.getLogger("edge.watch"))
 
-    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            failure.append(f"broker {cfg.host}:{cfg.port} refused the connection: {reason}")
-            done.set()
-            return
-        for topic in topics:
-            client.subscribe(topic, qos=1)
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(msg: Any) -> None:
         nonlocal states
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
+        where = topics.parse(msg.topic)
+        if where is None:
             return
-        parts = msg.topic.split("/")
-        dev = parts[-2] if parts[-1] in ("state", "status") else parts[-3]
-        kind = parts[-1]
-        if kind == "estimate":
-            key = (dev, body.get("source", parts[-2]))
-            if body.get("seq", -1) <= seen.get(key, -1):
-                return  # a re-sent duplicate (at-least-once delivery): drop by (source, seq)
-            seen[key] = body.get("seq", -1)
-        if args.json:
-            print(json.dumps({"topic": msg.topic, **body}), flush=True)
-        elif kind == "status":
-            print(f"{_clock(body)} {dev}: {body.get('status')}", flush=True)
-        elif kind == "estimate":
-            track = f" track {body['track_id']}" if "track_id" in body else ""
-            print(f"{_clock(body)} {dev}/{body.get('source')}{track}: {body.get('label')} "
-                  f"(conf {body.get('confidence', 0):.2f})", flush=True)
-        elif kind == "state":
-            now = (body.get("label", "?"), body.get("valence", 0.0), body.get("arousal", 0.0))
-            prev = last.get(dev)
-            if prev is None or prev[0] != now[0] or abs(prev[1] - now[1]) > 0.05 or abs(prev[2] - now[2]) > 0.05:
-                srcs = ", ".join(f"{k} {v.get('weight', 0):.2f}" for k, v in body.get("sources", {}).items())
-                print(f"{_clock(body)} {dev}: {now[0]:<9} valence {now[1]:+.2f} arousal {now[2]:+.2f} "
-                      f"confidence {body.get('confidence', 0):.2f}  [{srcs}]", flush=True)
-            last[dev] = now
+        dev, source, kind = where
+        try:
+            body = parse_json_bounded(msg.payload)
+            if not isinstance(body, dict):
+                raise PayloadRejected(f"expected a JSON object, got {type(body).__name__}")
+            line = _render(kind, dev, source, body, args.json, msg.topic, last, seen)
+        except Exception as exc:  # noqa: BLE001 - anyone can publish here: a bad payload is one line, never the end
+            ratelog.warn(kind, "%s: ignored a payload that is not a valid %s message: %s", msg.topic[:120], kind,
+                         str(exc)[:120])
+            return
+        if line:
+            print(line, flush=True)
         if kind == "state":
             states += 1
             if args.count and states >= args.count:
                 done.set()
 
-    protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-    if cfg.username is not None:
-        password = cfg.password()
-        client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-    if cfg.use_tls:
-        tls = cfg.tls
-        client.tls_set(ca_certs=str(tls.ca_file) if tls else None,
-                       certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                       keyfile=str(tls.key_file) if tls and tls.key_file else None)
-        if tls and tls.insecure:
-            client.tls_insecure_set(True)
-    client.on_connect = on_connect
-    client.on_message = on_message
+    sub = Subscriber(cfg, wanted, on_message).start()
+    print(f"watching {', '.join(wanted)} on {cfg.host}:{cfg.port} (Ctrl-C to stop)", flush=True)
     try:
-        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-    except OSError as exc:
-        raise EmoEdgeError(f"cannot reach the broker at {cfg.host}:{cfg.port}: {exc}") from None
-    client.loop_start()
-    print(f"watching {', '.join(topics)} on {cfg.host}:{cfg.port} (Ctrl-C to stop)", flush=True)
-    try:
-        done.wait(args.timeout)
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        if sub.connack.wait(args.timeout) and sub.refused is None:
+            done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
         pass
     finally:
-        client.disconnect()
-        client.loop_stop()
-    if failure:
-        raise EmoEdgeError(failure[0])
+        sub.stop()
+    if sub.refused:
+        raise EmoEdgeError(sub.refused)
     return 0
+
+
+def _num(body: dict[str, Any], key: str) -> float:
+    value = body.get(key, 0.0)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{key!r} is not a finite number")
+    return float(value)
+
+
+def _render(kind: str, dev: str, source: str | None, body: dict[str, Any], as_json: bool, topic: str,
+            last: dict[str, tuple[str, float, float]], seen: dict[tuple[str, str], int]) -> str | None:
+    """One line for one message, or None; raises (TypeError, ValueError, ...) on a payload of the wrong shape."""
+    if kind == "estimate":
+        key = (dev, str(body.get("source", source)))
+        seq = body.get("seq", -1)
+        if not isinstance(seq, int):
+            raise ValueError("'seq' is not an integer")
+        if seq <= seen.get(key, -1):
+            return None  # a re-sent duplicate (at-least-once delivery): drop by (source, seq)
+        seen[key] = seq
+    if as_json:
+        return json.dumps({"topic": topic, **body})
+    if kind == "status":
+        return f"{_clock(body)} {dev}: {str(body.get('status'))[:40]}"
+    if kind == "estimate":
+        track = f" track {body['track_id']}" if "track_id" in body else ""
+        return (f"{_clock(body)} {dev}/{str(body.get('source'))[:40]}{track}: {str(body.get('label'))[:40]} "
+                f"(conf {_num(body, 'confidence'):.2f})")
+    if kind != "state":
+        return None
+    now = (str(body.get("label", "?"))[:40], _num(body, "valence"), _num(body, "arousal"))
+    prev = last.get(dev)
+    last[dev] = now
+    if prev is None or prev[0] != now[0] or abs(prev[1] - now[1]) > 0.05 or abs(prev[2] - now[2]) > 0.05:
+        sources = body.get("sources", {})
+        if not isinstance(sources, dict):
+            raise ValueError("'sources' is not an object")
+        srcs = ", ".join(f"{str(k)[:30]} {_num(v, 'weight'):.2f}" for k, v in list(sources.items())[:16])
+        return (f"{_clock(body)} {dev}: {now[0]:<9} valence {now[1]:+.2f} arousal {now[2]:+.2f} "
+                f"confidence {_num(body, 'confidence'):.2f}  [{srcs}]")
+    return None
 
 
 def _clock(body: dict[str, Any]) -> str:
     ts = body.get("ts")
-    return time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "--:--:--"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "--:--:--"
+    except (OverflowError, OSError, ValueError):
+        return "--:--:--"

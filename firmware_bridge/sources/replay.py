@@ -14,6 +14,7 @@ Recorded EEG, two formats (``save_eeg_recording`` writes both):
 
 from __future__ import annotations
 
+import logging
 import time
 import wave
 from collections.abc import Iterator
@@ -22,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.ratelog import RateLimitedLog
 from firmware_bridge.sources.base import Sample, SampleKind, Source, SourceError
 from firmware_bridge.sources.camera import is_video_file
+
+MAX_BAD_FRAMES = 300  # undecodable video frames in a row before the file is taken as ended
 
 
 def save_eeg_recording(path: str | Path, data: np.ndarray, sample_rate: float, channels: list[str]) -> Path:
@@ -109,6 +113,8 @@ class ReplaySource(Source):
         self.eeg_block = eeg_block
         self.emitted = 0
         self.loops = 0
+        self.bad_frames = 0  # video frames that could not be decoded and were skipped
+        self._ratelog = RateLimitedLog(logging.getLogger(__name__))
         self._check()
 
     def _check(self) -> None:
@@ -120,8 +126,10 @@ class ReplaySource(Source):
                 with wave.open(str(self.path), "rb") as w:
                     if w.getsampwidth() not in (1, 2, 4):
                         raise SourceError(f"{self.path}: {8 * w.getsampwidth()}-bit WAV; replay reads 8-, 16- and 32-bit PCM")
+                    if w.getnframes() == 0:
+                        raise SourceError(f"{self.path}: the WAV holds no audio (0 frames)")
             except (wave.Error, EOFError) as exc:
-                raise SourceError(f"{self.path}: not a readable WAV: {exc}") from None
+                raise SourceError(f"{self.path}: not a readable WAV: {self._wav_reason(exc)}") from None
         else:
             import cv2
 
@@ -131,13 +139,20 @@ class ReplaySource(Source):
             if not opened:
                 raise SourceError(f"{self.path}: OpenCV cannot open this video")
 
+    def _wav_reason(self, exc: Exception) -> str:
+        """The wave module's reason, or one when it gives none (an EOFError on a short file is empty)."""
+        if str(exc):
+            return str(exc)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        return "the file is empty" if size == 0 else f"the file ends after {size} bytes, inside its header"
+
     # -- blocks of each kind: (time in file, data, rate, channels)
 
     def _audio_blocks(self) -> Iterator[tuple[float, np.ndarray, float, list[str] | None]]:
         try:
             w = wave.open(str(self.path), "rb")
         except (wave.Error, EOFError) as exc:
-            raise SourceError(f"{self.path}: not a readable WAV: {exc}") from None
+            raise SourceError(f"{self.path}: not a readable WAV: {self._wav_reason(exc)}") from None
         with w:
             width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
             if width not in (1, 2, 4):
@@ -171,13 +186,25 @@ class ReplaySource(Source):
             raise SourceError(f"{self.path}: OpenCV cannot open this video")
         try:
             fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-            n = 0
+            total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            n = misses = 0
             while True:
                 ok, frame = cap.read()
-                if not ok:
+                if ok:
+                    misses = 0
+                    yield n / fps, frame, fps, None
+                    n += 1
+                    continue
+                if n >= total - 1 or misses >= MAX_BAD_FRAMES:  # the end (or nothing readable is left)
                     return
-                yield n / fps, frame, fps, None
+                # a frame the decoder cannot read in the middle of the file: skip it and seek past it, since
+                # reading on after a failure keeps failing; the source goes on with the next good frame
+                self.bad_frames += 1
+                misses += 1
+                self._ratelog.warn("bad-frame", "%s: frame %d of %d cannot be decoded; skipped (%d so far)",
+                                   self.path.name, n, total, self.bad_frames)
                 n += 1
+                cap.set(cv2.CAP_PROP_POS_FRAMES, n)
         finally:
             cap.release()
 
@@ -209,4 +236,4 @@ class ReplaySource(Source):
             self.loops += 1
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "samples_out": self.emitted, "loops": self.loops}
+        return {**super().stats(), "samples_out": self.emitted, "loops": self.loops, "bad_frames": self.bad_frames}
