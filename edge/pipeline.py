@@ -396,6 +396,7 @@ class SourceRun:
     layout: LayoutGuard = field(default_factory=LayoutGuard)
     failed: str | None = None  # why this source's thread ended, if it did
     faces: int = 0
+    frames: int = 0  # video frames taken by the face path (with or without a face in them)
     latest: Estimate | None = None
     reading_done: threading.Event = field(default_factory=threading.Event)
     last_rate: tuple[float, int, int] = (0.0, 0, 0)  # (time, received, estimates) at the last stats
@@ -673,6 +674,7 @@ class Pipeline:
                     return
                 continue
             sample, ready = got
+            run.frames += 1
             frame = sample.data
             t0 = time.perf_counter()
             tracks = run.tracker.update(frame)
@@ -790,6 +792,7 @@ class Pipeline:
                 entry["failed"] = run.failed
             if run.tracker is not None:
                 entry["faces"] = run.faces
+                entry["frames"] = run.frames
                 entry["tracks"] = len(run.tracker.tracks)
             sources[name] = entry
         out: dict[str, Any] = {"uptime_s": round(now - self._started, 3), "version": __version__, "sources": sources}

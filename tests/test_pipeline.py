@@ -111,12 +111,14 @@ def test_video_newest_frame_wins_and_counts_skips(tmp_path: Path) -> None:
     pipe.start()
     wait(lambda: source.emitted == len(frames))
     run = pipe.runs["cam"]
-    # let the frames in flight finish (under load the face path may still hold a few)
-    wait(lambda: len(got) + run.slot.skipped + source.dropped >= len(frames) - 3, timeout=5.0)
+    # let the frames in flight finish (under load the face path may still hold one)
+    wait(lambda: run.frames + run.slot.skipped + source.dropped >= len(frames), timeout=5.0)
     pipe.stop()
     assert run.received + source.dropped == len(frames)
     assert run.slot is not None and run.slot.skipped > 0
-    assert len(got) + run.slot.skipped + source.dropped >= len(frames) - 3  # each frame either ran or was skipped
+    # each frame either went through the face path (an estimate when a face was tracked in it) or was skipped
+    assert run.frames + run.slot.skipped + source.dropped == len(frames)
+    assert 0 < len(got) <= run.frames
     assert pipe.stats()["sources"]["cam"]["dropped"] == run.slot.skipped + source.dropped
     assert {e.track_id for e in got} == {1}
 
