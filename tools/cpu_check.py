@@ -189,6 +189,7 @@ def check_model(name: str, data_dir: Path, limit: int, targets: list[str], a64: 
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **data.inputs)
         files = [fp32.path] + [c.path for c in candidates]
+        first: list[dict[str, Any]] = []
         for target in targets:
             out = Path(tmp) / f"{target}.npz"
             started = time.time()
@@ -197,7 +198,8 @@ def check_model(name: str, data_dir: Path, limit: int, targets: list[str], a64: 
             per_file = [{k.split("/", 1)[1]: recorded[k] for k in recorded.files if k.startswith(f"{i}/")}
                         for i in range(len(files))]
             print(f"{name} on {target}: {len(data)} samples in {time.time() - started:.0f} s", file=sys.stderr)
-            for cand, outputs in zip([fp32, *candidates], per_file, strict=True):
+            first = first or per_file  # the first target (native by default) is what the others are compared with
+            for cand, outputs, base in zip([fp32, *candidates], per_file, first, strict=True):
                 ref_runner, cand_runner = replay_runner(per_file[0], like), replay_runner(outputs, like)
                 with ref_runner, cand_runner:
                     gate = gate_on_labelled_data(fp32.card, evaluator, data, ref_runner, cand_runner,
@@ -208,6 +210,7 @@ def check_model(name: str, data_dir: Path, limit: int, targets: list[str], a64: 
                     "fp32": round(gate.fp32, 4), "loss_points": round(gate.worst_loss, 2),
                     "top1_agreement": round(gate.top1_agreement, 4), "n": gate.n, "passed": gate.passed,
                     "p50_ms": round(meta["latency_ms"][str(cand.path)], 3),
+                    "max_diff_vs_first": max(float(np.max(np.abs(outputs[k] - base[k]))) for k in outputs),
                 })
     return rows
 
@@ -282,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(found)
         if args.write_card:
             write_card(name, found, args.limit, folder, args.models)
-    print(f"{'model':8} {'target':10} {'prec':5} {'metric':18} {'value':>6} {'loss':>6} {'agree':>6} {'n':>5} {'p50 ms':>7}  verdict")
+    print(f"{'model':8} {'target':10} {'prec':5} {'metric':18} {'value':>6} {'loss':>6} {'agree':>6} {'n':>5} {'p50 ms':>7} "
+          f"{'diff':>8}  verdict")
     for r in rows:
         print(f"{r['model']:8} {r['target']:10} {r['precision']:5} {r['metric']:18} {r['value']:6.3f} {r['loss_points']:6.2f} "
-              f"{r['top1_agreement']:6.3f} {r['n']:5d} {r['p50_ms']:7.3f}  {'pass' if r['passed'] else 'FAIL'}")
+              f"{r['top1_agreement']:6.3f} {r['n']:5d} {r['p50_ms']:7.3f} {r['max_diff_vs_first']:8.2g}  "
+              f"{'pass' if r['passed'] else 'FAIL'}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0 if all(r["passed"] for r in rows) else 1
