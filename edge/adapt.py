@@ -2,18 +2,19 @@
 
 Every model ends in an affine head ``embedding -> logits``. A person's estimates are adapted in two ways:
 
-- **unlabeled:** the person's own embedding mean and std (their history, no labels). The labelled fit
-  works in those person-standardised coordinates, so the prior penalises each feature on the scale
-  that person actually shows. (Input-level normalisation by the person's own history is the evaluators'
-  ``speaker-norm`` / ``subject-norm`` modes; it composes with this.)
-- **labelled:** a head fitted to the person's examples by multinomial logistic regression, kept close to
-  the population head by an L2 penalty toward the population weights. The data term is a sum over
-  examples and the penalty is fixed, so the prior's weight relative to the data falls as the person gives
-  more examples: the strength is chosen by the number of examples.
+- **unlabeled:** the person's own embedding mean and std (their history, no labels). The prototypes
+  live in those person-standardised coordinates, so each feature counts on the scale that person
+  shows; alone it leaves the population predictions unchanged. (Input-level normalisation by the
+  person's own history is the evaluators' ``speaker-norm`` / ``subject-norm`` modes; it composes.)
+- **labelled:** the population head blended with the person's class prototypes (mean standardised
+  embedding of each class's examples): the population logits plus a weight times the cosine similarity
+  to each prototype, folded into one affine head. Each class's share grows with its count (n / (n + 1)),
+  and the weight is chosen per person by leave-one-out on the enrollment among ``BLEND_WEIGHTS``: the
+  strength follows the number and the consistency of the person's examples.
 
-A leave-one-out guard keeps the population head unless the adapted head, refitted without each
-enrollment example in turn, is at least as right on those held-out examples as the population head
-is (``Adaptation.reason`` says which and why).
+A leave-one-out guard keeps the population head unless the adapted head, rebuilt without each
+enrollment example in turn, gets more of those held-out examples right than the population head does
+(``Adaptation.reason`` says which and why).
 
 The population head is read from the model itself (``population_heads``): the graph is cut at ``embedding``
 (made an input) and ONNX Runtime runs the remaining nodes on the zero and unit vectors, which gives the
@@ -38,10 +39,8 @@ import numpy as np
 from edge.errors import InputError, ModelError
 
 EMBEDDING = "embedding"
-# prior strength (L2 toward the population head, in person-standardised coordinates) per class and
-# unit of data weight; chosen on the training actors/subjects, never on held-out persons
-DEFAULT_STRENGTH = 4.0
-_ITERATIONS = 150
+# weights of the prototype similarity added to the population logits, chosen per person by leave-one-out
+BLEND_WEIGHTS = (5.0, 10.0, 20.0, 40.0)
 
 
 @dataclass
@@ -210,42 +209,54 @@ class Adaptation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _fit(
-    z: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, strength: float,
-    start: tuple[np.ndarray, np.ndarray] | None = None, iterations: int = _ITERATIONS,
+def _prototype_head(
+    w0: np.ndarray, b0: np.ndarray, z: np.ndarray, y: np.ndarray, weight: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression on (z, y) with ``strength/2 * |(W, b) - (w0, b0)|^2`` (Nesterov steps)."""
-    n, _ = z.shape
-    onehot = np.zeros((n, w0.shape[0]))
-    onehot[np.arange(n), y] = 1.0
-    # Lipschitz bound of the gradient: 1/2 |[z 1]|^2 (softmax Hessian <= I/2) plus the prior
-    lipschitz = 0.5 * (np.linalg.norm(z, 2) ** 2 + n) + strength
-    step = 1.0 / lipschitz
-    w, b = (w0.copy(), b0.copy()) if start is None else (start[0].copy(), start[1].copy())
-    vw, vb = w.copy(), b.copy()
-    t = 1.0
-    for _ in range(iterations):
-        logits = z @ vw.T + vb
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(1, keepdims=True)
-        g = p - onehot
-        gw = g.T @ z + strength * (vw - w0)
-        gb = g.sum(0) + strength * (vb - b0)
-        w_next, b_next = vw - step * gw, vb - step * gb
-        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
-        vw = w_next + (t - 1) / t_next * (w_next - w)
-        vb = b_next + (t - 1) / t_next * (b_next - b)
-        w, b, t = w_next, b_next, t_next
-    return w, b
+    """The population head (in person-standardised coordinates) plus ``weight`` times the cosine similarity
+    to the person's class prototypes, as an affine head.
+
+    A person-standardised embedding has length about sqrt(D), so ``z . p / sqrt(D)`` with ``p`` the unit
+    prototype scaled to sqrt(D) is its cosine similarity to that prototype: the blend stays affine, so
+    the adapted head is a plain weight matrix and bias like the population one. Each class's share is
+    shrunk by its count, n / (n + 1): a prototype from one example counts half, from four 4/5. A class
+    without examples gets the mean of the others (no class is pushed up or down for lacking examples).
+    """
+    classes, dim = w0.shape
+    protos = np.zeros((classes, dim))
+    share = np.zeros(classes)
+    present = np.zeros(classes, dtype=bool)
+    for c in range(classes):
+        mine = y == c
+        if mine.any():
+            mean = z[mine].mean(0)
+            protos[c] = mean / max(float(np.linalg.norm(mean)), 1e-9) * np.sqrt(dim)
+            share[c] = mine.sum() / (mine.sum() + 1.0)
+            present[c] = True
+    protos[~present] = protos[present].mean(0)
+    share[~present] = share[present].mean()
+    return w0 + (weight / dim) * share[:, None] * protos, b0.copy()
+
+
+def _loo_accuracy(w0: np.ndarray, b0: np.ndarray, z: np.ndarray, y: np.ndarray, weight: float) -> float:
+    hits = 0
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        if len(np.unique(y[keep])) == 0:
+            continue
+        w, b = _prototype_head(w0, b0, z[keep], y[keep], weight)
+        hits += int((z[i] @ w.T + b).argmax() == y[i])
+    return hits / len(y)
 
 
 def adapt_head(
-    population: Head, norm: PersonNorm, embeddings: np.ndarray, labels: np.ndarray, strength: float = DEFAULT_STRENGTH,
-    guard: bool = True,
+    population: Head, norm: PersonNorm, embeddings: np.ndarray, labels: np.ndarray,
+    weights: Sequence[float] = BLEND_WEIGHTS,
 ) -> Adaptation:
-    """Fit a person's head on their labelled ``embeddings`` (N, D) and class indices ``labels``.
+    """Adapt ``population`` to a person from their labelled ``embeddings`` (N, D) and class indices ``labels``.
 
+    The blend weight is chosen among ``weights`` by leave-one-out accuracy on the enrollment (ties: the
+    smaller weight); the population head (weight 0) is kept unless that accuracy is above the population
+    head's on the same examples, so an adapted head is never worse on the enrollment under leave-one-out.
     Raises InputError for fewer than two classes (one class gives nothing to tell apart).
     """
     started = time.perf_counter()
@@ -271,31 +282,28 @@ def adapt_head(
     w0 = population.weight * norm.std
     b0 = population.bias + population.weight @ norm.mean
     z = norm.apply(e)
-    w, b = _fit(z, y, w0, b0, strength)
-    loo_a = loo_p = None
-    adapted, reason = True, f"fitted on {len(y)} examples of {len(present)} classes"
-    if guard:
-        pop_pred = (z @ w0.T + b0).argmax(1)
-        hits_a = 0
-        for i in range(len(y)):
-            keep = np.arange(len(y)) != i
-            wi, bi = _fit(z[keep], y[keep], w0, b0, strength, start=(w, b), iterations=_ITERATIONS // 3)
-            hits_a += int((z[i] @ wi.T + bi).argmax() == y[i])
-        loo_a = hits_a / len(y)
-        loo_p = float((pop_pred == y).mean())
-        if loo_a < loo_p:
-            adapted = False
-            reason = (
-                f"kept the population head: leave-one-out accuracy on the {len(y)} enrollment examples "
-                f"{loo_a:.3f} adapted < {loo_p:.3f} population"
-            )
-        else:
-            reason += f"; leave-one-out accuracy {loo_a:.3f} adapted >= {loo_p:.3f} population"
+    loo_p = float(((z @ w0.T + b0).argmax(1) == y).mean())
+    loo = {float(w): _loo_accuracy(w0, b0, z, y, float(w)) for w in sorted(weights)}
+    best = max(loo, key=lambda w: (loo[w], -w))  # ties: the weight closest to the population head
+    if loo[best] > loo_p:
+        adapted = True
+        reason = (
+            f"blend weight {best:g} chosen on {len(y)} examples of {len(present)} classes: leave-one-out "
+            f"accuracy {loo[best]:.3f} adapted > {loo_p:.3f} population"
+        )
+    else:
+        adapted = False
+        reason = (
+            f"kept the population head: leave-one-out accuracy on the {len(y)} enrollment examples "
+            f"{loo[best]:.3f} adapted (best blend weight {best:g}) <= {loo_p:.3f} population"
+        )
     if adapted:  # fold the normalisation back in: raw-embedding weights
-        head = Head(population.output, population.labels, w / norm.std, b - (w / norm.std) @ norm.mean, "adapted")
+        w, b = _prototype_head(w0, b0, z, y, best)
+        w_raw = w / norm.std
+        head = Head(population.output, population.labels, w_raw, b - w_raw @ norm.mean, "adapted")
     else:
         head = population
     return Adaptation(
-        head=head, adapted=adapted, reason=reason, counts=counts, strength=strength, loo_adapted=loo_a,
-        loo_population=loo_p, fit_seconds=time.perf_counter() - started,
+        head=head, adapted=adapted, reason=reason, counts=counts, strength=best if adapted else 0.0,
+        loo_adapted=loo[best], loo_population=loo_p, fit_seconds=time.perf_counter() - started,
     )
