@@ -40,8 +40,13 @@ def _outputs(runner: Any, data: LabelledSet, names: list[str], batch: int = 64) 
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def samples(runner: Any, card: Any, data: LabelledSet) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], list[str], list[Any]]:
-    """Per sample: embedding, population logits per head, labels per head, person and order key."""
+def samples(
+    runner: Any, card: Any, data: LabelledSet, default_person: str | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], list[str], list[Any]]:
+    """Per sample: embedding, population logits per head, labels per head, person and order key.
+
+    ``default_person`` names the person of a folder without person ids (one person's own recordings).
+    """
     heads = [o.name for o in card.outputs if o.name == "logits" or o.name.endswith("_logits")]
     out = _outputs(runner, data, ["embedding", *heads])
     extra = data.extra
@@ -60,6 +65,8 @@ def samples(runner: Any, card: Any, data: LabelledSet) -> tuple[np.ndarray, dict
         logits = np.zeros((clips, out["logits"].shape[1]))
         np.add.at(logits, owner, out["logits"])
         persons = extra.get("persons")
+        if persons is not None and default_person is not None:
+            persons = [default_person if p is None else p for p in persons]
         if persons is None or any(p is None for p in persons):
             raise ConfigError("eval --adapt: the speech folder has no speaker ids (labels.csv needs an actor or speaker column)")
         return emb / counts, {"logits": logits}, labels, [str(p) for p in persons], list(extra["files"])
@@ -67,7 +74,7 @@ def samples(runner: Any, card: Any, data: LabelledSet) -> tuple[np.ndarray, dict
     if not files:
         raise ConfigError(f"eval --adapt: no person ids for model '{card.name}'")
     names = [Path(f).name for f in files]
-    persons = [n.split("_", 1)[0] if "_" in n else "" for n in names]
+    persons = [n.split("_", 1)[0] if "_" in n else (default_person or "") for n in names]
     if not all(persons) or set(persons) <= _FER_SPLITS:
         raise ConfigError(
             "eval --adapt: the image file names carry no person ids (expected PERSON_rest.ext; FER2013 names "
