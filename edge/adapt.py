@@ -108,7 +108,7 @@ def _read_heads(path: Path, outputs: Sequence[str], card: Any) -> dict[str, Head
             for i in full.get_inputs()
         }
         got = dict(zip([EMBEDDING, *outputs], full.run([EMBEDDING, *outputs], feed), strict=True))
-        return got[EMBEDDING].astype(np.float64), {k: got[k].astype(np.float64) for k in outputs}
+        return np.asarray(got[EMBEDDING], np.float64), {k: np.asarray(got[k], np.float64) for k in outputs}
 
     check_e, check_l = run_full(8, 1)
     heads: dict[str, Head] = {}
@@ -167,7 +167,7 @@ def _graph_heads(path: Path, outputs: Sequence[str], dim: int, options: Any) -> 
         feed[value.name] = np.zeros(dims, np.float32)
     result = {}
     for name, out in zip(outputs, session.run(list(outputs), feed), strict=True):
-        out = out.astype(np.float64)
+        out = np.asarray(out, np.float64)
         result[name] = ((out[1:] - out[0]).T, out[0])
     return result
 
