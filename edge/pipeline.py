@@ -415,6 +415,12 @@ class Pipeline:
             self.runs[src.name] = self._build_run(src, source, detect, face_input)
         if given:
             raise ConfigError(f"sources {sorted(given)} were given but are not in the config")
+        from edge.enroll import Enroller
+
+        # per-person heads: enrollment commands arrive on the publisher's enroll/set topic
+        self.enroller = Enroller({name: run.model for name, run in self.runs.items()}, clock=clock)
+        if publisher is not None and hasattr(publisher, "on_enroll"):
+            publisher.on_enroll = self.enroller.command
 
     def _build_run(self, src: SourceConfig, source: Source, detect: DetectFn | None, face_input: FaceInputFn | None) -> SourceRun:
         settings = self.config.models[src.model]
@@ -590,11 +596,12 @@ class Pipeline:
                 self._skip(run, len(batch), exc)
                 continue
             t2 = time.perf_counter()
+            outputs, person, adapted = self.enroller.process(run.config.name, outputs, [ts for _, ts, _ in batch])
             estimates = []
             for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
-                                          run.window_s, run.info, lat))
+                                          run.window_s, run.info, lat, profile=person, adapted=adapted))
             self._emit(run, estimates, primary=None)
 
     def _face_loop(self, run: SourceRun) -> None:
@@ -622,6 +629,7 @@ class Pipeline:
                 self._skip(run, len(tracks), exc)
                 continue
             t3 = time.perf_counter()
+            outputs, person, adapted = self.enroller.process(run.config.name, outputs, [sample.host_time] * len(tracks))
             run.faces += len(tracks)
             estimates = []
             for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs), strict=True):
@@ -629,7 +637,8 @@ class Pipeline:
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
                                           sample.host_time, None, run.info, lat, track_id=track.id,
-                                          box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
+                                          box=tuple(int(x) for x in track.box),  # type: ignore[arg-type]
+                                          profile=person, adapted=adapted))
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
 
     def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:
