@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "bench": "edge.verbs.bench",
     # persons
     "adapt": "edge.verbs.adapt",
+    "enroll": "edge.verbs.enroll",
     "profiles": "edge.verbs.profiles",
     # running
     "run": "edge.verbs.run",

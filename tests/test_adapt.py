@@ -36,7 +36,7 @@ DEAP = data_dir() / "eeg_deap_bandpower"
 def emoedge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent,
     )
 
 

@@ -4,6 +4,8 @@ selected, two labels captured from the live source, fit, estimates marked adapte
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from firmware_bridge.sources.base import Sample, Source
 from tests.mqtt_broker import Collector, Mosquitto
 
 RATE = 16000.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class SwitchSource(Source):
@@ -144,6 +147,20 @@ def test_live_enrollment_over_mqtt(mosquitto: Mosquitto, tmp_path: Path, monkeyp
         n = len(got)
         assert wait(lambda: len(got) >= n + 3)
         assert all(e.profile is None and not e.adapted for e in got[n + 1 :])
+
+        # the same commands from a shell
+        def shell(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "edge", "enroll", *args, "--mqtt", mosquitto.url,
+                                   "--device", "enr", "--timeout", "20"], capture_output=True, text=True, timeout=60,
+                                  cwd=ROOT)
+
+        refused = shell("fit", "--source", "mic")
+        assert refused.returncode == 1 and "no person is active" in refused.stdout
+        selected = shell("select", "bob", "--json")
+        assert selected.returncode == 0 and json.loads(selected.stdout)["person"] == "bob"
+        n = len(got)
+        assert wait(lambda: len(got) >= n + 3)
+        assert got[-1].profile == "bob" and not got[-1].adapted  # active, no profile yet: population head
     finally:
         ctl.close()
         pipe.stop()
