@@ -257,3 +257,34 @@ def test_adapt_k_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="K must be at least 1"):
         evaluate_adapted(None, load_model("eeg"), None, 0)  # type: ignore[arg-type]
+
+
+def test_enroller_applies_an_adapted_eeg_profile_and_recomputes_va(tmp_path: Path) -> None:
+    from edge.enroll import Enroller
+
+    model = load_model("eeg")
+    out = _forward(model, 6, seed=7)
+    # the model's own va is tanh of half each head's logit difference: the formula process() uses
+    for i, key in enumerate(("valence_logits", "arousal_logits")):
+        np.testing.assert_allclose(np.tanh((out[key][:, 1] - out[key][:, 0]) / 2), out["va"][:, i], atol=1e-5)
+    heads = population_heads(model)
+    e = np.concatenate([out["embedding"] + 0.01 * k for k in range(4)])
+    y = np.array([0, 1] * (len(e) // 2))
+    profile = build_profile(model, "carol", {"valence_logits": (e, y)}, unlabeled=e)
+    profile.heads["valence_logits"].adapted = True  # force it: this test is about applying a stored head
+    hp = profile.heads["valence_logits"]
+    hp.weight = heads["valence_logits"].weight[::-1].copy()  # a head that swaps the classes
+    hp.bias = heads["valence_logits"].bias[::-1].copy()
+    save_profile(profile, tmp_path)
+    enroller = Enroller({"eeg": model}, state=str(tmp_path))
+    same, person, adapted = enroller.process("eeg", dict(out), [0.0] * 6)
+    assert (person, adapted) == (None, False) and same["va"] is out["va"]
+    assert enroller.command({"action": "select", "person": "carol"})["ok"]
+    got, person, adapted = enroller.process("eeg", dict(out), [0.0] * 6)
+    assert (person, adapted) == ("carol", True)
+    np.testing.assert_allclose(got["valence_logits"], out["valence_logits"][:, ::-1], atol=1e-4)
+    np.testing.assert_allclose(got["va"][:, 0], -out["va"][:, 0], atol=1e-4)
+    np.testing.assert_allclose(got["arousal_logits"], out["arousal_logits"], atol=1e-6)  # not adapted: untouched
+    reply = enroller.command(b'{"action": "label", "label": "valence:happy", "seconds": 60, "source": "eeg"}')
+    assert not reply["ok"] and "valence:positive" in reply["message"]
+    assert enroller.command(b"not json")["ok"] is False
