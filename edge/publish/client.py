@@ -254,7 +254,7 @@ class Publisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self.topics.enroll_set:
-            self._answer_enroll(msg.payload)
+            self._answer_enroll(bytes(msg.payload))
             return
         source = self.topics.source_of_enabled_set(msg.topic)
         if source is None:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.config import MqttConfig, load_config
     from edge.errors import ConfigError, EmoEdgeError
 
-    cfg, device = MqttConfig(), args.device
+    cfg, device = MqttConfig.model_validate({}), args.device
     if args.config:
         config = load_config(args.config)
         cfg, device = config.mqtt, device or config.device_id
