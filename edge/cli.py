@@ -30,6 +30,10 @@ VERBS: dict[str, str] = {
     "quantize": "edge.verbs.quantize",
     "build": "edge.verbs.build",
     "bench": "edge.verbs.bench",
+    # persons
+    "adapt": "edge.verbs.adapt",
+    "enroll": "edge.verbs.enroll",
+    "profiles": "edge.verbs.profiles",
     # running
     "run": "edge.verbs.run",
     "simulate": "edge.verbs.simulate",

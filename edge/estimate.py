@@ -56,6 +56,8 @@ class Estimate:
     latency_ms: dict[str, float] = field(default_factory=dict)
     track_id: int | None = None
     box: tuple[int, int, int, int] | None = None
+    profile: str | None = None  # the person whose profile was used (edge.enroll), None: no person active
+    adapted: bool = False  # whether that person's adapted head made this estimate
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +80,9 @@ class Estimate:
             out["track_id"] = self.track_id
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.profile is not None:
+            out["profile"] = self.profile
+            out["adapted"] = self.adapted
         return out
 
 

@@ -444,6 +444,14 @@ class Pipeline:
             self.runs[src.name] = self._build_run(src, source, detect, face_input)
         if given:
             raise ConfigError(f"sources {sorted(given)} were given but are not in the config")
+        from edge.enroll import Enroller
+
+        # per-person heads: enrollment commands arrive on the publisher's enroll/set topic
+        # Profiles belong to the FP32 model (its head and sha256), whichever precision runs it on this device.
+        self.enroller = Enroller({name: run.runner.fp32 if isinstance(run.runner, CheckedRunner) else run.model
+                                  for name, run in self.runs.items()}, clock=clock)
+        if publisher is not None and hasattr(publisher, "on_enroll"):
+            publisher.on_enroll = self.enroller.command
 
     def _build_run(self, src: SourceConfig, source: Source, detect: DetectFn | None, face_input: FaceInputFn | None) -> SourceRun:
         settings = self.config.models[src.model]
@@ -653,6 +661,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 outputs = run.runner.infer({run.runner.inputs[0].name: items})
                 t2 = time.perf_counter()
+                outputs, person, adapted = self.enroller.process(run.config.name, outputs, [ts for _, ts, _ in batch])
                 read = run.reader.read(outputs)
             except Exception as exc:  # noqa: BLE001 - one bad window is skipped and counted, never the end of the run
                 self._skip(run, len(batch), exc)
@@ -662,7 +671,7 @@ class Pipeline:
             for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, read, strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
-                                          run.window_s, run.info, lat))
+                                          run.window_s, run.info, lat, profile=person, adapted=adapted))
             self._emit(run, estimates, primary=None)
 
     def _face_loop(self, run: SourceRun) -> None:
@@ -688,6 +697,7 @@ class Pipeline:
                 t2 = time.perf_counter()
                 outputs = run.runner.infer({run.runner.inputs[0].name: items})
                 t3 = time.perf_counter()
+                outputs, person, adapted = self.enroller.process(run.config.name, outputs, [sample.host_time] * len(tracks))
                 read = run.reader.read(outputs)
             except Exception as exc:  # noqa: BLE001 - one bad frame is skipped and counted
                 self._skip(run, len(tracks), exc)
@@ -700,7 +710,8 @@ class Pipeline:
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
                                           sample.host_time, None, run.info, lat, track_id=track.id,
-                                          box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
+                                          box=tuple(int(x) for x in track.box),  # type: ignore[arg-type]
+                                          profile=person, adapted=adapted))
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
 
     def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import CARD_TEMPLATE, make_linear_onnx
+
 from edge.card import load_card, load_model, save_card, sha256_file
 from edge.errors import CardError, ModelError
 

@@ -103,7 +103,7 @@ class Runner(ABC):
             if array.dtype != meta.dtype:
                 raise InputError(f"input '{name}': expected dtype {meta.dtype}, got {array.dtype}")
             fits = array.ndim == len(meta.shape) and all(
-                not isinstance(d, int) or d == s for d, s in zip(meta.shape, array.shape)
+                not isinstance(d, int) or d == s for d, s in zip(meta.shape, array.shape, strict=False)
             )
             if not fits:
                 want = "(" + ", ".join("?" if not isinstance(d, int) else str(d) for d in meta.shape) + ")"

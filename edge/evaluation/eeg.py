@@ -83,15 +83,15 @@ def load_split(
         raise ConfigError(f"eeg eval: {data_dir} has no rows in split '{split}' (subjects {sorted(set(subjects))})")
     # Normalise with each subject's whole history in DIR first (unlabeled), then drop unknown labels.
     x = _normalise(features[rows], subjects[rows], mode, card)
-    codes, subjects = codes[rows], subjects[rows]
+    codes, subjects, videos = codes[rows], subjects[rows], subject_video[rows][:, 1]
     known = np.isin(codes[:, 0], list(_VALENCE_CODES)) & np.isin(codes[:, 1], list(_AROUSAL_CODES))
     skipped = int((~known).sum())
-    x, codes, subjects = x[known], codes[known], subjects[known]
+    x, codes, subjects, videos = x[known], codes[known], subjects[known], videos[known]
     valence = np.array([_VALENCE_CODES[int(c)] for c in codes[:, 0]], dtype=np.int64)
     arousal = np.array([_AROUSAL_CODES[int(c)] for c in codes[:, 1]], dtype=np.int64)
     if limit is not None:
         keep = stratified_slice(valence * 2 + arousal, limit, seed)
-        x, valence, arousal, subjects = x[keep], valence[keep], arousal[keep], subjects[keep]
+        x, valence, arousal, subjects, videos = x[keep], valence[keep], arousal[keep], subjects[keep], videos[keep]
     held = sorted(int(s) for s in np.unique(subjects))
     description = f"{Path(data_dir).name}: split {split}, subjects {held}, {len(x)} trials, mode {mode}"
     if limit is not None:
@@ -101,7 +101,7 @@ def load_split(
         labels={"valence": valence, "arousal": arousal},
         skipped=skipped,
         description=description,
-        extra={"mode": mode, "subjects": subjects},
+        extra={"mode": mode, "subjects": subjects, "videos": videos},  # videos: the enrollment order of --adapt
     )
 
 

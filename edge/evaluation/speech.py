@@ -139,7 +139,11 @@ def load_split(
         labels=y[chosen],
         skipped=skipped,
         description=description,
-        extra={"mode": mode, "owner": np.array(owner), "clips": len(wanted)},
+        extra={
+            "mode": mode, "owner": np.array(owner), "clips": len(wanted),
+            # per clip: the person (None without speaker ids) and file, for `eval --adapt`
+            "persons": [speakers[i] for i in wanted], "files": [rows[i]["file"] for i in wanted],
+        },
     )
 
 

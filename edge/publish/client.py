@@ -84,6 +84,7 @@ class Publisher:
         outbox: Outbox | None = None,
         on_enable: Callable[[str, bool], None] | None = None,
         window: int = 20,
+        on_enroll: Callable[[bytes], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -91,6 +92,7 @@ class Publisher:
         self.enabled: dict[str, bool] = {s: True for s in sources}
         self.outbox = outbox or open_outbox(config, device_id)
         self.on_enable = on_enable
+        self.on_enroll = on_enroll  # enroll/set -> the reply published on enroll (the pipeline sets it)
         self.window = window
         self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
         self.error: BrokerError | None = None
@@ -194,6 +196,7 @@ class Publisher:
         self._disconnected_at = None
         client.publish(self.topics.status, self._status_payload("online"), qos=self.config.qos.status, retain=True)
         client.subscribe(self.topics.enabled_set_filter, qos=1)
+        client.subscribe(self.topics.enroll_set, qos=1)
         for source, on in self.enabled.items():
             self._publish_enabled(source, on)
         log.info("connected to %s:%s", self.config.host, self.config.port)
@@ -220,6 +223,16 @@ class Publisher:
             self._cond.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.enroll_set:
+            if not msg.payload:
+                return
+            if msg.retain:  # applied once, then cleared, like every command
+                client.publish(msg.topic, b"", qos=1, retain=True)
+            if not self._take_token():
+                self._counts["commands_dropped"] += 1
+                return
+            self._answer_enroll(bytes(msg.payload))
+            return
         source = self.topics.source_of_enabled_set(msg.topic)
         if source is None or not msg.payload:  # empty: a retained command being cleared (by us, or its sender)
             return
@@ -259,6 +272,16 @@ class Publisher:
             return False
         self._tokens -= 1.0
         return True
+
+    def _answer_enroll(self, payload: bytes) -> None:
+        if self.on_enroll is not None:
+            reply = self.on_enroll(payload)
+        else:
+            reply = {"action": None, "ok": False, "message": "this device has no model that can adapt"}
+        now = time.time()
+        body = {"v": SCHEMA_VERSION, "device": self.device_id, **reply, "seq": self.outbox.next_seq("enroll"),
+                "ts": now, "pub_ts": now}
+        self._client.publish(self.topics.enroll, json.dumps(body, separators=(",", ":")), qos=1, retain=False)
 
     def _publish_enabled(self, source: str, on: bool) -> None:
         now = time.time()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
-KINDS = ("estimate", "state", "status", "stats", "enabled")
+KINDS = ("estimate", "state", "status", "stats", "enabled", "enroll")
 
 
 @cache
@@ -32,6 +32,6 @@ def validate(kind: str, payload: dict[str, Any]) -> None:
 def kind_of_topic(topic: str) -> str | None:
     """Which schema a topic's payload follows (``.../cam/estimate`` -> ``estimate``)."""
     last = topic.rsplit("/", 1)[-1]
-    if last in ("estimate", "state", "status", "stats", "enabled"):
+    if last in KINDS:
         return last
     return None

@@ -41,6 +41,16 @@ class Topics:
     def enabled_set_filter(self) -> str:
         return f"{self.base}/+/enabled/set"
 
+    @property
+    def enroll_set(self) -> str:
+        """Enrollment commands (select, label, fit, forget; ``edge.enroll``)."""
+        return f"{self.base}/enroll/set"
+
+    @property
+    def enroll(self) -> str:
+        """The reply to each enrollment command (not retained)."""
+        return f"{self.base}/enroll"
+
     def source_of_enabled_set(self, topic: str) -> str | None:
         """``<base>/<source>/enabled/set`` -> ``source`` (None for any other topic)."""
         prefix, suffix = self.base + "/", "/enabled/set"

@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--limit", type=int, help="evaluate at most N samples (a seeded, stratified slice)")
     parser.add_argument("--mode", help="evaluation mode where the model has several (e.g. speaker-norm)")
     parser.add_argument("--models", help="models folder")
+    parser.add_argument("--adapt", type=int, metavar="K", help="per-person adaptation protocol: each person's first K "
+                        "samples per class enroll, the rest are scored, against the population model on the same samples")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--write-card", action="store_true", help="record the metrics in the model's card")
     parser.set_defaults(func=run)
@@ -48,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     module = evaluator_for(model.card)
     data = module.load_split(model.card, args.data, args.split, limit=args.limit, mode=args.mode)
     with open_runner(model, backend=args.backend, threads=args.threads) as runner:
-        result = module.evaluate(runner, model.card, data)
+        if args.adapt is not None:
+            from edge.evaluation import adaptation as module  # the adaptation protocol and its report
+
+            result = module.evaluate_adapted(runner, model, data, args.adapt)
+        else:
+            result = module.evaluate(runner, model.card, data)
     result.setdefault("skipped", data.skipped)
     result["model"] = model.name
     result["backend"] = runner.backend
@@ -63,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
         command = shlex.join(argv) if argv else f"emoedge eval {args.name} --data {args.data}"
         record = MetricRecord(
             command=command, data=data.description, split=args.split, backend=runner.backend,
-            precision=args.precision, mode=args.mode or data.extra.get("mode", "default"),
+            precision=args.precision,
+            mode=(args.mode or data.extra.get("mode", "default")) + (f"+adapt{args.adapt}" if args.adapt is not None else ""),
             measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            values={k: v for k, v in result.items() if k not in ("model", "backend", "precision", "data")},
+            values=_without_none({k: v for k, v in result.items() if k not in ("model", "backend", "precision", "data")}),
         )
         card = model.card
         card.metrics = [m for m in card.metrics if (m.split, m.backend, m.precision, m.mode) != (
@@ -73,3 +81,12 @@ def run(args: argparse.Namespace) -> int:
         save_card(card, model.card_path)
         print(f"metrics written to {model.card_path}", file=sys.stderr)
     return 0
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: leave out None values (a class with no scored samples has recall None)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
