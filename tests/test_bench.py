@@ -83,7 +83,7 @@ def make_conv_onnx(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("
               helper.make_node("Cast", ["out"], ["logits"], to=TensorProto.FLOAT)],
              [numpy_helper.from_array(v.astype(np.float16), k) for k, v in weights.items()], "model.fp16.onnx")
     if "int8" in precisions:
-        w_scale = np.float32(np.abs(conv_w).max() / 127)
+        w_scale = np.float32(np.abs(conv_w).max() / 64)  # 7-bit weights, as edge/export/int8.py makes them
         inits = [
             numpy_helper.from_array(np.round(conv_w / w_scale).astype(np.int8), "conv_w_q"),
             numpy_helper.from_array(np.array(w_scale, np.float32), "w_scale"),
@@ -139,7 +139,8 @@ def test_bench_cli_writes_table_json_csv_and_plots(models: Path, tmp_path: Path)
     # The FP32 row agrees with itself; FP16 of this net keeps its top-1 on nearly every random input.
     assert rows["fp32"]["agreement_top1"] == 1.0
     assert rows["fp16"]["agreement_top1"] >= 0.95
-    assert 0.0 <= rows["int8"]["agreement_top1"] <= 1.0 and rows["int8"]["agreement_on"] == "256 random inputs"
+    # INT8 (7-bit weights: the same answers on every CPU) keeps most top-1 predictions of this net
+    assert rows["int8"]["agreement_top1"] >= 0.9 and rows["int8"]["agreement_on"] == "256 random inputs"
     assert data["environment"]["cpu_cores"] >= 1 and data["environment"]["libraries"]["onnxruntime"]
     assert data["options"]["iterations"] == 20
     # The terminal table is the Markdown file.
