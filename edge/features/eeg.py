@@ -194,3 +194,85 @@ def deap_features(
     elif x.shape[0] != len(DEAP_ELECTRODES):
         raise InputError(f"EEG: {x.shape[0]} channels without names; the band-power model needs the 32 DEAP electrodes")
     return band_power(x, sample_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# raw EEG for models that read samples (HiSTN): the same front end in training and at run time
+
+#: pass band of the raw-EEG front end (DASPS was band-passed 4-45 Hz before release)
+RAW_BAND_HZ = (4.0, 45.0)
+
+
+class BandPass:
+    """Causal Butterworth band-pass (second-order sections) that keeps its state between blocks, per channel.
+
+    Run on every block a headset sends, it removes the electrode offset (an Emotiv channel sits near
+    4,000 uV) and mains and muscle noise above the band, exactly as it does on the training segments.
+    """
+
+    def __init__(self, channels: int, rate: float, band: tuple[float, float] = RAW_BAND_HZ, order: int = 2) -> None:
+        from scipy.signal import butter
+
+        if not 0 < band[0] < band[1] < rate / 2:
+            raise InputError(f"EEG band-pass {band[0]}-{band[1]} Hz does not fit under the Nyquist rate of {rate:g} Hz")
+        self.sos = butter(order, band, btype="bandpass", fs=rate, output="sos")
+        self.channels = channels
+        self.reset()
+
+    def reset(self) -> None:
+        self._zi = np.zeros((self.sos.shape[0], self.channels, 2))
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """[channels, time] -> filtered [channels, time] (float64 state, float32 out)."""
+        from scipy.signal import sosfilt
+
+        x = np.asarray(block, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != self.channels:
+            raise InputError(f"EEG band-pass: expected [{self.channels}, time], got shape {x.shape}")
+        y, self._zi = sosfilt(self.sos, x, axis=1, zi=self._zi)
+        return y.astype(np.float32)
+
+
+class WearerNormaliser:
+    """Per-channel mean and std of the first ``seconds`` of band-passed EEG a wearer gives, then z-scores.
+
+    This is the per-subject normalisation of the raw-EEG model: training computes it from the first
+    minute of each subject's recording (no labels), a device from the first minute of wear, so a new
+    wearer's estimates start once ``ready``. Values are clipped to +-``clip`` standard deviations so one
+    artefact cannot dominate a window.
+    """
+
+    def __init__(self, channels: int, rate: float, seconds: float = 60.0, clip: float = 6.0) -> None:
+        self.channels, self.rate, self.seconds, self.clip = channels, float(rate), float(seconds), float(clip)
+        self.needed = max(1, int(round(self.seconds * self.rate)))
+        self.count = 0
+        self._sum = np.zeros(channels)
+        self._sq = np.zeros(channels)
+        self.mean = np.zeros(channels)
+        self.std = np.ones(channels)
+
+    @property
+    def ready(self) -> bool:
+        return self.count >= self.needed
+
+    @property
+    def progress(self) -> float:
+        """Share of the calibration period seen so far, 0-1."""
+        return min(1.0, self.count / self.needed)
+
+    def update(self, block: np.ndarray) -> None:
+        """Feed band-passed samples [channels, time]; only the first ``seconds`` count."""
+        if self.ready:
+            return
+        x = np.asarray(block, dtype=np.float64)[:, : self.needed - self.count]
+        self._sum += x.sum(1)
+        self._sq += (x * x).sum(1)
+        self.count += x.shape[1]
+        self.mean = self._sum / self.count
+        self.std = np.sqrt(np.maximum(self._sq / self.count - self.mean**2, 0.0))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """[..., channels, time] -> z-scored and clipped float32 (a flat channel gives zeros, not inf)."""
+        std = np.where(self.std > 1e-6, self.std, np.inf)
+        z = (np.asarray(x, dtype=np.float64) - self.mean[:, None]) / std[:, None]
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
