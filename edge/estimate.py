@@ -56,6 +56,7 @@ class Estimate:
     latency_ms: dict[str, float] = field(default_factory=dict)
     track_id: int | None = None
     box: tuple[int, int, int, int] | None = None
+    views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.pipeline.RawEEGInput)
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +79,8 @@ class Estimate:
             out["track_id"] = self.track_id
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.views is not None:
+            out["views"] = self.views
         return out
 
 

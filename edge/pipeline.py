@@ -69,6 +69,8 @@ def feature_function(
         return _identity(card, input_shape)
     if name == "eeg.band_power":
         return _eeg_band_power(card, input_shape, params)
+    if name == "eeg.raw_eeg":
+        return RawEEGInput(card, input_shape, params, settings or {})
     if name.startswith("speech."):
         return _speech_log_mel(card, input_shape, params)
     module_name, _, func_name = name.rpartition(".")
@@ -144,6 +146,55 @@ def _eeg_band_power(card: ModelCard, input_shape: tuple[int, ...], params: dict[
     return band_power
 
 
+class RawEEGInput:
+    """``edge.features.eeg.raw_eeg``: a headset's raw windows through ``RawEEGFeatures`` (band-pass, decimation,
+    the wearer's first-minute normalisation, channel checks), one per source.
+
+    ``annotate`` adds to each estimate what the front end knows about its window (wearer normalisation
+    ready or not, flat or saturated channels: confidence scaled down by ``confidence_factor``) and, for
+    models with ordinal rating levels (card param ``level_upper_rating``), the binary views and the
+    anxious state derived from the level probabilities.
+    """
+
+    def __init__(self, card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any], settings: Mapping[str, Any]) -> None:
+        from edge.features.eeg import EMOTIV_ELECTRODES, RawEEGFeatures
+
+        spec = card.inputs[0]
+        self.input_shape = input_shape
+        self.front = RawEEGFeatures(
+            electrodes=list(params.get("electrodes", EMOTIV_ELECTRODES)), model_rate=float(params.get("sample_rate", 128)),
+            window_s=float(spec.window_s or 1.0), hop_s=settings.get("hop_s"), norm_s=float(params.get("norm_s", 60.0)),
+            clip=float(params.get("clip", 6.0)), band=tuple(params.get("band_hz", (4.0, 45.0))), name=card.name,  # type: ignore[arg-type]
+        )
+        self.levels = list(params.get("levels", []))
+        self.level_upper = params.get("level_upper_rating")
+        self._pending: deque[tuple[dict[str, Any], float]] = deque(maxlen=4096)
+
+    def __call__(self, window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+        out = self.front(window, rate, channels).reshape(self.input_shape)
+        self._pending.append((self.front.status(), self.front.confidence_factor()))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return self.front.stats()
+
+    def annotate(self, estimates: list[Estimate]) -> None:
+        from edge.evaluation.ordinal import derived_views
+
+        pending = list(self._pending)[-len(estimates):] if estimates else []
+        self._pending.clear()
+        for est, (status, factor) in zip(estimates, pending, strict=False):
+            views: dict[str, Any] = dict(status)
+            if self.level_upper and self.levels:
+                v = np.array([[est.probs.get(f"valence:{lv}", 0.0) for lv in self.levels]])
+                a = np.array([[est.probs.get(f"arousal:{lv}", 0.0) for lv in self.levels]])
+                for key, p in derived_views(v, a, self.level_upper).items():
+                    views[key] = round(float(p[0]), 4)
+                views["anxious_state"] = views["anxious"] >= 0.5
+            est.views = views
+            est.confidence *= factor
+
+
 def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
     """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, z-scored."""
     from edge.features import speech
@@ -196,7 +247,10 @@ class OutputReader:
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
         self.card = card
         self.labels = list(card.labels)
-        self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
+        # a card may place its own labels on the circumplex: {label: [valence, arousal]}, "none" for an open axis
+        card_protos = {k: [None if isinstance(x, str) else x for x in va]
+                       for k, va in (card.features.params.get("prototypes") or {}).items()}
+        self.label_map = LabelMap.for_labels(self.labels, card.name, {**card_protos, **dict(overrides or {})})
         outputs = {o.name: o for o in card.outputs}
         self.heads: list[tuple[str, list[int], bool]] = []  # (output name, label indices, are probabilities)
         single = next((o for o in card.outputs if o.shape and o.shape[-1] == len(self.labels)
@@ -444,7 +498,7 @@ class Pipeline:
             if window_s is None:
                 raise ConfigError(f"source '{src.name}': no window_s in the config and none in model '{model.name}''s card")
             run.window_s = window_s
-            run.features = feature_function(model.card, item_shape)
+            run.features = feature_function(model.card, item_shape, {"window_s": window_s, "hop_s": src.hop_s or window_s / 2})
             run.queue = queue.Queue(maxsize=256)
         return run
 
@@ -573,6 +627,9 @@ class Pipeline:
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
                                           run.window_s, run.info, lat))
+            annotate = getattr(run.features, "annotate", None)
+            if annotate is not None:
+                annotate(estimates)
             self._emit(run, estimates, primary=None)
 
     def _face_loop(self, run: SourceRun) -> None:
@@ -681,6 +738,9 @@ class Pipeline:
                 "estimate_hz": round(est_rate, 2), "dropped": int(dropped), "errors": run.errors, "latency_ms": run.times.summary(),
                 "link": _jsonable(run.source.stats()),
             }
+            signal = getattr(run.features, "stats", None)
+            if signal is not None:
+                entry["signal"] = _jsonable(signal())
             if run.tracker is not None:
                 entry["faces"] = run.faces
                 entry["tracks"] = len(run.tracker.tracks)
