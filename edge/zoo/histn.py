@@ -564,7 +564,7 @@ def card_notes(report: dict, worst: float) -> str:
     return " ".join(lines)
 
 
-def level_prototypes() -> dict[str, list[float]]:
+def level_prototypes() -> dict[str, list[float | str]]:
     """Circumplex coordinates of the level labels for fusion: the level's mid rating mapped 1-9 -> [-1, 1]
     on its own axis ("none" on the other: a valence level says nothing about arousal; TOML has no null)."""
     lower = [1, *[u + 1 for u in dasps.LEVEL_UPPER[:-1]]]
