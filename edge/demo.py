@@ -2,7 +2,8 @@
 
 * an embedded MQTT broker on loopback (amqtt, MQTT 3.1.1 only; the ``demo`` extra);
 * a simulated EEG board streaming the binary protocol on a pseudo-terminal, read back by the
-  serial source exactly as a real board would be;
+  serial source exactly as a real board would be: a 14-channel Emotiv-like headset whose raw EEG
+  goes to ``histn`` when that model is trained, else a 32-channel board for the band-power ``eeg``;
 * a replayed speech recording that the project made itself (``edge/demo_media/``, see its README);
 * faces only from a video file or a camera that the user names (``--video``).
 
@@ -100,6 +101,21 @@ class EmbeddedBroker:
             self._thread.join(5)
 
 
+def raw_eeg_model(root: Path) -> bool:
+    """Whether the models folder has a trained raw-EEG model (histn): then the demo's EEG is a 14-channel
+    Emotiv-like headset read by it; else a 32-channel board read by the band-power model (eeg)."""
+    from edge.card import load_card
+    from edge.errors import EmoEdgeError as _Error
+
+    folder = root / "histn"
+    if not (folder / "model.onnx").exists():
+        return False
+    try:
+        return load_card(folder / "card.toml").status == "trained"
+    except _Error:
+        return False
+
+
 def demo_config(
     broker_url: str, eeg_port: str | None, video: str | None, models: Path | None = None,
     outbox: Path | None = None,
@@ -116,7 +132,10 @@ def demo_config(
         {"name": "mic", "kind": "replay", "model": "speech", "path": str(DEMO_SPEECH), "realtime": True, "loop": True,
          "hop_s": 0.5},
     ]
-    if eeg_port is not None:
+    if eeg_port is not None and raw_eeg_model(root):  # the raw path: a 14-channel headset into histn
+        sources.append({"name": "eeg", "kind": "serial", "model": "histn", "port": eeg_port, "baudrate": 921600,
+                        "hop_s": 0.5})
+    elif eeg_port is not None:
         sources.append({"name": "eeg", "kind": "serial", "model": "eeg", "port": eeg_port, "baudrate": 921600,
                         "window_s": 4.0, "hop_s": 0.5})
     if video is not None:
@@ -181,12 +200,19 @@ class Demo:
     def _start_eeg_simulator(self) -> str | None:
         """A simulated EEG board on a pseudo-terminal; returns the port the serial source opens."""
         try:
-            from firmware_bridge.simulator import EegBoardSimulator, open_pty  # type: ignore[attr-defined]
+            from firmware_bridge.simulator import (  # type: ignore[attr-defined]
+                EegBoardSimulator,
+                EmotivBoardSimulator,
+                open_pty,
+            )
         except ImportError:
             log.warning("no EEG board simulator in this install (firmware_bridge.simulator); the demo runs without EEG")
             return None
+        from edge.paths import models_dir
+
         self._pty = open_pty()
-        self.simulator = EegBoardSimulator(self._pty.master_fd).start()
+        board = EmotivBoardSimulator if raw_eeg_model(models_dir()) else EegBoardSimulator
+        self.simulator = board(self._pty.master_fd).start()
         return str(self._pty.slave_path)
 
     def __exit__(self, *exc: object) -> None:

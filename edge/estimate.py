@@ -58,6 +58,7 @@ class Estimate:
     box: tuple[int, int, int, int] | None = None
     profile: str | None = None  # the person whose profile was used (edge.enroll), None: no person active
     adapted: bool = False  # whether that person's adapted head made this estimate
+    views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.pipeline.RawEEGInput)
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -83,6 +84,8 @@ class Estimate:
         if self.profile is not None:
             out["profile"] = self.profile
             out["adapted"] = self.adapted
+        if self.views is not None:
+            out["views"] = self.views
         return out
 
 

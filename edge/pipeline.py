@@ -80,6 +80,8 @@ def feature_function(
         return _identity(card, input_shape)
     if name == "eeg.band_power":
         return _eeg_band_power(card, input_shape, params)
+    if name == "eeg.raw_eeg":
+        return RawEEGInput(card, input_shape, params, settings or {})
     if name.startswith("speech."):
         return _speech_log_mel(card, input_shape, params)
     module_name, _, func_name = name.rpartition(".")
@@ -155,6 +157,55 @@ def _eeg_band_power(card: ModelCard, input_shape: tuple[int, ...], params: dict[
     return band_power
 
 
+class RawEEGInput:
+    """``edge.features.eeg.raw_eeg``: a headset's raw windows through ``RawEEGFeatures`` (band-pass, decimation,
+    the wearer's first-minute normalisation, channel checks), one per source.
+
+    ``annotate`` adds to each estimate what the front end knows about its window (wearer normalisation
+    ready or not, flat or saturated channels: confidence scaled down by ``confidence_factor``) and, for
+    models with ordinal rating levels (card param ``level_upper_rating``), the binary views and the
+    anxious state derived from the level probabilities.
+    """
+
+    def __init__(self, card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any], settings: Mapping[str, Any]) -> None:
+        from edge.features.eeg import EMOTIV_ELECTRODES, RawEEGFeatures
+
+        spec = card.inputs[0]
+        self.input_shape = input_shape
+        self.front = RawEEGFeatures(
+            electrodes=list(params.get("electrodes", EMOTIV_ELECTRODES)), model_rate=float(params.get("sample_rate", 128)),
+            window_s=float(spec.window_s or 1.0), hop_s=settings.get("hop_s"), norm_s=float(params.get("norm_s", 60.0)),
+            clip=float(params.get("clip", 6.0)), band=tuple(params.get("band_hz", (4.0, 45.0))), name=card.name,  # type: ignore[arg-type]
+        )
+        self.levels = list(params.get("levels", []))
+        self.level_upper = params.get("level_upper_rating")
+        self._pending: deque[tuple[dict[str, Any], float]] = deque(maxlen=4096)
+
+    def __call__(self, window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+        out = self.front(window, rate, channels).reshape(self.input_shape)
+        self._pending.append((self.front.status(), self.front.confidence_factor()))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return self.front.stats()
+
+    def annotate(self, estimates: list[Estimate]) -> None:
+        from edge.evaluation.ordinal import derived_views
+
+        pending = list(self._pending)[-len(estimates):] if estimates else []
+        self._pending.clear()
+        for est, (status, factor) in zip(estimates, pending, strict=False):
+            views: dict[str, Any] = dict(status)
+            if self.level_upper and self.levels:
+                v = np.array([[est.probs.get(f"valence:{lv}", 0.0) for lv in self.levels]])
+                a = np.array([[est.probs.get(f"arousal:{lv}", 0.0) for lv in self.levels]])
+                for key, p in derived_views(v, a, self.level_upper).items():
+                    views[key] = round(float(p[0]), 4)
+                views["anxious_state"] = views["anxious"] >= 0.5
+            est.views = views
+            est.confidence *= factor
+
+
 def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
     """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, z-scored."""
     from edge.features import speech
@@ -208,7 +259,10 @@ class OutputReader:
         self.card = card
         self.labels = list(card.labels)
         self.heads = label_heads(card)  # (output name, label indices, are probabilities)
-        self.label_map = LabelMap.for_labels(self.labels, card.name, overrides)
+        # a card may place its own labels on the circumplex: {label: [valence, arousal]}, "none" for an open axis
+        card_protos = {k: [None if isinstance(x, str) else x for x in va]
+                       for k, va in (card.features.params.get("prototypes") or {}).items()}
+        self.label_map = LabelMap.for_labels(self.labels, card.name, {**card_protos, **dict(overrides or {})})
         outputs = {o.name: o for o in card.outputs}
         va = outputs.get("va")
         self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
@@ -494,7 +548,7 @@ class Pipeline:
             if window_s is None:
                 raise ConfigError(f"source '{src.name}': no window_s in the config and none in model '{model.name}''s card")
             run.window_s = window_s
-            run.features = feature_function(model.card, item_shape)
+            run.features = feature_function(model.card, item_shape, {"window_s": window_s, "hop_s": src.hop_s or window_s / 2})
             run.queue = queue.Queue(maxsize=256)
         return run
 
@@ -672,6 +726,9 @@ class Pipeline:
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
                                           run.window_s, run.info, lat, profile=person, adapted=adapted))
+            annotate = getattr(run.features, "annotate", None)
+            if annotate is not None:
+                annotate(estimates)
             self._emit(run, estimates, primary=None)
 
     def _face_loop(self, run: SourceRun) -> None:
@@ -801,6 +858,9 @@ class Pipeline:
                 entry["last_error"] = run.last_error
             if run.failed is not None:
                 entry["failed"] = run.failed
+            signal = getattr(run.features, "stats", None)
+            if signal is not None:
+                entry["signal"] = _jsonable(signal())
             if run.tracker is not None:
                 entry["faces"] = run.faces
                 entry["frames"] = run.frames

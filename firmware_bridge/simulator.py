@@ -36,6 +36,10 @@ DEAP_CHANNELS = [
     "Fp1", "AF3", "F3", "F7", "FC5", "FC1", "C3", "T7", "CP5", "CP1", "P3", "P7", "PO3", "O1", "Oz", "Pz",
     "Fp2", "AF4", "Fz", "F4", "F8", "FC6", "FC2", "Cz", "C4", "T8", "CP6", "CP2", "P4", "P8", "PO4", "O2",
 ]
+#: Emotiv EPOC / EPOC+ electrode names in the headset's order (DREAMER's and DASPS's order too)
+EMOTIV_CHANNELS = ["AF3", "F7", "F3", "FC5", "T7", "P7", "O1", "O2", "P8", "T8", "FC6", "F4", "F8", "AF4"]
+EMOTIV_LSB_UV = 0.51  # EPOC: 14-bit samples, 0.51 uV per count
+EMOTIV_OFFSET_UV = 4200.0  # the EPOC's raw samples sit near 4,200 uV (its DC level), not at zero
 LEFT_FRONTAL = {"Fp1", "AF3", "F3", "F7", "FC5", "FC1"}
 RIGHT_FRONTAL = {"Fp2", "AF4", "F4", "F8", "FC6", "FC2"}
 
@@ -381,6 +385,38 @@ class EegBoardSimulator(BoardSimulator):
     def make_info(self, t: float) -> bytes:
         return self.encoder.info(self.board_us(t), self.sample_format, len(self.channels), self.rate,
                                  self.scale_uv, self.name, self.channels)
+
+
+class EmotivBoardSimulator(EegBoardSimulator):
+    """A 14-channel Emotiv EPOC-like headset: the EPOC's electrode names and order, 128 Hz (256 Hz as the EPOC+
+    can), int16 samples of 0.51 uV around the headset's ~4,200 uV DC level, band powers following the same
+    valence/arousal script as ``EegBoardSimulator``.
+
+    For bad-input tests: ``flat`` channels send the DC level only (an electrode off the head), ``saturated``
+    channels are clipped a few microvolts around it (an amplifier at its rail); ``channels`` may be given
+    in another order or with other names.
+    """
+
+    def __init__(self, port: str | int, rate: float = 128.0, channels: list[str] | None = None,
+                 offset_uv: float = EMOTIV_OFFSET_UV, flat: tuple[str, ...] | list[str] = (),
+                 saturated: tuple[str, ...] | list[str] = (), name: str = "emoedge-sim-epoc", **kwargs: Any) -> None:
+        kwargs.setdefault("sample_format", P.FMT_INT16)
+        kwargs.setdefault("scale_uv", EMOTIV_LSB_UV)
+        super().__init__(port, rate=rate, channels=list(channels or EMOTIV_CHANNELS), name=name, **kwargs)
+        unknown = [c for c in (*flat, *saturated) if c not in self.channels]
+        if unknown:
+            raise ValueError(f"flat/saturated channels {unknown} are not among {self.channels}")
+        self.offset_uv = offset_uv
+        self.flat = [self.channels.index(c) for c in flat]
+        self.saturated = [self.channels.index(c) for c in saturated]
+
+    def microvolts(self, t: float, n: int) -> np.ndarray:
+        out = super().microvolts(t, n) + self.offset_uv
+        for i in self.flat:
+            out[i] = self.offset_uv
+        for i in self.saturated:
+            out[i] = np.clip(out[i], self.offset_uv - 3.0, self.offset_uv + 3.0)
+        return out
 
 
 def read_wav_mono16(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:

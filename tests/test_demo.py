@@ -64,4 +64,9 @@ def test_demo_publishes_from_every_source(with_video: bool, tmp_path: Path) -> N
     assert [b["status"] for b in sub.on("/status")][-1] == "stopped"
     for topic, body, _, _ in sub.messages:
         validate(kind_of_topic(topic) or "?", body)
+    if "eeg" in expected:  # the demo's EEG takes the raw path (a 14-channel headset into histn) once histn is trained
+        from edge.demo import raw_eeg_model
+
+        eeg_models = {b["model"]["name"] for b in sub.on("/eeg/estimate")}
+        assert eeg_models == ({"histn"} if raw_eeg_model(models_dir()) else {"eeg"})
     assert "stopped on SIGINT:" in out

@@ -30,6 +30,7 @@ EVALUATORS: dict[str, str] = {
     "face": "edge.evaluation.face",
     "speech": "edge.evaluation.speech",
     "eeg": "edge.evaluation.eeg",
+    "histn": "edge.evaluation.histn",  # raw EEG on DASPS-style folders (by model name, before modality eeg)
 }
 
 

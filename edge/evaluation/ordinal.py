@@ -81,3 +81,27 @@ def ordinal_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "n": int(len(y)),
         "confusion": confusion.tolist(),
     }
+
+
+def level_masks(level_upper: list[int] | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Which rating levels make up each binary view, from the levels' upper ratings (1-9 SAM scale).
+
+    A level counts as ``high`` (rating >= 5) when its lowest rating is >= 5, as ``below_mid`` (rating < 5)
+    when its highest is < 5, and as ``above_mid`` (rating > 5) when its lowest is > 5; the level cuts must
+    fall on those thresholds for the views to be exact (``edge.zoo.dasps`` chooses them so).
+    """
+    upper = np.asarray(level_upper, dtype=np.int64)
+    lower = np.concatenate([[1], upper[:-1] + 1])
+    return {"high": lower >= 5, "below_mid": upper < 5, "above_mid": lower > 5}
+
+
+def derived_views(valence_p: np.ndarray, arousal_p: np.ndarray, level_upper: list[int] | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Level probabilities [N, levels] of valence and arousal -> P(valence high), P(arousal high) and
+    P(anxious) = P(valence < 5) * P(arousal > 5) (the DASPS rule; the two heads are separate networks)."""
+    m = level_masks(level_upper)
+    v, a = np.asarray(valence_p, dtype=np.float64), np.asarray(arousal_p, dtype=np.float64)
+    return {
+        "valence_high": v[:, m["high"]].sum(1),
+        "arousal_high": a[:, m["high"]].sum(1),
+        "anxious": v[:, m["below_mid"]].sum(1) * a[:, m["above_mid"]].sum(1),
+    }

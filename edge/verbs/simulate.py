@@ -16,6 +16,8 @@ def register(sub: Any) -> None:
         sub, "simulate", "stream a simulated EEG or audio board to a serial port or a new pseudo-terminal",
         "  emoedge simulate eeg --pty                      # prints the port to read, e.g. /dev/pts/5\n"
         "  emoedge simulate eeg --port /tmp/board --rate 256 --script 10:0:0,10:0.8:0.8,10:-0.7:-0.5\n"
+        "  emoedge simulate eeg --pty --headset epoc        # 14-channel Emotiv EPOC-like headset (for histn)\n"
+        "  emoedge simulate eeg --pty --headset epoc --rate 256 --flat AF3 --saturated T7\n"
         "  emoedge simulate audio --pty --wav speech.wav --seconds 30\n"
         "  # a named pair of ports: socat -d -d pty,raw,echo=0,link=/tmp/board pty,raw,echo=0,link=/tmp/host\n"
         "  #   then: emoedge simulate eeg --port /tmp/board  and  emoedge listen /tmp/host",
@@ -28,6 +30,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--wav", help="audio: a PCM16 WAV file to stream (default: a synthetic voice)")
     parser.add_argument("--seconds", type=float, help="stop after N seconds of board time (default: run until Ctrl-C)")
     parser.add_argument("--channels", type=int, default=32, help="EEG: the first N of DEAP's 32 electrodes (default 32)")
+    parser.add_argument("--headset", choices=["deap", "epoc"], default="deap",
+                        help="EEG: 'deap' = a 32-channel board in DEAP's montage (band-power model eeg); 'epoc' = a "
+                        "14-channel Emotiv EPOC-like headset, AF3 ... AF4 at 128 Hz around its 4,200 uV DC level (raw model histn)")
+    parser.add_argument("--flat", default="", help="EEG epoc: comma-separated channels that send a flat line")
+    parser.add_argument("--saturated", default="", help="EEG epoc: comma-separated channels clipped at a rail")
     parser.add_argument("--block", type=int, help="samples per frame (EEG default 8, audio 256)")
     parser.add_argument("--script", help="EEG: valence/arousal segments SECONDS:VALENCE:AROUSAL,... (values in [-1, 1])")
     parser.add_argument("--clock-ppm", type=float, default=0.0, help="make the board clock run this many ppm fast")
@@ -50,7 +57,13 @@ def parse_script(text: str) -> list[tuple[float, float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firmware_bridge.simulator import DEAP_CHANNELS, AudioBoardSimulator, EegBoardSimulator, open_pty
+    from firmware_bridge.simulator import (
+        DEAP_CHANNELS,
+        AudioBoardSimulator,
+        EegBoardSimulator,
+        EmotivBoardSimulator,
+        open_pty,
+    )
 
     pair = open_pty() if args.pty else None
     port: str | int = pair.master_fd if pair else args.port
@@ -59,10 +72,17 @@ def run(args: argparse.Namespace) -> int:
     if args.block:
         common["block"] = args.block
     try:
-        if args.sensor == "eeg":
+        if args.sensor == "eeg" and args.headset == "epoc":
+            try:
+                sim: Any = EmotivBoardSimulator(
+                    port, rate=args.rate or 128.0, script=parse_script(args.script) if args.script else None,
+                    flat=[c for c in args.flat.split(",") if c], saturated=[c for c in args.saturated.split(",") if c], **common)
+            except ValueError as exc:
+                raise EmoEdgeError(f"simulate eeg --headset epoc: {exc}") from None
+        elif args.sensor == "eeg":
             if not 1 <= args.channels <= len(DEAP_CHANNELS):
                 raise EmoEdgeError(f"--channels must be 1..{len(DEAP_CHANNELS)}")
-            sim: Any = EegBoardSimulator(port, rate=args.rate or 128.0, channels=DEAP_CHANNELS[: args.channels],
+            sim = EegBoardSimulator(port, rate=args.rate or 128.0, channels=DEAP_CHANNELS[: args.channels],
                                          script=parse_script(args.script) if args.script else None, **common)
         else:
             try:

@@ -18,7 +18,8 @@ def register(sub: Any) -> None:
         "  emoedge train eeg --data ../shared/data/eeg_deap_bandpower --out models/eeg\n"
         "  emoedge train face --data ../shared/data/fer2013 --out models/face --epochs 30\n"
         "  emoedge train speech --data ../shared/data/ravdess_speech_16k --out /tmp/speech --max-steps 5\n"
-        "  emoedge train histn --data PATH/TO/DREAMER.mat --out models/histn --target arousal",
+        "  emoedge train histn --data ../shared/data/dasps --out models/histn --threads 1\n"
+        "  emoedge train histn --data ../shared/data/dasps --out /tmp/histn --cv 6 --set epochs=15",
     )
     parser.add_argument("name", choices=sorted(RECIPES), help="which model recipe")
     parser.add_argument("--data", help="data folder (default: the matching folder in EMOEDGE_DATA)")
@@ -32,12 +33,12 @@ def register(sub: Any) -> None:
                         help="torch device to train on: cpu, cuda, cuda:1 (face, face-teacher, speech)")
     parser.add_argument("--teacher", help="teacher for distillation (path); default: the recipe's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one entry of the recipe's RECIPE table (face, face-teacher, speech), e.g. --set alpha=0.9")
+                        help="override one entry of the recipe's RECIPE table (face, face-teacher, speech, histn), e.g. --set alpha=0.9")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", help="input normalisation to train with, where the recipe has several "
                         "(eeg: subject-norm | population-norm)")
-    parser.add_argument("--target", help="which rating to learn, where the recipe has several (histn: valence | arousal | dominance)")
+    parser.add_argument("--target", help="which rating to learn, where the recipe has several")
     parser.add_argument("--cv", type=int, default=0,
                         help="run K-fold leave-groups-out cross-validation over the training groups "
                         "(subjects, actors) and print it, instead of training (where the recipe has it)")
