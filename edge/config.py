@@ -46,8 +46,8 @@ class TlsConfig(_Strict):
     ca_file: Path
     cert_file: Path | None = None
     key_file: Path | None = None
-    key_password_env: str | None = Field(None, description="environment variable holding the key passphrase")
-    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+    key_password_env: str | None = Field(default=None, description="environment variable holding the key passphrase")
+    insecure: bool = Field(default=False, description="skip hostname verification (testing only)")
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TlsConfig:
@@ -69,30 +69,28 @@ class QosConfig(_Strict):
 class OutboxConfig(_Strict):
     """On-disk queue that keeps messages while the broker is away."""
 
-    path: Path | None = Field(None, description="SQLite file; default under the cache folder")
-    max_messages: int = Field(100_000, ge=10, le=10_000_000, description="when full, the oldest are evicted (counted in stats)")
-    synchronous: Literal["normal", "full"] = Field(
-        "normal", description="normal: survives a crash of the process; full: also a power cut (one fsync a message)"
+    path: Path | None = Field(default=None, description="SQLite file; default under the cache folder")
+    max_messages: int = Field(default=100_000, ge=10, le=10_000_000, description="when full, the oldest are evicted (counted in stats)")
+    synchronous: Literal["normal", "full"] = Field(default="normal", description="normal: survives a crash of the process; full: also a power cut (one fsync a message)"
     )
 
 
 class MqttConfig(_Strict):
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
-    topic_root: str = Field("emoedge", description="topics are <topic_root>/<device_id>/...")
+    url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    topic_root: str = Field(default="emoedge", description="topics are <topic_root>/<device_id>/...")
     protocol: Literal["3.1.1", "5"] = "5"
     client_id: str | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
     username: str | None = None
-    password_env: str | None = Field("EMOEDGE_MQTT_PASSWORD", description="environment variable with the password")
+    password_env: str | None = Field(default="EMOEDGE_MQTT_PASSWORD", description="environment variable with the password")
     tls: TlsConfig | None = None
     qos: QosConfig = QosConfig()
     outbox: OutboxConfig = OutboxConfig()
-    stats_interval_s: float = Field(10.0, gt=0, le=3600)
-    ack_timeout_s: float = Field(
-        30.0, ge=1, le=3600,
+    stats_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    ack_timeout_s: float = Field(default=30.0, ge=1, le=3600,
         description="connected, messages in flight and no PUBACK for this long: the connection is stalled and is re-made",
     )
-    state_interval_s: float = Field(5.0, gt=0, le=3600, description="retained state is re-sent at least this often")
+    state_interval_s: float = Field(default=5.0, gt=0, le=3600, description="retained state is re-sent at least this often")
 
     @model_validator(mode="before")
     @classmethod
@@ -168,44 +166,43 @@ class ModelSettings(_Strict):
     """How one model of the zoo runs on this device."""
 
     enabled: bool = True
-    path: Path | None = Field(None, description="model folder; default models/<name>")
-    backend: Backend | None = Field(None, description="default: [backend].default")
-    precision: Precision = Field(
-        "auto", description="auto: the fastest precision that passed the device check here (see edge/trust.py)"
+    path: Path | None = Field(default=None, description="model folder; default models/<name>")
+    backend: Backend | None = Field(default=None, description="default: [backend].default")
+    precision: Precision = Field(default="auto", description="auto: the fastest precision that passed the device check here (see edge/trust.py)"
     )
-    max_batch: int = Field(8, ge=1, le=256)
+    max_batch: int = Field(default=8, ge=1, le=256)
 
 
 class _SourceBase(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="used in MQTT topics: <name>/estimate")
     model: str = Field(description="a key of [models]")
     enabled: bool = True
-    window_s: float | None = Field(None, gt=0, le=60, description="default: the model card's window")
-    hop_s: float | None = Field(None, gt=0, le=60, description="default: half the window")
+    window_s: float | None = Field(default=None, gt=0, le=60, description="default: the model card's window")
+    hop_s: float | None = Field(default=None, gt=0, le=60, description="default: half the window")
 
 
 class CameraSource(_SourceBase):
     kind: Literal["camera"]
-    device: int | str = Field(0, description="index, video file, RTSP URL or GStreamer pipeline")
-    width: int = Field(640, ge=16, le=7680)
-    height: int = Field(480, ge=16, le=4320)
-    fps: float = Field(30, gt=0, le=240)
-    detect_every: int = Field(5, ge=1, le=300, description="run the face detector every N frames; track between")
+    device: int | str = Field(default=0, description="index, video file, RTSP URL or GStreamer pipeline")
+    width: int = Field(default=640, ge=16, le=7680)
+    height: int = Field(default=480, ge=16, le=4320)
+    fps: float = Field(default=30, gt=0, le=240)
+    detect_every: int = Field(default=5, ge=1, le=300, description="run the face detector every N frames; track between")
 
 
 class MicrophoneSource(_SourceBase):
     kind: Literal["microphone"]
-    device: str | int | None = Field(None, description="ALSA device name or index; default device when absent")
-    sample_rate: int = Field(16000, ge=8000, le=192000)
-    block_s: float = Field(0.1, gt=0, le=2)
+    device: str | int | None = Field(default=None, description="ALSA device name or index; default device when absent")
+    sample_rate: int = Field(default=16000, ge=8000, le=192000)
+    block_s: float = Field(default=0.1, gt=0, le=2)
 
 
 class SerialSource(_SourceBase):
     kind: Literal["serial"]
-    port: str | None = Field(None, description="device path, e.g. /dev/ttyACM0")
-    usb: str | None = Field(None, description="VID:PID[:SERIAL] in hex, stable across re-plugging")
-    baudrate: int = Field(921600, ge=1200, le=12_000_000)
-    text_mode: bool = Field(False, description="plain-text lines of numbers instead of binary frames")
+    port: str | None = Field(default=None, description="device path, e.g. /dev/ttyACM0")
+    usb: str | None = Field(default=None, description="VID:PID[:SERIAL] in hex, stable across re-plugging")
+    baudrate: int = Field(default=921600, ge=1200, le=12_000_000)
+    text_mode: bool = Field(default=False, description="plain-text lines of numbers instead of binary frames")
 
     @model_validator(mode="after")
     def _one_address(self) -> SerialSource:
@@ -228,15 +225,15 @@ Source = Annotated[CameraSource | MicrophoneSource | SerialSource | ReplaySource
 
 class BackendConfig(_Strict):
     default: Backend = "auto"
-    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per core")
-    engine_cache: Path | None = Field(None, description="TensorRT engine cache; default EMOEDGE_CACHE")
+    threads: int = Field(default=0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per core")
+    engine_cache: Path | None = Field(default=None, description="TensorRT engine cache; default EMOEDGE_CACHE")
 
 
 class FusionConfig(_Strict):
-    confidence_floor: float = Field(0.35, ge=0, le=1, description="below this the fused state is 'unknown'")
-    stale_after_s: float = Field(3.0, gt=0, le=600, description="an estimate older than this stops counting")
-    half_life_s: float = Field(1.0, gt=0, le=600, description="freshness weight halves every half_life_s")
-    smoothing_s: float = Field(1.0, ge=0, le=600, description="time constant of the exponential smoothing")
+    confidence_floor: float = Field(default=0.35, ge=0, le=1, description="below this the fused state is 'unknown'")
+    stale_after_s: float = Field(default=3.0, gt=0, le=600, description="an estimate older than this stops counting")
+    half_life_s: float = Field(default=1.0, gt=0, le=600, description="freshness weight halves every half_life_s")
+    smoothing_s: float = Field(default=1.0, ge=0, le=600, description="time constant of the exponential smoothing")
     weights: dict[str, float] = Field(default_factory=dict, description="prior weight per source name or modality")
     prototypes: dict[str, tuple[float, float]] = Field(
         default_factory=dict,

@@ -223,6 +223,8 @@ class SerialLink:
                     backoff = min(backoff * 2, self.max_backoff_s)
                     continue
             ser = self._serial
+            if ser is None:
+                continue
             try:
                 data = ser.read(max(1, ser.in_waiting))
             except (serial.SerialException, OSError, TypeError, AttributeError) as exc:

@@ -636,7 +636,7 @@ class TextLineDecoder:
                 self._first = False
                 self.discarded_lines += 1
                 continue
-            row = self._parse(raw.strip())
+            row = self._parse(bytes(raw.strip()))
             if row is not None:
                 rows.append(row)
                 self.lines += 1

@@ -155,8 +155,9 @@ class BoardSimulator(ABC):
             import serial
 
             self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0)
-            self._fd = self._serial.fileno()
-            os.set_blocking(self._fd, False)
+            fd = self._serial.fileno()
+            os.set_blocking(fd, False)
+            self._fd = fd
             return True
         except Exception as exc:  # the port is not there (yet): a board keeps sampling meanwhile
             self.error = str(exc)
@@ -201,6 +202,8 @@ class BoardSimulator(ABC):
                 if wait <= 0:  # a board cannot wait: drop the frame (cut short if it had begun)
                     self.partial_frames += started
                     return False
+            if self._fd is None:
+                return False
             try:
                 select.select([], [self._fd], [], wait)
             except (OSError, ValueError):

@@ -121,4 +121,4 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # onnxruntime's own Fail/InvalidArgument/RuntimeException types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InferenceError(f"{self.model_path.name}: ONNX Runtime failed on this batch: {first[:300]}") from exc
-        return dict(zip(self._output_names, values, strict=True))
+        return {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}

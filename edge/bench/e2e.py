@@ -125,7 +125,7 @@ def video_file(video: str | None, folder: Path, count: int = 150) -> tuple[Path,
         return Path(video), f"video file {video}"
     frames, what = video_frames(count)
     path = folder / "bench_faces.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
     for frame in frames:
         writer.write(frame)
     writer.release()
@@ -248,6 +248,8 @@ def measure_e2e(
     }
     if faces:
         from firmware_bridge.sources.replay import ReplaySource
+
+        assert video_path is not None
 
         feeds["camera"] = ReplaySource("camera", video_path, realtime=True, loop=True, max_queue=2)
     out = tmp / "received.txt"

@@ -288,8 +288,9 @@ class BenchRun:
         t0 = time.perf_counter()
         runner.activate()
         row["load_ms"] = (time.perf_counter() - t0) * 1e3
-        if hasattr(runner, "active_providers"):
-            row["providers"] = runner.active_providers
+        providers = getattr(runner, "active_providers", None)  # ONNX Runtime's, where the runner has them
+        if providers is not None:
+            row["providers"] = providers
         fixed = _fixed_batch(runner)
 
         feed = _feed(runner, fixed or 1, pool, rng)
@@ -404,6 +405,8 @@ def device_checks(targets: Sequence[Target], threads: int) -> dict[str, dict[str
 
     out: dict[str, dict[str, Any]] = {}
     for target in targets:
+        if target.folder is None:
+            continue
         try:
             runner = CheckedRunner(target.folder, "auto", lambda m: open_runner(m, backend="onnxruntime",
                                                                                   precision=m.precision, threads=threads))

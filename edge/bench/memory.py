@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def measure_in_child(
         if folder is not None:
             cmd += ["--folder", str(folder)]
         if pool is not None:
-            np.savez(Path(tmp) / "pool.npz", **pool)
+            np.savez(Path(tmp) / "pool.npz", **cast(dict[str, Any], pool))
             cmd += ["--pool", str(Path(tmp) / "pool.npz")]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

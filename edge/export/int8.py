@@ -169,7 +169,7 @@ def quantize_int8(
         def __init__(self) -> None:
             self._it: Iterator[dict[str, np.ndarray]] = iter(batches)
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
+        def get_next(self) -> Any:  # a feed, or None when the batches are used up
             return next(self._it, None)
 
         def rewind(self) -> None:

@@ -30,7 +30,7 @@ Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the frame
 
 @lru_cache(maxsize=1)
 def _cascade() -> cv2.CascadeClassifier:
-    path = Path(cv2.data.haarcascades) / CASCADE_FILE
+    path = Path(cv2.data.haarcascades) / CASCADE_FILE  # pyright: ignore[reportAttributeAccessIssue]  (not in cv2's stubs)
     classifier = cv2.CascadeClassifier(str(path))
     if classifier.empty():
         raise InputError(f"{path}: could not load the OpenCV Haar cascade (is opencv-python-headless<5 installed?)")

@@ -95,6 +95,7 @@ def serve(config: Any, duration: float | None, plain: bool, extra_sources: dict[
         for s, handler in previous.items():
             signal.signal(s, handler)
     publisher.check()
+    assert pipeline is not None  # set, or the try block raised
     if pipeline.errors:
         raise EmoEdgeError("the pipeline stopped on an error: " + "; ".join(pipeline.errors))
     left, evicted = len(publisher.outbox), publisher.evicted - evicted_before
