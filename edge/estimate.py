@@ -56,6 +56,7 @@ class Estimate:
     latency_ms: dict[str, float] = field(default_factory=dict)
     track_id: int | None = None
     box: tuple[int, int, int, int] | None = None
+    ood: float | None = None  # out-of-distribution score, 1.0 = the card's threshold (None: the card has none)
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +79,8 @@ class Estimate:
             out["track_id"] = self.track_id
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.ood is not None:
+            out["ood"] = round(self.ood, 4)
         return out
 
 

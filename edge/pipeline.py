@@ -36,11 +36,12 @@ from edge import __version__
 from edge.backends import open_runner
 from edge.backends.base import Runner
 from edge.card import Model, ModelCard, load_model
+from edge.confidence import mahalanobis, probabilities
 from edge.config import CameraSource, DeviceConfig
 from edge.config import Source as SourceConfig
 from edge.errors import ConfigError, EmoEdgeError, InputError
 from edge.estimate import EmotionState, Estimate, ModelInfo
-from edge.fusion import Fusion, LabelMap, chance_corrected_confidence, significant_change, softmax
+from edge.fusion import UNKNOWN, Fusion, LabelMap, chance_corrected_confidence, significant_change
 from edge.tracker import DetectFn, FaceTracker
 from firmware_bridge.sources.base import Sample, Source
 
@@ -191,6 +192,11 @@ class OutputReader:
     softmax of its own; the confidence is the mean of the heads' chance-corrected confidences, and
     the label joins the heads' winners. Valence and arousal come from the labels' circumplex
     prototypes, or from an output ``va`` ([valence, arousal] in [-1, 1]) when the model has one.
+
+    Logits become probabilities through ``edge.confidence.probabilities`` with the card's temperature
+    (``[confidence]``), the same function ``emoedge eval`` measures. Where the card has ``[ood]``
+    statistics, each item's ``embedding`` gets an out-of-distribution score (1.0 = the threshold); above
+    it the label is ``unknown`` and the confidence 0, so fusion gives it no weight.
     """
 
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
@@ -221,29 +227,41 @@ class OutputReader:
             )
         va = outputs.get("va")
         self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
+        self.temperatures = {name: card.temperature(name) for name, _, _ in self.heads}
+        self.ood = card.ood.stats() if card.ood is not None and card.ood.output in outputs else None
+        self.ood_threshold = card.ood.threshold if card.ood is not None else 1.0
 
-    def read(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[dict[str, float], str, float, float | None, float | None]]:
+    def read(
+        self, outputs: Mapping[str, np.ndarray]
+    ) -> list[tuple[dict[str, float], str, float, float | None, float | None, float | None]]:
+        """Per item: (probs, label, confidence, valence, arousal, ood score or None)."""
         n = len(next(iter(outputs.values())))
         probs = np.zeros((n, len(self.labels)))
         confidences = np.zeros((n, len(self.heads)))
         winners: list[list[str]] = [[] for _ in range(n)]
         for h, (name, idx, are_probs) in enumerate(self.heads):
             values = np.asarray(outputs[name], dtype=np.float64).reshape(n, -1)
-            p = values if are_probs else softmax(values)
+            p = values if are_probs else probabilities(values, self.temperatures[name])
             probs[:, idx] = p
             for i in range(n):
                 confidences[i, h] = chance_corrected_confidence(p[i])
                 winners[i].append(self.labels[idx[int(p[i].argmax())]])
         va = np.asarray(outputs[self.va_output], dtype=np.float64).reshape(n, 2) if self.va_output else None
+        ood = None
+        if self.ood is not None and self.card.ood is not None and self.card.ood.output in outputs:
+            ood = mahalanobis(np.asarray(outputs[self.card.ood.output]).reshape(n, -1), self.ood) / self.ood_threshold
         items = []
         for i in range(n):
             if va is not None:
                 v, a = float(np.clip(va[i, 0], -1, 1)), float(np.clip(va[i, 1], -1, 1))
             else:
                 v, a = self.label_map.read(probs[i] / len(self.heads))
-            label = " ".join(winners[i])
+            label, confidence = " ".join(winners[i]), float(confidences[i].mean())
+            score = None if ood is None else float(ood[i])
+            if score is not None and score > 1.0:  # unlike anything it was trained on: no reading, no weight
+                label, confidence = UNKNOWN, 0.0
             items.append(({lab: float(x) for lab, x in zip(self.labels, probs[i], strict=True)}, label,
-                          float(confidences[i].mean()), v, a))
+                          confidence, v, a, score))
         return items
 
 
@@ -569,10 +587,10 @@ class Pipeline:
                 continue
             t2 = time.perf_counter()
             estimates = []
-            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, run.reader.read(outputs), strict=True):
+            for (_, ts, ready), (probs, label, conf, v, a, ood) in zip(batch, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
-                                          run.window_s, run.info, lat))
+                                          run.window_s, run.info, lat, ood=ood))
             self._emit(run, estimates, primary=None)
 
     def _face_loop(self, run: SourceRun) -> None:
@@ -602,12 +620,12 @@ class Pipeline:
             t3 = time.perf_counter()
             run.faces += len(tracks)
             estimates = []
-            for track, (probs, label, conf, v, a) in zip(tracks, run.reader.read(outputs), strict=True):
+            for track, (probs, label, conf, v, a, ood) in zip(tracks, run.reader.read(outputs), strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
                                           sample.host_time, None, run.info, lat, track_id=track.id,
-                                          box=tuple(int(x) for x in track.box)))  # type: ignore[arg-type]
+                                          box=tuple(int(x) for x in track.box), ood=ood))  # type: ignore[arg-type]
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
 
     def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:

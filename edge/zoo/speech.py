@@ -306,7 +306,7 @@ def write_card(
             command=training_command(f"emoedge train speech --data {folder} --out {out} --seed {seed}"),
             seconds=round(seconds, 1),
             seed=seed,
-            holdout={"actors": list(VALIDATION_ACTORS), "train_actors": train_actors},
+            holdout={"actors": list(VALIDATION_ACTORS), "train_actors": train_actors, "corpus": "ravdess"},
         ),
         notes=(
             recipe_note + f"Export: FP32 ONNX, opset 17, dynamic batch; ONNX Runtime matches torch within 1e-4 + 1e-3*|x| "
