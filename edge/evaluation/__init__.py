@@ -122,6 +122,32 @@ def _restricted_metrics(head: Head, temperature: float) -> dict[str, Any]:
     return out
 
 
+def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> None:
+    """What the card's OOD gate does on this data: the share of samples it calls unknown (a clip: its windows'
+    mean score over 1), and balanced accuracy and ECE of the samples it lets through."""
+    from edge import confidence as C
+    from edge.evaluation.metrics import classification_metrics
+
+    assert card.ood is not None
+    item = C.mahalanobis(raw[card.ood.output], card.ood.stats()) / card.ood.threshold
+    owner = data.extra.get("owner")
+    if owner is not None:
+        owner = np.asarray(owner)
+        score = np.bincount(owner, weights=item, minlength=len(heads[0].labels)) / np.maximum(
+            np.bincount(owner, minlength=len(heads[0].labels)), 1)
+    else:
+        score = item
+    keep = score <= 1.0
+    result["ood_rejected"] = float(1 - keep.mean())
+    for head in heads:
+        target = result if head.key is None else result[head.key]
+        if keep.any():
+            accepted = classification_metrics(head.labels[keep], head.logits[keep].argmax(1), head.names)
+            probs = C.probabilities(head.logits[keep], card.temperature(head.output))
+            target["accepted"] = {"n": int(keep.sum()), "balanced_accuracy": accepted["balanced_accuracy"],
+                                  "accuracy": accepted["accuracy"], **C.calibration_metrics(probs, head.labels[keep])}
+
+
 def confidence_report(
     runner: Any, card: ModelCard, module: Any, data: LabelledSet, raw: dict[str, np.ndarray], result: dict[str, Any],
     restrict: bool = False, fit_temperature: bool = False, outliers: str | None = None, fit_ood: bool = False,
@@ -168,6 +194,8 @@ def confidence_report(
                     + ("speaker's or subject's samples" if grouped else "of 5 stratified folds")
                     + " scored with a temperature fitted on the others"),
         }
+    if card.ood is not None and not fit_ood and card.ood.output in raw:
+        _gated(result, heads, card, data, raw)
     if outliers is None:
         return out
     # --- out of distribution: per model item (a speech window, a face, an EEG window), as the runtime scores

@@ -130,6 +130,10 @@ def _print_confidence(result: dict[str, Any]) -> None:
             f = m["fit"]
             print(f"{name}fitted temperature {f['temperature']:.3g}; cross-fitted ({f['folds']} folds): ece "
                   f"{f['cross_fitted']['ece']:.3f}, mean confidence {f['cross_fitted']['mean_confidence']:.3f}")
+        if "accepted" in m:
+            a = m["accepted"]
+            print(f"{name}the {a['n']} samples the OOD gate lets through ({1 - result['ood_rejected']:.0%}): balanced "
+                  f"accuracy {a['balanced_accuracy']:.3f}, ece {a['ece']:.3f}, mean confidence {a['mean_confidence']:.3f}")
         if "restricted" in m:
             r = m["restricted"]
             print(f"{name}restricted to the data's labels {r['labels']}: balanced accuracy "
