@@ -146,16 +146,20 @@ def _eeg_band_power(card: ModelCard, input_shape: tuple[int, ...], params: dict[
 
 
 def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
-    """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, z-scored."""
+    """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, loudness-
+    normalised where the card says ``loudness_norm`` (as in training), z-scored."""
     from edge.features import speech
 
     mean = np.asarray(params["population_mean"], np.float32) if "population_mean" in params else None
     std = np.asarray(params["population_std"], np.float32) if "population_std" in params else None
+    loud = bool(params.get("loudness_norm", False))
     import scipy.signal  # noqa: F401  - resampling's import, paid at start-up
 
     def log_mel(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
         audio = speech.to_mono_16k(window, int(rate)) if int(rate) != speech.SAMPLE_RATE else window
         mel = speech.windows(speech.log_mel(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
+        if loud:
+            mel = speech.normalise_loudness(mel)
         if mean is not None and std is not None:
             mel = speech.standardise(mel, mean, std)
         return np.asarray(mel, np.float32).reshape(input_shape)

@@ -154,3 +154,63 @@ def test_fit_ood_writes_statistics_that_flag_noise(tmp_path: Path, speech_model:
     again = json.loads(capsys.readouterr().out)
     assert again["ood_auroc"] == pytest.approx(result["ood_auroc"], abs=0.02)
     assert again["ood_flagged"]["noise"] >= 0.5
+
+
+def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:
+    from edge.card import FeatureRecipe, ModelCard
+    from edge.features import speech as F
+    from edge.pipeline import feature_function
+
+    rng = np.random.default_rng(3)
+    audio = _voice(rng, 3.0, 180.0)
+    quiet, loud = F.windows(F.log_mel(audio * 0.2)), F.windows(F.log_mel(audio))
+    # gain (-14 dB) no longer moves the input where the power is well above the log floor
+    above = quiet > F.SILENCE + 6
+    assert above.mean() > 0.25
+    assert np.abs(F.normalise_loudness(quiet) - F.normalise_loudness(loud))[above].max() < 0.05
+    # and padding stays digital silence
+    assert np.abs(F.normalise_loudness(loud) - loud).max() > 1.0
+    short = F.windows(F.log_mel(audio[:16000]))
+    assert (F.normalise_loudness(short)[..., -50:] == F.SILENCE).all()
+    mean, std = np.zeros(F.N_MELS, np.float32), np.ones(F.N_MELS, np.float32)
+    card = ModelCard.model_validate(load_card(ROOT / "models" / "speech" / "card.toml").model_dump())
+    card.features = FeatureRecipe(recipe=card.features.recipe, params={
+        **card.features.params, "population_mean": mean.tolist(), "population_std": std.tolist(), "loudness_norm": True})
+    runtime = feature_function(card, (1, F.N_MELS, F.WINDOW_FRAMES))(audio[: 3 * RATE], float(RATE), None)
+    offline = F.model_windows(audio[: 3 * RATE], RATE, mean, std, loudness_norm=True)[-1]
+    np.testing.assert_allclose(runtime, offline, atol=1e-5)
+
+
+def test_device_augmentation_changes_the_spectrum_but_keeps_it_finite() -> None:
+    pytest.importorskip("torch")
+    from edge.features import speech as F
+    from edge.zoo.speech import device_augment
+
+    rng = np.random.default_rng(4)
+    mel = F.windows(F.log_mel(_voice(rng, 3.0, 150.0)))[0]
+    out = device_augment(mel, rng, 1.0)
+    assert out.shape == mel.shape and np.isfinite(out).all()
+    assert np.abs(out - mel).mean() > 0.1
+
+
+@pytest.mark.slow
+def test_training_on_two_corpora_masks_and_namespaces_their_speakers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    ravdess = tmp_path / "ravdess_like"
+    for actor in ("01", "05"):
+        for emotion, f0 in (("01", 150.0), ("02", 170.0), ("05", 250.0)):
+            _write_wav(ravdess / f"Actor_{actor}" / f"03-01-{emotion}-01-01-01-{actor}.wav", _voice(rng, 2.0, f0))
+    foreign = tmp_path / "other"
+    _foreign_corpus(foreign, flac=False)  # speakers 03 and 16: neutral, sad, angry (no calm)
+    out = tmp_path / "model"
+    assert main(["train", "speech", "--data", str(ravdess), "--out", str(out), "--threads", "1", "--no-progress",
+                 "--max-steps", "2", "--set", f"extra_data={foreign}", "--set", "holdout_every=2",
+                 "--set", "loudness_norm=true", "--set", "device_aug_p=0.5"]) == 0
+    card = load_card(out / "card.toml")
+    assert card.features.params["loudness_norm"] is True
+    assert set(card.training.holdout["train_speakers"]) == {"ravdess:1", "other:3"}  # other:16 held out
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(foreign), "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 6 and "other speakers ['16']" in result["data"]

@@ -153,15 +153,16 @@ def load_split(
     wanted = [known_index[id(known[j])] for j in chosen]
     params = card.features.params
     pop = (np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32))
+    loud = bool(params.get("loudness_norm", False))
     stats: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
     if mode == "speaker-norm":
         for spk in {speakers[i] for i in wanted}:
             members = [i for i, s in enumerate(speakers) if s == spk] if spk is not None else wanted
-            stats[spk] = F.bin_statistics([mel(i) for i in members])
+            stats[spk] = F.bin_statistics([F.normalise_loudness(mel(i)) if loud else mel(i) for i in members])
     xs, owner = [], []
     for k, i in enumerate(wanted):
         mean, std = stats.get(speakers[i], pop) if mode == "speaker-norm" else pop
-        w = F.standardise(F.windows(mel(i)), mean, std)
+        w = F.model_input(F.windows(mel(i)), mean, std, loud)
         xs.append(w)
         owner += [k] * len(w)
     held = sorted({speakers[i] for i in wanted if speakers[i] is not None}, key=lambda s: (len(s), s))
@@ -221,7 +222,8 @@ def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) 
         files = sorted(f for f in kind.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             continue
-        xs = [F.standardise(F.windows(F.clip_inputs(f)), mean, std) for f in files]
+        loud = bool(params.get("loudness_norm", False))
+        xs = [F.model_input(F.windows(F.clip_inputs(f)), mean, std, loud) for f in files]
         owner = np.concatenate([[k] * len(x) for k, x in enumerate(xs)])
         out[kind.name] = LabelledSet(inputs={card.inputs[0].name: np.concatenate(xs)[:, None].astype(np.float32)},
                                      labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} clips)",
