@@ -205,12 +205,18 @@ def confidence_report(
     outlier_embeddings = {kind: infer_outputs(runner, card, s)["embedding"] for kind, s in sets.items()}
     selection: list[dict[str, Any]] = []
     if fit_ood:
-        train = module.load_split(card, train_data, "train", limit=OOD_TRAIN_LIMIT, seed=0, mode=mode)
-        if train.description == data.description:
-            raise ConfigError(f"--fit-ood: the train split of {train_data} is the evaluated split itself; give the "
-                              "data set's root (with train/ and validation/)")
-        raw_train = infer_outputs(runner, card, train)
-        classes = _per_item(_class_ids(module.heads(card, train, raw_train)), train)
+        embeddings, class_parts, described = [], [], []
+        for folder in str(train_data).split(","):  # the train splits of one or more corpora
+            train = module.load_split(card, folder.strip(), "train", limit=OOD_TRAIN_LIMIT, seed=0, mode=mode)
+            if train.description == data.description:
+                raise ConfigError(f"--fit-ood: the train split of {folder} is the evaluated split itself; give the "
+                                  "data set's root (with train/ and validation/)")
+            raw_train = infer_outputs(runner, card, train)
+            embeddings.append(raw_train["embedding"])
+            class_parts.append(_per_item(_class_ids(module.heads(card, train, raw_train)), train))
+            described.append(train.description)
+        raw_train = {"embedding": np.concatenate(embeddings)}
+        classes = np.concatenate(class_parts)
         best: tuple[tuple[float, float], dict[str, Any]] | None = None
         for transform, minor, major in C.OOD_CANDIDATES:  # chosen by the worst kind's AUROC, then the mean
             candidate = C.fit_mahalanobis(raw_train["embedding"], classes, minor=minor, major=major, transform=transform)
@@ -249,7 +255,7 @@ def confidence_report(
             "mean": OodRecord.encode(stats["mean"]),
             "projection": [OodRecord.encode(r) for r in stats["projection"]],
             "centres": [OodRecord.encode(r) for r in stats["centres"]], "classes": stats["classes"],
-            "data": f"statistics: {train.description}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {data.description} "
+            "data": f"statistics: {' + '.join(described)}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {data.description} "
                     f"below it; outliers: {Path(outliers).name} ({', '.join(sets)})",
             "values": {**{k: result[k] for k in ("ood_auroc", "ood_auroc_by_kind", "ood_flagged", "ood_n")},
                        "selection": selection},

@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--fit-ood", action="store_true",
                         help="fit the out-of-distribution statistics on the train split of DIR and the threshold on "
                         "this split (needs --ood); --write-card stores them as [ood]")
+    parser.add_argument("--ood-train", metavar="DIR[,DIR]",
+                        help="with --fit-ood: the folders whose train splits give the statistics (default: --data), "
+                        "for a model trained on several corpora")
     parser.set_defaults(func=run)
 
 
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             extra = confidence_report(
                 runner, model.card, module, data, raw, result, restrict=args.restrict_to_data_labels,
                 fit_temperature=args.fit_temperature, outliers=args.ood, fit_ood=args.fit_ood,
-                train_data=args.data if args.fit_ood else None, mode=args.mode,
+                train_data=(args.ood_train or args.data) if args.fit_ood else None, mode=args.mode,
             )
         else:
             result = module.evaluate(runner, model.card, data)
