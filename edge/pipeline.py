@@ -36,7 +36,7 @@ from edge import __version__
 from edge.backends import open_runner
 from edge.backends.base import Runner
 from edge.card import Model, ModelCard, load_model
-from edge.confidence import mahalanobis, probabilities
+from edge.confidence import ood_score, probabilities
 from edge.config import CameraSource, DeviceConfig
 from edge.config import Source as SourceConfig
 from edge.errors import ConfigError, EmoEdgeError, InputError
@@ -253,7 +253,7 @@ class OutputReader:
         va = np.asarray(outputs[self.va_output], dtype=np.float64).reshape(n, 2) if self.va_output else None
         ood = None
         if self.ood is not None and self.card.ood is not None and self.card.ood.output in outputs:
-            ood = mahalanobis(np.asarray(outputs[self.card.ood.output]).reshape(n, -1), self.ood) / self.ood_threshold
+            ood = ood_score(np.asarray(outputs[self.card.ood.output]).reshape(n, -1), self.ood, self.ood_threshold)
         items = []
         for i in range(n):
             if va is not None:

@@ -129,7 +129,7 @@ def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: Lab
     from edge.evaluation.metrics import classification_metrics
 
     assert card.ood is not None
-    item = C.mahalanobis(raw[card.ood.output], card.ood.stats()) / card.ood.threshold
+    item = C.ood_score(raw[card.ood.output], card.ood.stats(), card.ood.threshold)
     owner = data.extra.get("owner")
     if owner is not None:
         owner = np.asarray(owner)
