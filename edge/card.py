@@ -125,6 +125,58 @@ class ArtifactRecord(_Strict):
     )
 
 
+class ConfidenceRecord(_Strict):
+    """Temperatures that turn each logits output into calibrated probabilities (``edge.confidence``),
+    fitted by ``emoedge eval NAME --data DIR --fit-temperature --write-card``; the runtime applies them."""
+
+    method: Literal["temperature"] = "temperature"
+    temperatures: dict[str, float] = Field(description="logits output name -> temperature (> 1 softens, < 1 sharpens)")
+    command: str
+    data: str
+    fit: str = Field(description="which samples the temperatures were fitted on, and how the 'after' figures were kept honest")
+    measured_at: str
+    values: dict[str, Any] = Field(default_factory=dict, description="ece and mean_confidence before and after, per output")
+
+
+class OodRecord(_Strict):
+    """Out-of-distribution statistics of the ``embedding`` output (``edge.confidence.mahalanobis``):
+    the training data's mean, whitening projection and class centres, and the threshold. Written by
+    ``emoedge eval NAME --data DIR --fit-ood --ood OUTLIER_DIR --write-card``."""
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    output: str = "embedding"
+    threshold: float = Field(gt=0, description="distance above which an estimate says 'unknown'")
+    transform: Literal["none", "l2"] = Field("none", description="l2: embeddings scaled to unit length first")
+    minor: int = Field(0, ge=0, description="lowest-variance axes of the shared covariance measured along")
+    major: int = Field(0, ge=0, description="highest-variance axes measured along")
+    components: int = Field(ge=1)
+    # vectors as space-separated numbers (6 significant digits), a matrix as one such string per row,
+    # so that a few thousand numbers take a few dozen lines of the card
+    mean: str
+    projection: list[str] = Field(description="k x D: principal axes of the training embeddings, whitened")
+    centres: list[str] = Field(description="K x k: class centres in the whitened subspace")
+    classes: list[int] = Field(default_factory=list)
+    command: str
+    data: str = Field(description="training statistics from; threshold chosen on")
+    measured_at: str
+    values: dict[str, Any] = Field(default_factory=dict, description="ood_auroc per outlier kind, rates at the threshold")
+
+    def stats(self) -> dict[str, Any]:
+        """The statistics as arrays, for ``edge.confidence.mahalanobis``."""
+        import numpy as np
+
+        def rows(lines: list[str]) -> Any:
+            return np.array([np.array(line.split(), dtype=np.float64) for line in lines])
+
+        return {"mean": np.array(self.mean.split(), dtype=np.float64), "projection": rows(self.projection),
+                "centres": rows(self.centres), "transform": self.transform}
+
+    @staticmethod
+    def encode(vector: Any) -> str:
+        """A vector as the card stores it (space-separated, 6 significant digits)."""
+        return " ".join(f"{float(x):.6g}" for x in vector)
+
+
 class ModelCard(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_\-]+$")
     version: str
@@ -143,6 +195,12 @@ class ModelCard(_Strict):
     metrics: list[MetricRecord] = Field(default_factory=list)
     artifacts: list[ArtifactRecord] = Field(default_factory=list)
     notes: str = ""
+    confidence: ConfidenceRecord | None = None
+    ood: OodRecord | None = None
+
+    def temperature(self, output: str) -> float:
+        """The calibration temperature of a logits output (1.0 where none was fitted)."""
+        return float(self.confidence.temperatures.get(output, 1.0)) if self.confidence else 1.0
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -177,10 +235,19 @@ def save_card(card: ModelCard, path: str | os.PathLike[str]) -> None:
     import tomli_w
 
     p = Path(path)
-    data = card.model_dump(mode="json", exclude_none=True)
+    data = _without_none(card.model_dump(mode="json", exclude_none=True))
     tmp = p.with_suffix(".toml.tmp")
     tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
     tmp.replace(p)
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: drop None entries of nested tables (a recall of a class the data lacks)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

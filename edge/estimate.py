@@ -59,6 +59,7 @@ class Estimate:
     profile: str | None = None  # the person whose profile was used (edge.enroll), None: no person active
     adapted: bool = False  # whether that person's adapted head made this estimate
     views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.pipeline.RawEEGInput)
+    ood: float | None = None  # out-of-distribution score, 1.0 = the card's threshold (None: the card has none)
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -86,6 +87,8 @@ class Estimate:
             out["adapted"] = self.adapted
         if self.views is not None:
             out["views"] = self.views
+        if self.ood is not None:
+            out["ood"] = round(self.ood, 4)
         return out
 
 

@@ -8,7 +8,8 @@ axis (``high_valence``) leave that axis to the other modalities.
 
 The fused state weighs each source by prior x confidence x freshness (halving every
 ``half_life_s``; ignored after ``stale_after_s``), lowers the confidence when the sources disagree,
-smooths over time (time constant ``smoothing_s``) and is ``unknown`` below ``confidence_floor``.
+smooths over time (time constant ``smoothing_s``) and is ``unknown`` below ``confidence_floor``. An
+estimate whose own label is ``unknown`` (its model found the input out of distribution) counts for nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.confidence import softmax as softmax  # re-exported: the one definition lives in edge.confidence
 from edge.config import FusionConfig
 from edge.errors import ConfigError
 from edge.estimate import Contribution, EmotionState, Estimate
@@ -139,12 +141,6 @@ def _weighted_axis(probs: np.ndarray, axis: np.ndarray) -> float | None:
     return float(np.dot(probs[known], axis[known]) / mass)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def chance_corrected_confidence(probs: np.ndarray) -> float:
     """0 for a uniform vector, 1 for a one-hot one: (p_max - 1/K) / (1 - 1/K)."""
     k = probs.shape[-1]
@@ -215,7 +211,8 @@ class Fusion:
             fresh = 0.0 if age > cfg.stale_after_s else 0.5 ** (age / cfg.half_life_s)
             weight = prior * fresh * est.confidence
             contributions[name] = Contribution(weight, est.confidence, est.valence, est.arousal, age, est.label)
-            if fresh == 0.0 or prior <= 0.0:
+            if fresh == 0.0 or prior <= 0.0 or est.label == UNKNOWN:  # "unknown" (out of distribution): no weight
+                contributions[name].weight = 0.0
                 continue
             items.append((weight, prior * est.confidence, est.valence, est.arousal))
             weighted_conf += weight * est.confidence

@@ -43,11 +43,12 @@ from edge import __version__
 from edge.backends import open_runner
 from edge.backends.base import Runner
 from edge.card import Model, ModelCard
+from edge.confidence import ood_score, probabilities
 from edge.config import CameraSource, DeviceConfig
 from edge.config import Source as SourceConfig
 from edge.errors import ConfigError, EmoEdgeError, InputError
 from edge.estimate import EmotionState, Estimate, ModelInfo
-from edge.fusion import Fusion, LabelMap, chance_corrected_confidence, significant_change, softmax
+from edge.fusion import UNKNOWN, Fusion, LabelMap, chance_corrected_confidence, significant_change
 from edge.ratelog import RateLimitedLog
 from edge.tracker import DetectFn, FaceTracker
 from edge.trust import CheckedRunner
@@ -207,16 +208,20 @@ class RawEEGInput:
 
 
 def _speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any]) -> FeatureFn:
-    """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, z-scored."""
+    """``edge.features.speech.log_mel+windows``: 16 kHz log-mel of the window, its last model window, loudness-
+    normalised where the card says ``loudness_norm`` (as in training), z-scored."""
     from edge.features import speech
 
     mean = np.asarray(params["population_mean"], np.float32) if "population_mean" in params else None
     std = np.asarray(params["population_std"], np.float32) if "population_std" in params else None
+    loud = bool(params.get("loudness_norm", False))
     import scipy.signal  # noqa: F401  - resampling's import, paid at start-up
 
     def log_mel(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
         audio = speech.to_mono_16k(window, int(rate)) if int(rate) != speech.SAMPLE_RATE else window
         mel = speech.windows(speech.log_mel(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
+        if loud:
+            mel = speech.normalise_loudness(mel)
         if mean is not None and std is not None:
             mel = speech.standardise(mel, mean, std)
         return np.asarray(mel, np.float32).reshape(input_shape)
@@ -253,6 +258,11 @@ class OutputReader:
     softmax of its own; the confidence is the mean of the heads' chance-corrected confidences, and
     the label joins the heads' winners. Valence and arousal come from the labels' circumplex
     prototypes, or from an output ``va`` ([valence, arousal] in [-1, 1]) when the model has one.
+
+    Logits become probabilities through ``edge.confidence.probabilities`` with the card's temperature
+    (``[confidence]``), the same function ``emoedge eval`` measures. Where the card has ``[ood]``
+    statistics, each item's ``embedding`` gets an out-of-distribution score (1.0 = the threshold); above
+    it the label is ``unknown`` and the confidence 0, so fusion gives it no weight.
     """
 
     def __init__(self, card: ModelCard, overrides: Mapping[str, Any] | None = None) -> None:
@@ -266,29 +276,41 @@ class OutputReader:
         outputs = {o.name: o for o in card.outputs}
         va = outputs.get("va")
         self.va_output = va.name if va is not None and va.shape and va.shape[-1] == 2 else None
+        self.temperatures = {name: card.temperature(name) for name, _, _ in self.heads}
+        self.ood = card.ood.stats() if card.ood is not None and card.ood.output in outputs else None
+        self.ood_threshold = card.ood.threshold if card.ood is not None else 1.0
 
-    def read(self, outputs: Mapping[str, np.ndarray]) -> list[tuple[dict[str, float], str, float, float | None, float | None]]:
+    def read(
+        self, outputs: Mapping[str, np.ndarray]
+    ) -> list[tuple[dict[str, float], str, float, float | None, float | None, float | None]]:
+        """Per item: (probs, label, confidence, valence, arousal, ood score or None)."""
         n = len(next(iter(outputs.values())))
         probs = np.zeros((n, len(self.labels)))
         confidences = np.zeros((n, len(self.heads)))
         winners: list[list[str]] = [[] for _ in range(n)]
         for h, (name, idx, are_probs) in enumerate(self.heads):
             values = np.asarray(outputs[name], dtype=np.float64).reshape(n, -1)
-            p = values if are_probs else softmax(values)
+            p = values if are_probs else probabilities(values, self.temperatures[name])
             probs[:, idx] = p
             for i in range(n):
                 confidences[i, h] = chance_corrected_confidence(p[i])
                 winners[i].append(self.labels[idx[int(p[i].argmax())]])
         va = np.asarray(outputs[self.va_output], dtype=np.float64).reshape(n, 2) if self.va_output else None
+        ood = None
+        if self.ood is not None and self.card.ood is not None and self.card.ood.output in outputs:
+            ood = ood_score(np.asarray(outputs[self.card.ood.output]).reshape(n, -1), self.ood, self.ood_threshold)
         items = []
         for i in range(n):
             if va is not None:
                 v, a = float(np.clip(va[i, 0], -1, 1)), float(np.clip(va[i, 1], -1, 1))
             else:
                 v, a = self.label_map.read(probs[i] / len(self.heads))
-            label = " ".join(winners[i])
+            label, confidence = " ".join(winners[i]), float(confidences[i].mean())
+            score = None if ood is None else float(ood[i])
+            if score is not None and score > 1.0:  # unlike anything it was trained on: no reading, no weight
+                label, confidence = UNKNOWN, 0.0
             items.append(({lab: float(x) for lab, x in zip(self.labels, probs[i], strict=True)}, label,
-                          float(confidences[i].mean()), v, a))
+                          confidence, v, a, score))
         return items
 
 
@@ -722,10 +744,10 @@ class Pipeline:
                 continue
             run.consecutive_errors = 0
             estimates = []
-            for (_, ts, ready), (probs, label, conf, v, a) in zip(batch, read, strict=True):
+            for (_, ts, ready), (probs, label, conf, v, a, ood) in zip(batch, read, strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "features": (t1 - t0) * 1e3 / len(batch), "infer": (t2 - t1) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a, ts,
-                                          run.window_s, run.info, lat, profile=person, adapted=adapted))
+                                          run.window_s, run.info, lat, profile=person, adapted=adapted, ood=ood))
             annotate = getattr(run.features, "annotate", None)
             if annotate is not None:
                 annotate(estimates)
@@ -762,13 +784,13 @@ class Pipeline:
             run.consecutive_errors = 0
             run.faces += len(tracks)
             estimates = []
-            for track, (probs, label, conf, v, a) in zip(tracks, read, strict=True):
+            for track, (probs, label, conf, v, a, ood) in zip(tracks, read, strict=True):
                 lat = {"queue": (t0 - ready) * 1e3, "detect_track": (t1 - t0) * 1e3,
                        "features": (t2 - t1) * 1e3 / len(tracks), "infer": (t3 - t2) * 1e3}
                 estimates.append(Estimate(run.config.name, run.model.card.modality, probs, label, conf, v, a,
                                           sample.host_time, None, run.info, lat, track_id=track.id,
                                           box=tuple(int(x) for x in track.box),  # type: ignore[arg-type]
-                                          profile=person, adapted=adapted))
+                                          profile=person, adapted=adapted, ood=ood))
             self._emit(run, estimates, primary=estimates[0])  # the largest face speaks for the source in fusion
 
     def _skip(self, run: SourceRun, n: int, exc: Exception) -> None:

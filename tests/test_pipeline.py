@@ -231,7 +231,8 @@ def test_output_reader_multi_head_labels_and_va_output() -> None:
     reader = OutputReader(card)
     out = {"valence_logits": np.array([[0.0, 2.0]], np.float32), "arousal_logits": np.array([[1.0, 1.0]], np.float32),
            "va": np.array([[0.76, 0.0]], np.float32), "embedding": np.zeros((1, 36), np.float32)}
-    [(probs, label, conf, v, a)] = reader.read(out)
+    [(probs, label, conf, v, a, ood)] = reader.read(out)
+    assert ood is None  # no [ood] in the card
     assert label == "valence:positive arousal:low"  # a tie goes to the first
     assert probs["valence:positive"] == pytest.approx(1 / (1 + np.exp(-2)))
     assert probs["arousal:low"] == pytest.approx(0.5)
@@ -239,5 +240,5 @@ def test_output_reader_multi_head_labels_and_va_output() -> None:
     assert (v, a) == (pytest.approx(0.76), 0.0)
     del out["va"]
     reader.va_output = None
-    [(_, _, _, v2, a2)] = reader.read(out)
+    [(_, _, _, v2, a2, _)] = reader.read(out)
     assert v2 == pytest.approx(0.6 * (2 * probs["valence:positive"] - 1)) and a2 == pytest.approx(0.0)

@@ -38,7 +38,10 @@ def test_simulated_eeg_board_through_the_shipped_model() -> None:
     est = got[-1]
     assert set(est.probs) == {"valence:negative", "valence:positive", "arousal:low", "arousal:high"}
     assert est.valence is not None and est.arousal is not None and -1 <= est.valence <= 1
-    assert est.label.startswith("valence:") and " arousal:" in est.label
+    # the simulator's signals may lie outside the training data (DEAP): then the label is "unknown" (issue 18)
+    assert (est.label.startswith("valence:") and " arousal:" in est.label) or (
+        est.label == "unknown" and est.ood is not None and est.ood > 1 and est.confidence == 0.0)
+    assert max(est.probs, key=est.probs.get).startswith(("valence:", "arousal:"))
     gaps = [b.ts - a.ts for a, b in zip(got, got[1:], strict=False)]
     assert all(g > 0 for g in gaps) and sum(gaps) / len(gaps) == pytest.approx(0.25, abs=0.03)  # one window a hop
     stats = pipe.stats()["sources"]["eeg"]

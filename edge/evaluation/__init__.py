@@ -9,7 +9,12 @@ One module per modality implements two functions, registered in ``EVALUATORS``:
         runs the model in batches and returns ``classification_metrics`` (for EEG: one such dict
         under "valence" and one under "arousal"), plus "skipped";
     print_report(result) (optional)
-        the human-readable table of ``emoedge eval``.
+        the human-readable table of ``emoedge eval``;
+    heads(card, data, raw) (optional)
+        the model's classification outputs on ``data`` as ``Head`` records (raw logits per sample and
+        the true labels), from ``raw = infer_outputs(...)``: what ``emoedge eval`` needs for calibrated
+        confidence (``ece``, ``mean_confidence``, ``--fit-temperature``), scoring among the data's own
+        labels (``--restrict-to-data-labels``) and out-of-distribution scores (``--ood``).
 
 Samples whose label the model does not have are skipped and counted, never guessed.
 """
@@ -48,6 +53,30 @@ class LabelledSet:
         return int(next(iter(self.inputs.values())).shape[0])
 
 
+@dataclass
+class Head:
+    """One classification output on a labelled set: logits per sample (a clip's mean over its windows
+    for speech) and the true labels, with the classes the data set has at all (``present``)."""
+
+    output: str  # the model output's name (the key of its temperature in the card)
+    logits: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    key: str | None = None  # where its metrics sit in the result (None: top level; EEG: "valence")
+    present: list[int] | None = None  # indices of the classes the data set has (None: all)
+
+
+def infer_outputs(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256) -> dict[str, np.ndarray]:
+    """Every output of the model on ``data.inputs``, run in batches and concatenated."""
+    name = card.inputs[0].name
+    x = data.inputs[name]
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(x), batch):
+        for key, value in runner.infer({name: x[start : start + batch]}).items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def evaluator_for(card: ModelCard) -> Any:
     from edge.errors import ModelError
 
@@ -61,3 +90,175 @@ def load_split(
     card: ModelCard, data_dir: Path, split: str, limit: int | None = None, seed: int = 0, mode: str | None = None
 ) -> LabelledSet:
     return evaluator_for(card).load_split(card, Path(data_dir), split, limit=limit, seed=seed, mode=mode)
+
+
+OOD_TRAIN_LIMIT = 12000  # training samples (a seeded, stratified slice) the out-of-distribution statistics are fitted on
+MAX_FALSE_REJECTION = 0.05  # share of held-out in-distribution windows the OOD threshold may call "unknown"
+
+
+def _per_item(values: np.ndarray, data: LabelledSet) -> np.ndarray:
+    """Per-sample values expanded to the model's items (a clip's windows, for speech)."""
+    owner = data.extra.get("owner")
+    return values if owner is None else values[np.asarray(owner)]
+
+
+def _class_ids(heads: list[Head]) -> np.ndarray:
+    """One class id per sample that joins every head's label (EEG: the valence x arousal quadrant)."""
+    ids = np.zeros(len(heads[0].labels), dtype=np.int64)
+    for head in heads:
+        ids = ids * len(head.names) + np.asarray(head.labels, dtype=np.int64)
+    return ids
+
+
+def _restricted_metrics(head: Head, temperature: float) -> dict[str, Any]:
+    from edge.confidence import calibration_metrics, probabilities, restricted
+    from edge.evaluation.metrics import classification_metrics
+
+    present = head.present if head.present is not None else list(range(len(head.names)))
+    index = {c: i for i, c in enumerate(present)}
+    logits = restricted(head.logits, present)[:, present]
+    y = np.array([index[int(c)] for c in head.labels], dtype=np.int64)
+    out = classification_metrics(y, logits.argmax(1), [head.names[i] for i in present])
+    out.update(calibration_metrics(probabilities(logits, temperature), y))
+    return out
+
+
+def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> None:
+    """What the card's OOD gate does on this data: the share of samples it calls unknown (a clip: its windows'
+    mean score over 1), and balanced accuracy and ECE of the samples it lets through."""
+    from edge import confidence as C
+    from edge.evaluation.metrics import classification_metrics
+
+    assert card.ood is not None
+    item = C.ood_score(raw[card.ood.output], card.ood.stats(), card.ood.threshold)
+    owner = data.extra.get("owner")
+    if owner is not None:
+        owner = np.asarray(owner)
+        score = np.bincount(owner, weights=item, minlength=len(heads[0].labels)) / np.maximum(
+            np.bincount(owner, minlength=len(heads[0].labels)), 1)
+    else:
+        score = item
+    keep = score <= 1.0
+    result["ood_rejected"] = float(1 - keep.mean())
+    for head in heads:
+        target = result if head.key is None else result[head.key]
+        if keep.any():
+            accepted = classification_metrics(head.labels[keep], head.logits[keep].argmax(1), head.names)
+            probs = C.probabilities(head.logits[keep], card.temperature(head.output))
+            target["accepted"] = {"n": int(keep.sum()), "balanced_accuracy": accepted["balanced_accuracy"],
+                                  "accuracy": accepted["accuracy"], **C.calibration_metrics(probs, head.labels[keep])}
+
+
+def confidence_report(
+    runner: Any, card: ModelCard, module: Any, data: LabelledSet, raw: dict[str, np.ndarray], result: dict[str, Any],
+    restrict: bool = False, fit_temperature: bool = False, outliers: str | None = None, fit_ood: bool = False,
+    train_data: str | None = None, mode: str | None = None,
+) -> dict[str, Any]:
+    """Add calibration (and, as asked, restricted, fitted and out-of-distribution) figures to ``result``.
+
+    Returns what ``--write-card`` stores: ``confidence`` (fitted temperatures) and ``ood`` (statistics and
+    threshold), each only when fitted here.
+    """
+    from edge import confidence as C
+    from edge.card import OodRecord
+    from edge.errors import ConfigError
+
+    heads = module.heads(card, data, raw)
+    out: dict[str, Any] = {}
+    fitted: dict[str, float] = {}
+    values: dict[str, Any] = {}
+    for head in heads:
+        target = result if head.key is None else result[head.key]
+        t = card.temperature(head.output)
+        probs = C.probabilities(head.logits, t)
+        target.update(C.calibration_metrics(probs, head.labels))
+        target["ece_floor"] = C.ece_floor(probs)
+        target["temperature"] = t
+        uncalibrated = C.calibration_metrics(C.probabilities(head.logits, 1.0), head.labels)
+        target["uncalibrated"] = uncalibrated
+        if restrict:
+            target["restricted"] = _restricted_metrics(head, t)
+        if fit_temperature:
+            folds = C.folds_of(head.labels, data.extra.get("groups"))
+            cross, fold_temps = C.cross_fitted_probabilities(head.logits, head.labels, folds)
+            fitted[head.output] = C.fit_temperature(head.logits, head.labels)
+            crossed = C.calibration_metrics(cross, head.labels)
+            target["fit"] = {"temperature": fitted[head.output], "folds": len(fold_temps),
+                             "fold_temperatures": fold_temps, "cross_fitted": crossed}
+            values[head.output] = {"n": int(len(head.labels)), "before": uncalibrated, "after_cross_fitted": crossed,
+                                   "fold_temperatures": fold_temps}
+    if fit_temperature:
+        grouped = data.extra.get("groups") is not None
+        out["confidence"] = {
+            "temperatures": fitted, "data": data.description, "values": values,
+            "fit": ("temperature fitted on every sample of the split; the 'after' figures are cross-fitted: each "
+                    + ("speaker's or subject's samples" if grouped else "of 5 stratified folds")
+                    + " scored with a temperature fitted on the others"),
+        }
+    if card.ood is not None and not fit_ood and card.ood.output in raw:
+        _gated(result, heads, card, data, raw)
+    if outliers is None:
+        return out
+    # --- out of distribution: per model item (a speech window, a face, an EEG window), as the runtime scores
+    if not hasattr(module, "load_outliers"):
+        raise ConfigError(f"model '{card.name}': its evaluator cannot read outliers (no load_outliers())")
+    sets = module.load_outliers(card, outliers, mode=mode)
+    outlier_embeddings = {kind: infer_outputs(runner, card, s)["embedding"] for kind, s in sets.items()}
+    selection: list[dict[str, Any]] = []
+    if fit_ood:
+        embeddings, class_parts, described = [], [], []
+        for folder in str(train_data).split(","):  # the train splits of one or more corpora
+            train = module.load_split(card, folder.strip(), "train", limit=OOD_TRAIN_LIMIT, seed=0, mode=mode)
+            if train.description == data.description:
+                raise ConfigError(f"--fit-ood: the train split of {folder} is the evaluated split itself; give the "
+                                  "data set's root (with train/ and validation/)")
+            raw_train = infer_outputs(runner, card, train)
+            embeddings.append(raw_train["embedding"])
+            class_parts.append(_per_item(_class_ids(module.heads(card, train, raw_train)), train))
+            described.append(train.description)
+        raw_train = {"embedding": np.concatenate(embeddings)}
+        classes = np.concatenate(class_parts)
+        best: tuple[tuple[float, float], dict[str, Any]] | None = None
+        for transform, minor, major in C.OOD_CANDIDATES:  # chosen by the worst kind's AUROC, then the mean
+            candidate = C.fit_mahalanobis(raw_train["embedding"], classes, minor=minor, major=major, transform=transform)
+            inlier = C.mahalanobis(raw["embedding"], candidate)
+            aucs = [C.auroc(inlier, C.mahalanobis(e, candidate)) for e in outlier_embeddings.values()]
+            key = (min(aucs), float(np.mean(aucs)))
+            selection.append({"transform": transform, "minor": minor, "major": major, "worst_auroc": key[0],
+                              "mean_auroc": key[1]})
+            if best is None or key > best[0]:
+                best = (key, candidate)
+        assert best is not None
+        stats = best[1]
+        # the card keeps 6 significant digits: the threshold is set on the statistics as stored
+        for key in ("mean", "projection", "centres"):
+            value = np.asarray(stats[key])
+            stats[key] = np.array([float(f"{v:.6g}") for v in value.ravel()]).reshape(value.shape)
+        inlier = C.mahalanobis(raw["embedding"], stats)
+        threshold = C.choose_threshold(inlier, MAX_FALSE_REJECTION)
+    else:
+        if card.ood is None:
+            raise ConfigError(f"model '{card.name}': its card has no [ood] statistics; fit them with --fit-ood")
+        stats, threshold = card.ood.stats(), card.ood.threshold
+        inlier = C.mahalanobis(raw["embedding"], stats)
+    scores = {kind: C.mahalanobis(e, stats) for kind, e in outlier_embeddings.items()}
+    pooled = np.concatenate(list(scores.values()))
+    result["ood_auroc"] = C.auroc(inlier, pooled)
+    result["ood_auroc_by_kind"] = {kind: C.auroc(inlier, s) for kind, s in scores.items()}
+    result["ood_flagged"] = {"inliers": float((inlier > threshold).mean()),
+                             **{kind: float((s > threshold).mean()) for kind, s in scores.items()}}
+    result["ood_threshold"] = threshold
+    result["ood_n"] = {"inliers": int(len(inlier)), **{kind: int(len(s)) for kind, s in scores.items()}}
+    if fit_ood:
+        out["ood"] = {
+            "threshold": threshold, "components": int(stats["components"]), "transform": stats["transform"],
+            "minor": stats["minor"], "major": stats["major"],
+            "mean": OodRecord.encode(stats["mean"]),
+            "projection": [OodRecord.encode(r) for r in stats["projection"]],
+            "centres": [OodRecord.encode(r) for r in stats["centres"]], "classes": stats["classes"],
+            "data": f"statistics: {' + '.join(described)}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {data.description} "
+                    f"below it; outliers: {Path(outliers).name} ({', '.join(sets)})",
+            "values": {**{k: result[k] for k in ("ood_auroc", "ood_auroc_by_kind", "ood_flagged", "ood_n")},
+                       "selection": selection},
+        }
+    return out

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError, ModelError
-from edge.evaluation import LabelledSet
+from edge.evaluation import Head, LabelledSet, infer_outputs
 from edge.evaluation.metrics import classification_metrics
 from edge.features.eeg import load_deap_features, standardise
 
@@ -101,26 +101,29 @@ def load_split(
         labels={"valence": valence, "arousal": arousal},
         skipped=skipped,
         description=description,
-        extra={"mode": mode, "subjects": subjects, "videos": videos},  # videos: the enrollment order of --adapt
+        extra={"mode": mode, "subjects": subjects, "groups": subjects.tolist(),
+               "videos": videos},  # videos: the enrollment order of --adapt
     )
 
 
-def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256) -> dict[str, Any]:
-    name = card.inputs[0].name
-    x = data.inputs[name]
-    outs: dict[str, list[np.ndarray]] = {"valence_logits": [], "arousal_logits": [], "va": []}
-    for start in range(0, len(x), batch):
-        result = runner.infer({name: x[start : start + batch]})
-        for key in outs:
-            outs[key].append(result[key])
-    valence_logits = np.concatenate(outs["valence_logits"])
-    arousal_logits = np.concatenate(outs["arousal_logits"])
-    va = np.concatenate(outs["va"])
+def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> list[Head]:
+    """The valence and arousal logits outputs with their labels."""
+    labels = data.labels
+    assert isinstance(labels, dict)
+    return [
+        Head("valence_logits", raw["valence_logits"], labels["valence"], VALENCE_LABELS, "valence"),
+        Head("arousal_logits", raw["arousal_logits"], labels["arousal"], AROUSAL_LABELS, "arousal"),
+    ]
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256, raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    raw = raw if raw is not None else infer_outputs(runner, card, data, batch)
+    va = raw["va"]
     labels = data.labels
     assert isinstance(labels, dict)
     result: dict[str, Any] = {
-        "valence": classification_metrics(labels["valence"], valence_logits.argmax(1), VALENCE_LABELS),
-        "arousal": classification_metrics(labels["arousal"], arousal_logits.argmax(1), AROUSAL_LABELS),
+        "valence": classification_metrics(labels["valence"], raw["valence_logits"].argmax(1), VALENCE_LABELS),
+        "arousal": classification_metrics(labels["arousal"], raw["arousal_logits"].argmax(1), AROUSAL_LABELS),
         "skipped": data.skipped,
         "mode": data.extra.get("mode"),
     }
@@ -134,12 +137,32 @@ def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256) 
     return result
 
 
+def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
+    """Rows of model inputs (z-scored band powers) from ``folder/<kind>/*.npy``, per kind."""
+    from edge.errors import InputError
+
+    root = Path(folder)
+    width = int(card.inputs[0].shape[-1])
+    out: dict[str, LabelledSet] = {}
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(kind.glob("*.npy"))
+        if not files:
+            continue
+        rows = np.concatenate([np.load(f).reshape(-1, width) for f in files]).astype(np.float32)
+        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
+                                     description=f"{kind} ({len(rows)} rows)")
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with .npy rows of {width} features)")
+    return out
+
+
 def format_classification(title: str, m: dict[str, Any]) -> str:
     """A plain-text block: headline metrics, recall per class and the confusion matrix."""
     labels = m["labels"]
+    calib = "".join(f"  {k.replace('_', ' ')} {m[k]:.3f}" for k in ("ece", "mean_confidence") if k in m)
     lines = [
-        f"{title}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
-        f"balanced accuracy {m['balanced_accuracy']:.3f}  (n = {m['n']})",
+        f"{title}: balanced accuracy {m['balanced_accuracy']:.3f}  accuracy {m['accuracy']:.3f}  "
+        f"macro-F1 {m['macro_f1']:.3f}{calib}  (n = {m['n']})",
         "  recall per class: " + ", ".join(
             f"{k} {v['recall']:.3f}" if v["recall"] is not None else f"{k} -" for k, v in m["per_class"].items()
         ),

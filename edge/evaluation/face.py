@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import InputError
-from edge.evaluation import LabelledSet
+from edge.evaluation import Head, LabelledSet, infer_outputs
 from edge.evaluation.metrics import classification_metrics
 from edge.features.face import DEFAULT_SIZE, load_image, normalise, resize_gray
 
@@ -96,24 +96,39 @@ def load_split(
     description = f"{root} ({len(y)} images" + (f", stratified slice seed {seed}" if limit is not None else "") + ")"
     return LabelledSet(
         inputs={spec.name: x}, labels=y, skipped=sum(skipped.values()), description=description,
-        extra={"skipped_classes": skipped, "files": [str(p) for p in paths]},
+        extra={"skipped_classes": skipped, "files": [str(p) for p in paths], "present": sorted(set(y.tolist()))},
     )
 
 
-def evaluate(runner: Any, card: ModelCard, data: LabelledSet) -> dict[str, Any]:
+def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> list[Head]:
+    """The logits output per image with the true labels."""
+    return [Head("logits", raw["logits"], np.asarray(data.labels), list(card.labels), None, data.extra.get("present"))]
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Run the model in batches on ``data`` and return ``classification_metrics`` plus ``skipped``."""
-    name = card.inputs[0].name
-    x = data.inputs[name]
-    predictions = []
-    for start in range(0, len(x), BATCH):
-        out = runner.infer({name: x[start : start + BATCH]})
-        predictions.append(np.argmax(out["logits"], axis=1))
-    y_pred = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
-    result = classification_metrics(np.asarray(data.labels), y_pred, card.labels)
+    raw = raw if raw is not None else infer_outputs(runner, card, data, BATCH)
+    result = classification_metrics(np.asarray(data.labels), np.argmax(raw["logits"], axis=1), card.labels)
     result["skipped"] = data.skipped
     if data.extra.get("skipped_classes"):
         result["skipped_classes"] = data.extra["skipped_classes"]
     return result
+
+
+def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
+    """Unlabelled images of ``folder/<kind>/`` as model inputs (resized gray, normalised), per kind."""
+    spec = card.inputs[0]
+    size = int(spec.shape[-1]) if isinstance(spec.shape[-1], int) else DEFAULT_SIZE
+    root = Path(folder)
+    out: dict[str, LabelledSet] = {}
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(f for f in kind.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            out[kind.name] = LabelledSet(inputs={spec.name: normalise(read_images(files, size))[:, None]},
+                                         labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} images)")
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with images: noise/, shapes/, ...)")
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -132,8 +147,9 @@ def print_report(result: dict[str, Any]) -> None:
         f"({result.get('backend', '?')}, {result.get('precision', '?')})"
     )
     summary = Table(show_header=False)
-    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
-        summary.add_row(key, f"{result[key]:.4f}")
+    for key in ("balanced_accuracy", "accuracy", "macro_f1", "ece", "mean_confidence"):
+        if key in result:
+            summary.add_row(key, f"{result[key]:.4f}")
     summary.add_row("n", str(result["n"]))
     summary.add_row("skipped", str(result.get("skipped", 0)))
     console.print(summary)

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """accuracy, macro_f1, balanced_accuracy, n, per_class (recall, precision, f1, support) and confusion.
+    """balanced_accuracy (the headline), accuracy, macro_f1, n, per_class (recall, precision, f1, support) and confusion.
 
     ``y_true`` and ``y_pred`` are integer indices into ``labels``. A class with no true samples has
     recall None and is left out of balanced accuracy and macro-F1 (as scikit-learn does with zero
@@ -39,10 +39,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Seque
             recalls.append(recall)
             f1s.append(f1)
     n = int(len(y_true))
-    return {
+    return {  # balanced accuracy (unweighted average recall) first: the headline, fair to unbalanced corpora
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "accuracy": float(tp.sum() / n) if n else 0.0,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "n": n,
         "per_class": per_class,
         "confusion": confusion.tolist(),

@@ -1,12 +1,17 @@
 """Evaluation of the speech emotion model on a folder of wav files with a labels.csv.
 
-labels.csv needs columns ``file`` (path relative to DIR) and ``emotion`` (a label name); ``actor``
-(or ``speaker``) is optional. Any sample rate and channel count: clips go through the runtime's
-feature code (16 kHz mono, log-mel, 3-s windows; logits averaged over a clip's windows).
+labels.csv needs columns ``file`` (path relative to DIR: wav, or FLAC and other formats through
+soundfile) and ``emotion`` (a label name); ``actor`` (or ``speaker``) and ``corpus`` are optional. Any
+sample rate and channel count: clips go through the runtime's feature code (16 kHz mono, log-mel, 3-s
+windows; logits averaged over a clip's windows).
 
-Split "validation" is every clip whose actor the model was not trained on (the card's
-``training.holdout.train_actors``); a folder without speaker ids is all validation. "train" is the
-training actors, "all" every clip. Emotions the model lacks are skipped and counted.
+Speaker ids belong to their corpus: a speaker is ``corpus:id``, where the corpus is the ``corpus``
+column, else ``ravdess`` for RAVDESS file names, else the folder's name. Split "validation" is every
+clip whose speaker the model was not trained on (the card's ``training.holdout``: ``train_speakers``
+as ``corpus:id``, or ``train_actors`` of the corpus named by ``corpus``, ``ravdess`` when absent), so a
+foreign corpus whose speakers are numbered 03-16 is all validation; a folder without speaker ids is all
+validation. "train" is the training speakers, "all" every clip. Emotions the model lacks are skipped
+and counted; the classes the folder has are kept for ``--restrict-to-data-labels``.
 
 Modes: ``default`` z-scores with the population statistics in the card; ``speaker-norm`` with each
 speaker's own statistics over all of that speaker's clips in DIR (their unlabeled history).
@@ -15,6 +20,7 @@ speaker's own statistics over all of that speaker's clips in DIR (their unlabele
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError, InputError
-from edge.evaluation import LabelledSet
+from edge.evaluation import Head, LabelledSet, infer_outputs
 from edge.evaluation.eeg import format_classification, stratified_slice
 from edge.evaluation.metrics import classification_metrics
 from edge.features import speech as F
@@ -41,6 +47,33 @@ RAVDESS_EMOTIONS = {
     "01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful", "07": "disgust",
     "08": "surprised",
 }
+
+
+RAVDESS_NAME = re.compile(r"^\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}$")
+
+
+def corpus_of(folder: Path, row: dict[str, str]) -> str:
+    """The corpus a clip belongs to: its ``corpus`` column, ``ravdess`` for a RAVDESS file name, else the folder's name."""
+    if row.get("corpus", "").strip():
+        return row["corpus"].strip().lower()
+    if RAVDESS_NAME.match(Path(row["file"]).stem):
+        return "ravdess"
+    return Path(folder).resolve().name.lower()
+
+
+def speaker_key(folder: Path, row: dict[str, str]) -> str | None:
+    """``corpus:speaker`` of a row, or None without a speaker id: speaker ids are only unique within a corpus."""
+    spk = _speaker(row)
+    return None if spk is None else f"{corpus_of(folder, row)}:{spk}"
+
+
+def training_speakers(card: ModelCard) -> set[str]:
+    """The card's training speakers as ``corpus:id`` (``train_speakers``, or ``train_actors`` of ``corpus``)."""
+    holdout = card.training.holdout
+    corpus = str(holdout.get("corpus", "ravdess")).lower()
+    keys = {str(k).lower() for k in holdout.get("train_speakers", [])}
+    keys |= {f"{corpus}:{int(a) if str(a).isdigit() else a}" for a in holdout.get("train_actors", [])}
+    return keys
 
 
 def ravdess_rows(folder: Path) -> list[dict[str, str]]:
@@ -87,21 +120,22 @@ def load_split(
         raise ConfigError(f"speech eval: unknown --mode '{mode}' (expected one of {', '.join(MODES)})")
     data_dir = Path(data_dir)
     rows = read_labels(data_dir)
-    train_actors = {str(a) for a in card.training.holdout.get("train_actors", [])}
+    labels = list(card.labels)
+    present = sorted({labels.index(e) for r in rows if (e := r["emotion"].strip().lower()) in labels})
+    trained_on = training_speakers(card)
     if split == "validation":
-        rows = [r for r in rows if _speaker(r) is None or _speaker(r) not in train_actors]
+        rows = [r for r in rows if speaker_key(data_dir, r) is None or speaker_key(data_dir, r) not in trained_on]
     elif split == "train":
-        rows = [r for r in rows if _speaker(r) in train_actors]
+        rows = [r for r in rows if speaker_key(data_dir, r) in trained_on]
     elif split != "all":
         raise ConfigError(f"speech eval: unknown split '{split}' (expected validation, train or all)")
-    labels = list(card.labels)
     known = [r for r in rows if r["emotion"].strip().lower() in labels]
     skipped = len(rows) - len(known)
     if not known:
         raise ConfigError(f"speech eval: no clips of split '{split}' in {data_dir} with a label the model has ({labels})")
     y = np.array([labels.index(r["emotion"].strip().lower()) for r in known], dtype=np.int64)
     # speaker statistics use every clip of that speaker in the split, labelled or not (no labels needed)
-    speakers = [_speaker(r) for r in rows]
+    speakers = [speaker_key(data_dir, r) for r in rows]
     chosen = np.arange(len(known))
     if limit is not None:
         chosen = stratified_slice(y, limit, seed)
@@ -119,19 +153,23 @@ def load_split(
     wanted = [known_index[id(known[j])] for j in chosen]
     params = card.features.params
     pop = (np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32))
+    loud = bool(params.get("loudness_norm", False))
     stats: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
     if mode == "speaker-norm":
         for spk in {speakers[i] for i in wanted}:
             members = [i for i, s in enumerate(speakers) if s == spk] if spk is not None else wanted
-            stats[spk] = F.bin_statistics([mel(i) for i in members])
+            stats[spk] = F.bin_statistics([F.normalise_loudness(mel(i)) if loud else mel(i) for i in members])
     xs, owner = [], []
     for k, i in enumerate(wanted):
         mean, std = stats.get(speakers[i], pop) if mode == "speaker-norm" else pop
-        w = F.standardise(F.windows(mel(i)), mean, std)
+        w = F.model_input(F.windows(mel(i)), mean, std, loud)
         xs.append(w)
         owner += [k] * len(w)
     held = sorted({speakers[i] for i in wanted if speakers[i] is not None}, key=lambda s: (len(s), s))
-    description = f"{data_dir.name}: split {split}, speakers {held or 'unknown'}, {len(wanted)} clips, mode {mode}"
+    corpora = sorted({corpus_of(data_dir, rows[i]) for i in wanted})
+    held_short = [h.split(":", 1)[1] for h in held] if len(corpora) == 1 else held
+    description = (f"{data_dir.name}: split {split}, {'/'.join(corpora)} speakers {held_short or 'unknown'}, "
+                   f"{len(wanted)} clips, mode {mode}")
     if limit is not None:
         description += f", stratified slice of {limit} (seed {seed})"
     return LabelledSet(
@@ -140,30 +178,68 @@ def load_split(
         skipped=skipped,
         description=description,
         extra={
-            "mode": mode, "owner": np.array(owner), "clips": len(wanted),
-            # per clip: the person (None without speaker ids) and file, for `eval --adapt`
-            "persons": [speakers[i] for i in wanted], "files": [rows[i]["file"] for i in wanted],
+            "mode": mode, "owner": np.array(owner), "clips": len(wanted), "present": present,
+            # per clip: the speaker (corpus:id) and file: groups for cross-fitting, persons for `eval --adapt`
+            "groups": [speakers[i] for i in wanted], "persons": [speakers[i] for i in wanted],
+            "files": [rows[i]["file"] for i in wanted],
         },
     )
 
 
-def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 64) -> dict[str, Any]:
-    name = card.inputs[0].name
-    x = data.inputs[name]
-    logits = np.concatenate([runner.infer({name: x[s : s + batch]})["logits"] for s in range(0, len(x), batch)])
-    owner = data.extra["owner"]
-    clip_logits = np.zeros((data.extra["clips"], logits.shape[1]))
-    np.add.at(clip_logits, owner, logits)
+def clip_mean(values: np.ndarray, owner: np.ndarray, clips: int) -> np.ndarray:
+    """Per-clip mean of per-window values (logits, embeddings)."""
+    total = np.zeros((clips, *values.shape[1:]), dtype=np.float64)
+    np.add.at(total, owner, values)
+    return total / np.maximum(np.bincount(owner, minlength=clips), 1).reshape(-1, *([1] * (values.ndim - 1)))
+
+
+def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> list[Head]:
+    """The logits output per clip (mean over the clip's windows) with the clip labels."""
     labels = data.labels
     assert isinstance(labels, np.ndarray)
-    result = classification_metrics(labels, clip_logits.argmax(1), card.labels)
+    logits = clip_mean(raw["logits"], data.extra["owner"], data.extra["clips"])
+    return [Head("logits", logits, labels, list(card.labels), None, data.extra.get("present"))]
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 64, raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    raw = raw if raw is not None else infer_outputs(runner, card, data, batch)
+    head = heads(card, data, raw)[0]
+    result = classification_metrics(head.labels, head.logits.argmax(1), card.labels)
     result["skipped"] = data.skipped
     result["mode"] = data.extra.get("mode")
-    result["windows"] = int(len(x))
+    result["windows"] = int(len(data.inputs[card.inputs[0].name]))
     return result
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
+    """Unlabelled clips of ``folder/<kind>/`` (any audio soundfile reads), as model windows z-scored with the
+    card's population statistics (a device's view before it knows the speaker), per kind."""
+    root = Path(folder)
+    kinds = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    params = card.features.params
+    mean, std = np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32)
+    out: dict[str, LabelledSet] = {}
+    for kind in kinds:
+        files = sorted(f for f in kind.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            continue
+        loud = bool(params.get("loudness_norm", False))
+        xs = [F.model_input(F.windows(F.clip_inputs(f)), mean, std, loud) for f in files]
+        owner = np.concatenate([[k] * len(x) for k, x in enumerate(xs)])
+        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: np.concatenate(xs)[:, None].astype(np.float32)},
+                                     labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} clips)",
+                                     extra={"owner": owner, "clips": len(files)})
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with audio files: noise/, tones/, ...)")
+    return out
 
 
 def print_report(result: dict[str, Any]) -> None:
     print(f"{result.get('model', 'speech')} on {result.get('data', '?')} ({result.get('backend', '?')}, "
           f"{result.get('precision', '?')}); skipped {result.get('skipped', 0)}")
     print(format_classification("emotion", result))
+    if "restricted" in result:
+        print(format_classification("emotion, among the data's labels", result["restricted"]))

@@ -175,6 +175,32 @@ def standardise(logmel: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
     return ((np.asarray(logmel, dtype=np.float32) - mean) / std).astype(np.float32)
 
 
+LOUDNESS_REFERENCE_PERCENTILE = 90  # the level of a window: this percentile of its frames' mean log-mel
+
+
+def normalise_loudness(logmel: np.ndarray) -> np.ndarray:
+    """Log-mel ``[..., N_MELS, frames]`` shifted so that its loud frames sit at 0: the level (the 90th
+    percentile over frames of the log of the frame's mean mel power, ignoring digital silence and padding) is subtracted
+    from every frame that is not silence. Gain, microphone sensitivity and distance then no longer
+    move the input; the same function runs in training and at run time (card param ``loudness_norm``)."""
+    m = np.asarray(logmel, dtype=np.float32)
+    top = m.max(axis=-2, keepdims=True)  # a frame's level: its mean mel power, in log units (log-mean-exp)
+    frame = (top + np.log(np.exp(m - top).mean(axis=-2, keepdims=True)))[..., 0, :]  # [..., frames]
+    sound = frame > SILENCE + 1.0
+    masked = np.where(sound, frame, np.nan)
+    with np.errstate(all="ignore"):
+        level = np.nanpercentile(masked, LOUDNESS_REFERENCE_PERCENTILE, axis=-1) if sound.any() else np.zeros(frame.shape[:-1])
+    level = np.nan_to_num(np.asarray(level, dtype=np.float32))
+    return np.where(sound[..., None, :], m - level[..., None, None], m).astype(np.float32)
+
+
+def model_input(windows_: np.ndarray, mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False) -> np.ndarray:
+    """Log-mel windows ``[..., N_MELS, frames]`` -> the speech model's input values: loudness-normalised
+    where the model was trained so (card param ``loudness_norm``), then z-scored per mel bin."""
+    x = normalise_loudness(windows_) if loudness_norm else windows_
+    return standardise(x, mean, std)
+
+
 def bin_statistics(logmels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per mel bin over all frames of some clips (a speaker's unlabeled history, or a corpus)."""
     if not logmels:
@@ -193,9 +219,9 @@ def clip_inputs(path_or_audio: str | os.PathLike[str] | np.ndarray, sample_rate:
 
 
 def model_windows(
-    audio: np.ndarray, sample_rate: int, mean: np.ndarray, std: np.ndarray
+    audio: np.ndarray, sample_rate: int, mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
 ) -> np.ndarray:
     """Audio at any rate -> the speech model's input ``[n, 1, N_MELS, WINDOW_FRAMES]``, z-scored with
     ``mean``/``std`` (the card's population statistics, or a speaker's own from ``bin_statistics``).
     Average the model's logits over the n windows for one estimate of the clip."""
-    return standardise(windows(log_mel(to_mono_16k(audio, sample_rate))), mean, std)[:, None]
+    return model_input(windows(log_mel(to_mono_16k(audio, sample_rate))), mean, std, loudness_norm)[:, None]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError
-from edge.evaluation.speech import read_labels, speaker_of
+from edge.evaluation.speech import read_labels, speaker_key, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
 from edge.zoo.common import count_parameters, export_onnx, recipe_from_args
@@ -52,6 +52,12 @@ RECIPE: dict[str, Any] = {
     "speaker_norm_p": 0.0,  # share of training windows z-scored with their speaker's statistics
     "label_smoothing": 0.05,
     "spec_masks": 2,  # SpecAugment: this many frequency masks (up to 8 bins) and time masks (up to 30 frames)
+    # more corpora (comma-separated folders with labels.csv) trained on beside --data, each with a mask of the
+    # classes it has, so that a corpus without "calm" never teaches "this is not calm"
+    "extra_data": "",
+    "holdout_every": 5,  # of an extra corpus's speakers (sorted), every this many is held out for validation
+    "device_aug_p": 0.0,  # chance of each device augmentation (EQ, band-limit, reverb, noise, codec) per window
+    "loudness_norm": False,  # normalise each window's loudness (edge.features.speech.normalise_loudness)
 }
 
 
@@ -86,8 +92,11 @@ class SpeechCNN(nn.Module):
 # data
 
 
-def load_corpus(folder: Path, args: argparse.Namespace) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Log-mels, label indices and actor ids of every labelled clip, cached by folder and feature params."""
+def load_corpus(
+    folder: Path, args: argparse.Namespace, offset: int = 0
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
+    """Log-mels, label indices, actor ids (numbers, plus ``offset`` for a second corpus) and speaker keys
+    (``corpus:id``, as ``emoedge eval`` names them) of every labelled clip, cached by folder and feature params."""
     rows = [r for r in read_labels(folder) if r["emotion"].strip().lower() in EMOTIONS]
     if any(speaker_of(r) is None for r in rows):
         raise ConfigError(f"{folder}: training splits by speaker: every clip needs an actor (or speaker) id")
@@ -106,9 +115,10 @@ def load_corpus(folder: Path, args: argparse.Namespace) -> tuple[list[np.ndarray
     labels = np.array([EMOTIONS.index(r["emotion"].strip().lower()) for r in rows], dtype=np.int64)
     speakers = sorted({str(speaker_of(r)) for r in rows}, key=lambda s: (len(s), s))
     # numeric ids (RAVDESS actors) stay themselves; other speaker names are numbered in sorted order
-    ids = {s: int(s) if s.isdigit() else i + 1000 for i, s in enumerate(speakers)}
+    ids = {s: offset + (int(s) if s.isdigit() else i + 1000) for i, s in enumerate(speakers)}
     actors = np.array([ids[str(speaker_of(r))] for r in rows], dtype=np.int64)
-    return mels, labels, actors
+    keys = [str(speaker_key(folder, r)) for r in rows]
+    return mels, labels, actors, keys
 
 
 class Augmenter:
@@ -144,8 +154,10 @@ class Augmenter:
         gain = float(rng.uniform(-1.0, 1.0))  # +-8.7 dB (natural-log units of power)
         speech = out > F.SILENCE + 1e-3
         out = np.where(speech, out + gain, out)
+        if self.recipe["device_aug_p"] > 0:
+            out = np.where(speech, device_augment(out, rng, self.recipe["device_aug_p"]), out)
         mean, std = self.speaker[int(self.actors[i])] if rng.random() < self.recipe["speaker_norm_p"] else self.pop
-        x = F.standardise(out, mean, std)
+        x = F.model_input(out, mean, std, bool(self.recipe["loudness_norm"]))
         for _ in range(self.recipe["spec_masks"]):  # SpecAugment masks, filled with 0 (the mean)
             f = int(rng.integers(0, 9))
             f0 = int(rng.integers(0, F.N_MELS - f + 1))
@@ -159,23 +171,81 @@ class Augmenter:
         return torch.from_numpy(np.stack([self.window(int(i)) for i in idx])[:, None])
 
 
-def eval_windows(mels: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised windows of every clip and, for each window, its clip index."""
+MEL_HZ = F.mel_to_hz(np.linspace(F.hz_to_mel(F.FMIN), F.hz_to_mel(F.FMAX), F.N_MELS + 2))[1:-1]  # bin centres
+
+
+def device_augment(logmel: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """What changes between microphones and rooms, in the mel power domain (each with chance ``p``):
+    an EQ curve, band-limiting, room reverberation, additive noise at 0-30 dB SNR and codec-like
+    (telephone band, coarse levels) distortion."""
+    power = np.exp(np.asarray(logmel, dtype=np.float64))
+    bins = np.arange(F.N_MELS)
+    if rng.random() < p:  # EQ: a smooth random tilt and ripple, up to about +-6 dB
+        curve = rng.uniform(-0.7, 0.7) * (bins / F.N_MELS - 0.5) * 2
+        for _ in range(2):
+            curve = curve + rng.uniform(-0.5, 0.5) * np.cos(np.pi * bins * rng.uniform(1, 4) / F.N_MELS + rng.uniform(0, np.pi))
+        power *= np.exp(curve)[:, None]
+    if rng.random() < p:  # band-limiting: a low-pass (3-7.5 kHz) and a high-pass (80-300 Hz)
+        low, high = rng.uniform(3000, 7500), rng.uniform(80, 300)
+        gain = 1 / (1 + (MEL_HZ / low) ** 8) / (1 + (high / MEL_HZ) ** 4)
+        power *= gain[:, None]
+    if rng.random() < p:  # reverberation: an exponentially decaying tail (RT60 0.2-1.0 s) in each band
+        from scipy.signal import lfilter
+
+        decay = np.exp(-6.9 * F.HOP / F.SAMPLE_RATE / rng.uniform(0.2, 1.0))
+        tail = lfilter([0.0, 1.0], [1.0, -decay], power, axis=1)
+        power = power + rng.uniform(0.1, 0.6) * (1 - decay) * tail
+    if rng.random() < p:  # additive noise: white to brown, steady or fluctuating, at 0-30 dB SNR
+        shape = (MEL_HZ / 1000.0) ** -rng.uniform(0, 2)
+        fluct = np.exp(rng.uniform(0, 0.5) * rng.standard_normal(power.shape[1]))
+        noise = shape[:, None] * fluct[None, :]
+        snr = 10 ** (rng.uniform(0, 30) / 10)
+        power = power + noise * power.mean() / noise.mean() / snr
+    if rng.random() < p / 2:  # codec-like: telephone band and levels quantised to 1.5 dB
+        power *= (1 / (1 + (MEL_HZ / 3400) ** 12) / (1 + (300 / MEL_HZ) ** 6))[:, None]
+        power = np.exp(np.round(np.log(power + F.LOG_FLOOR) / 0.35) * 0.35)
+    return np.log(power + F.LOG_FLOOR).astype(np.float32)
+
+
+def eval_windows(
+    mels: list[np.ndarray], mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs of every clip's windows and, for each window, its clip index."""
     xs, owner = [], []
     for i, m in enumerate(mels):
         w = F.windows(m)
-        xs.append(F.standardise(w, mean, std))
+        xs.append(F.model_input(w, mean, std, loudness_norm))
         owner += [i] * len(w)
     return np.concatenate(xs)[:, None], np.array(owner)
 
 
-def clip_accuracy(model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
-    x, owner = eval_windows(mels, mean, std)
+def clip_accuracy(
+    model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
+) -> float:
+    x, owner = eval_windows(mels, mean, std, loudness_norm)
     with torch.no_grad():
         logits = torch.cat([model(torch.from_numpy(x[s : s + 128]))[0] for s in range(0, len(x), 128)]).numpy()
     clip_logits = np.zeros((len(mels), logits.shape[1]))
     np.add.at(clip_logits, owner, logits)
     return float((clip_logits.argmax(1) == labels).mean())
+
+
+def balanced_clip_accuracy(
+    model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, mean: np.ndarray, std: np.ndarray, loudness_norm: bool,
+    classes: list[int] | None = None,
+) -> float:
+    """Balanced accuracy (unweighted average recall) of clips, argmax among ``classes`` (default all)."""
+    from edge.evaluation.metrics import classification_metrics
+
+    x, owner = eval_windows(mels, mean, std, loudness_norm)
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(x[s : s + 128]))[0] for s in range(0, len(x), 128)]).numpy()
+    clip_logits = np.zeros((len(mels), logits.shape[1]))
+    np.add.at(clip_logits, owner, logits)
+    if classes is not None:
+        blocked = np.setdiff1d(np.arange(clip_logits.shape[1]), classes)
+        clip_logits[:, blocked] = -np.inf
+    return float(classification_metrics(labels, clip_logits.argmax(1), list(EMOTIONS))["balanced_accuracy"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +254,12 @@ def clip_accuracy(model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, 
 
 def fit(
     mels: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, mean: np.ndarray, std: np.ndarray,
-    args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu",
+    args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu", masks: np.ndarray | None = None,
 ) -> tuple[SpeechCNN, int]:
-    """Train a SpeechCNN by ``recipe`` on ``device``; the model comes back on the CPU in eval mode."""
+    """Train a SpeechCNN by ``recipe`` on ``device``; the model comes back on the CPU in eval mode.
+
+    ``masks`` (clips x classes, True where the clip's corpus has the class) restrict each clip's softmax and
+    label smoothing to its corpus's classes."""
     model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"]).to(device)
     batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
@@ -195,6 +268,7 @@ def fit(
     aug = Augmenter(mels, actors, mean, std, seed, recipe)
     rng = np.random.default_rng(seed + 1)
     y_all = torch.from_numpy(labels)
+    mask_all = torch.from_numpy(masks if masks is not None else np.ones((len(mels), len(EMOTIONS)), dtype=bool))
     smoothing = recipe["label_smoothing"]
     steps = 0
     bar = progress(range(epochs), args, desc="speech epochs")
@@ -211,8 +285,10 @@ def fit(
                 perm = torch.from_numpy(rng.permutation(len(idx)))
                 x = lam * x + (1 - lam) * x[perm]
                 y = lam * y + (1 - lam) * y[perm]
-            y = y * (1 - smoothing) + smoothing / len(EMOTIONS)
+            mask = mask_all[idx].float()
+            y = y * (1 - smoothing) + smoothing * mask / mask.sum(1, keepdim=True)
             logits, _ = model(x.to(device))
+            logits = logits.masked_fill(mask.to(device) == 0, -1e4)  # a class the corpus lacks: no gradient to it
             loss = -(y.to(device) * torch.log_softmax(logits, 1)).sum(1).mean()
             opt.zero_grad()
             loss.backward()
@@ -231,40 +307,63 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     seed = setup(args, default_threads=2)
     folder = Path(data) if data else find_data() / "ravdess_speech_16k"
     out = prepare_out(out or Path("models/speech"))
-    mels, labels, actors = load_corpus(folder, args)
     recipe = recipe_from_args(RECIPE, args)
+    loud = bool(recipe["loudness_norm"])
+    mels, labels, actors, keys = load_corpus(folder, args)
+    corpus = np.zeros(len(mels), dtype=np.int64)
+    folders = [folder] + [Path(f) for f in str(recipe["extra_data"]).split(",") if f.strip()]
     train_mask = ~np.isin(actors, VALIDATION_ACTORS)
+    for c, extra in enumerate(folders[1:], start=1):
+        m2, l2, a2, k2 = load_corpus(extra, args, offset=100_000 * c)
+        speakers = sorted(set(k2), key=lambda k: (len(k), k))
+        held = set(speakers[recipe["holdout_every"] - 1 :: recipe["holdout_every"]]) if recipe["holdout_every"] else set()
+        mels += m2
+        labels = np.concatenate([labels, l2])
+        actors = np.concatenate([actors, a2])
+        keys += k2
+        corpus = np.concatenate([corpus, np.full(len(m2), c)])
+        train_mask = np.concatenate([train_mask, np.array([k not in held for k in k2])])
+    # each corpus's classes: a clip is scored among these only
+    present = np.zeros((len(folders), len(EMOTIONS)), dtype=bool)
+    present[corpus, labels] = True
+    masks = present[corpus]
     idx = np.flatnonzero(train_mask)
     if getattr(args, "cv", 0):
         raise ConfigError("speech: --cv is not implemented for this recipe")
     tr_mels = [mels[i] for i in idx]
-    mean, std = F.bin_statistics(tr_mels)
+    mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
     start = time.perf_counter()
-    model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed, getattr(args, "device", None) or "cpu")
+    model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed,
+                       getattr(args, "device", None) or "cpu", masks=masks[idx])
     seconds = time.perf_counter() - start
     n_params = count_parameters(model)
     print(f"parameters: {n_params}; {steps} optimiser steps in {seconds:.0f} s")
-    val = np.flatnonzero(~train_mask)
-    if len(val) and not args.max_steps:
-        acc = clip_accuracy(model, [mels[i] for i in val], labels[val], mean, std)
-        by_speaker = [clip_accuracy(model, [mels[i] for i in val if actors[i] == a], labels[val][actors[val] == a],
-                                    *F.bin_statistics([mels[i] for i in val if actors[i] == a]))
-                      * int((actors[val] == a).sum()) for a in np.unique(actors[val])]
-        print(f"held-out actors {list(VALIDATION_ACTORS)} (torch): accuracy {acc:.3f} with the population statistics, "
-              f"{sum(by_speaker) / len(val):.3f} with each speaker's own", flush=True)
-    example = torch.from_numpy(eval_windows(mels[:3], mean, std)[0])
+    if not args.max_steps:
+        for c, f in enumerate(folders):
+            val = np.flatnonzero(~train_mask & (corpus == c))
+            if not len(val):
+                continue
+            args_ = ([mels[i] for i in val], labels[val], mean, std, loud)
+            held_names = sorted({keys[i] for i in val}, key=lambda k: (len(k), k))
+            print(f"{f.name}: held-out speakers {held_names} (torch): balanced accuracy "
+                  f"{balanced_clip_accuracy(model, *args_):.3f}, among its own classes "
+                  f"{balanced_clip_accuracy(model, *args_, classes=list(np.flatnonzero(present[c]))):.3f}", flush=True)
+    example = torch.from_numpy(eval_windows(mels[:3], mean, std, loud)[0])
     worst = max(export_onnx(model, example, out / "model.onnx", "logmel", ["logits", "embedding"]).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
     recipe_note = (f"Trained on {getattr(args, 'device', None) or 'cpu'}. Recipe: "
                    + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in recipe.items()) + ". ")
-    write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx].tolist())), int(model.head.in_features), worst,
-               recipe_note)
+    train_keys = sorted({keys[i] for i in idx}, key=lambda k: (k.split(":")[0], len(k), k))
+    write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx][corpus[idx] == 0].tolist())),
+               int(model.head.in_features), worst, recipe_note, folders=folders, train_speakers=train_keys,
+               loudness_norm=loud)
     return out
 
 
 def write_card(
     out: Path, n_params: int, seed: int, seconds: float, steps: int, mean: np.ndarray, std: np.ndarray,
     folder: Path, train_actors: list[int], emb: int, worst: float, recipe_note: str = "",
+    folders: list[Path] | None = None, train_speakers: list[str] | None = None, loudness_norm: bool = False,
 ) -> None:
     from edge.card import FeatureRecipe, ModelCard, TensorSpec, TrainingInfo, save_card
 
@@ -294,6 +393,7 @@ def write_card(
             recipe="edge.features.speech.log_mel+windows",
             params={
                 **F.PARAMS,
+                **({"loudness_norm": True} if loudness_norm else {}),
                 "population_mean": [round(float(v), 5) for v in mean],
                 "population_std": [round(float(v), 5) for v in std],
             },
@@ -301,12 +401,16 @@ def write_card(
         parameters=n_params,
         training=TrainingInfo(
             data=f"RAVDESS speech ({folder.name}), actors {train_actors} ({len(train_actors)} actors); "
-            f"actors {list(VALIDATION_ACTORS)} held out",
-            terms="RAVDESS: CC BY-NC-SA 4.0 (attribution, non-commercial, share-alike); the weights inherit these terms",
+            f"actors {list(VALIDATION_ACTORS)} held out"
+            + "".join(f"; {f.name}: speakers {sorted({k for k in (train_speakers or []) if k.startswith(f.name.lower() + ':')})} "
+                      "(its other speakers held out)" for f in (folders or [])[1:]),
+            terms="RAVDESS: CC BY-NC-SA 4.0 (attribution, non-commercial, share-alike); the weights inherit these terms"
+            + ("; ASED: no licence stated, research use, cite Retta et al. 2022" if any("ased" in f.name for f in folders or []) else ""),
             command=training_command(f"emoedge train speech --data {folder} --out {out} --seed {seed}"),
             seconds=round(seconds, 1),
             seed=seed,
-            holdout={"actors": list(VALIDATION_ACTORS), "train_actors": train_actors},
+            holdout={"actors": list(VALIDATION_ACTORS), "train_actors": train_actors, "corpus": "ravdess",
+                     **({"train_speakers": train_speakers} if folders and len(folders) > 1 else {})},
         ),
         notes=(
             recipe_note + f"Export: FP32 ONNX, opset 17, dynamic batch; ONNX Runtime matches torch within 1e-4 + 1e-3*|x| "

@@ -1,0 +1,221 @@
+"""Made-up outliers: inputs unlike anything a model was trained on, to set and check its OOD threshold.
+
+``python -m edge.evaluation.outliers speech|face|eeg OUT [--n N] [--seed S]`` writes one folder per kind
+under OUT, in the model's input format, for ``emoedge eval NAME --data DIR --ood OUT``:
+
+* speech (3-s 16 kHz PCM wav): ``noise`` (white, pink and brown noise, a hum, at -45 to -10 dBFS),
+  ``tones`` (music-like: note sequences with harmonics and envelopes, chords, sweeps) and
+  ``synthetic_speech`` (eSpeak NG, ``apt-get install espeak-ng``, in voices other than en-us: the demo's
+  clip is en-us eSpeak NG and stays out of the threshold's data);
+* face (48x48 gray PNG): ``noise`` (white, blurred and salt-and-pepper noise), ``shapes`` (random
+  rectangles, ellipses and lines) and ``patterns`` (stripes, checkerboards, gradients);
+* eeg (``.npy`` rows of the model's 160 z-scored band powers): ``noise`` (three times the spread of
+  real rows) and ``saturated`` (a few electrodes pinned high in every band, as a loose contact does).
+
+Everything is generated from a seed; nothing comes from a data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+RATE = 16_000
+SENTENCES = [
+    "The meeting starts at nine in the morning.", "Please put the books on the second shelf.",
+    "The train to the city leaves every hour.", "My brother lives in a small house near the river.",
+    "We need three more chairs for the table.", "The weather report said it might rain tomorrow.",
+    "Turn left at the next corner and keep going.", "The library closes early on Sundays.",
+    "She bought bread, milk and a few apples.", "The window in the kitchen is open.",
+    "There are twelve months in a year.", "The printer on the third floor is out of paper.",
+]
+VOICES = ["en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "de", "fr", "es", "it", "pt", "nl", "sw", "hi"]
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(x**2))) or 1.0
+    return (x / rms * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def noise_clip(rng: np.random.Generator, seconds: float = 3.0) -> np.ndarray:
+    """White, pink or brown noise, or mains hum with harmonics, at a random level."""
+    n = int(seconds * RATE)
+    kind = rng.integers(4)
+    if kind == 3:
+        t = np.arange(n) / RATE
+        f0 = rng.choice([50.0, 60.0])
+        x = sum(rng.uniform(0.2, 1) / h * np.sin(2 * np.pi * f0 * h * t) for h in range(1, 6))
+        x = np.asarray(x) + 0.05 * rng.standard_normal(n)
+    else:
+        spectrum = np.fft.rfft(rng.standard_normal(n))
+        f = np.maximum(np.fft.rfftfreq(n, 1 / RATE), 1.0)
+        spectrum /= f ** (kind / 2)  # 0 white, 1 pink, 2 brown
+        x = np.fft.irfft(spectrum, n)
+    return _level(x, rng.uniform(-45, -10))
+
+
+def tone_clip(rng: np.random.Generator, seconds: float = 3.0) -> np.ndarray:
+    """Music-like sound: a melody of notes with harmonics and envelopes, a chord, or a sweep."""
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    kind = rng.integers(3)
+    if kind == 0:  # melody
+        x = np.zeros(n)
+        start = 0
+        while start < n:
+            length = int(rng.uniform(0.12, 0.6) * RATE)
+            f = 220 * 2 ** (rng.integers(-12, 19) / 12)
+            tt = np.arange(min(length, n - start)) / RATE
+            env = np.minimum(1, tt / 0.01) * np.exp(-tt * rng.uniform(2, 8))
+            x[start : start + len(tt)] += env * sum(np.sin(2 * np.pi * f * h * tt) / h**rng.uniform(1, 2) for h in range(1, 6))
+            start += length
+    elif kind == 1:  # chord
+        root = 110 * 2 ** (rng.integers(0, 24) / 12)
+        x = sum(np.sin(2 * np.pi * root * 2 ** (s / 12) * t) for s in rng.choice([0, 3, 4, 7, 10, 12], 3, replace=False))
+        x = np.asarray(x) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+    else:  # sweep
+        f0, f1 = rng.uniform(100, 1000), rng.uniform(200, 6000)
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+        x = np.sin(phase)
+    return _level(np.asarray(x, dtype=np.float64), rng.uniform(-30, -10))
+
+
+def espeak_clip(rng: np.random.Generator, text: str, voice: str) -> np.ndarray:
+    """One sentence from eSpeak NG at a random pitch and speed, 16 kHz."""
+    from scipy.signal import resample_poly
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("synthetic speech needs espeak-ng (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.wav"
+        options = ["-p", str(int(rng.integers(20, 80))), "-s", str(int(rng.integers(130, 210)))]
+        subprocess.run([exe, "-v", voice, *options, "-w", str(path), text], check=True, capture_output=True)
+        with wave.open(str(path)) as w:
+            rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
+    audio = resample_poly(pcm, RATE, rate) if rate != RATE else pcm
+    return _level(audio, rng.uniform(-30, -15))
+
+
+def speech_outliers(out: Path, n: int = 40, seed: int = 0) -> dict[str, int]:
+    """Write ``noise``, ``tones`` and ``synthetic_speech`` wav folders under ``out``; returns counts."""
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for kind, make in (("noise", noise_clip), ("tones", tone_clip)):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _write_wav(out / kind / f"{kind}_{i:03d}.wav", make(rng))
+        counts[kind] = n
+    if shutil.which("espeak-ng"):
+        (out / "synthetic_speech").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            text = SENTENCES[(i + 7 * seed) % len(SENTENCES)]
+            voice = VOICES[(i * 5 + i // len(SENTENCES) + 3 * seed) % len(VOICES)]
+            _write_wav(out / "synthetic_speech" / f"espeak_{voice}_{i:03d}.wav", espeak_clip(rng, text, voice))
+        counts["synthetic_speech"] = n
+    return counts
+
+
+def face_outlier(rng: np.random.Generator, kind: str, size: int = 48) -> np.ndarray:
+    """One non-face gray image (uint8, size x size) of a kind: noise, shapes or patterns."""
+    import cv2
+
+    if kind == "noise":
+        k = rng.integers(3)
+        if k == 0:
+            img = rng.integers(0, 256, (size, size))
+        elif k == 1:
+            img = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), rng.uniform(1, 4))
+            img = (img - img.min()) / (np.ptp(img) or 1) * 255
+        else:
+            img = np.full((size, size), rng.integers(60, 200))
+            mask = rng.random((size, size))
+            img[mask < 0.1], img[mask > 0.9] = 0, 255
+        return np.asarray(img, dtype=np.uint8)
+    if kind == "shapes":
+        img = np.full((size, size), int(rng.integers(0, 256)), dtype=np.uint8)
+        for _ in range(int(rng.integers(2, 7))):
+            colour = int(rng.integers(0, 256))
+            p, q = rng.integers(0, size, 2), rng.integers(0, size, 2)
+            s = int(rng.integers(3))
+            if s == 0:
+                cv2.rectangle(img, tuple(int(v) for v in p), tuple(int(v) for v in q), colour, -1)
+            elif s == 1:
+                axes = (int(rng.integers(3, size // 2)), int(rng.integers(3, size // 2)))
+                cv2.ellipse(img, tuple(int(v) for v in p), axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+            else:
+                cv2.line(img, tuple(int(v) for v in p), tuple(int(v) for v in q), colour, int(rng.integers(1, 5)))
+        return img
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    k = rng.integers(3)
+    angle = rng.uniform(0, np.pi)
+    u = x * np.cos(angle) + y * np.sin(angle)
+    if k == 0:
+        img = 127.5 + 127.5 * np.sin(2 * np.pi * u / rng.uniform(3, 16))
+    elif k == 1:
+        cell = int(rng.integers(3, 12))
+        img = (((x // cell) + (y // cell)) % 2) * 255.0
+    else:
+        img = (u - u.min()) / (np.ptp(u) or 1) * 255
+    return np.asarray(img, dtype=np.uint8)
+
+
+def face_outliers(out: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
+    """Write ``noise``, ``shapes`` and ``patterns`` PNG folders under ``out``; returns counts."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for kind in ("noise", "shapes", "patterns"):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(out / kind / f"{kind}_{i:04d}.png"), face_outlier(rng, kind))
+    return {k: n for k in ("noise", "shapes", "patterns")}
+
+
+def eeg_outliers(out: Path, n: int = 200, seed: int = 0, features: int = 160) -> dict[str, int]:
+    """Write ``noise`` and ``saturated`` folders of ``.npy`` rows (z-scored band powers) under ``out``."""
+    rng = np.random.default_rng(seed)
+    noise = 3.0 * rng.standard_normal((n, features))
+    saturated = 0.5 * rng.standard_normal((n, features))
+    electrodes = features // 5
+    for row in saturated:
+        bad = rng.choice(electrodes, size=int(rng.integers(1, 5)), replace=False)
+        for band in range(5):
+            row[band * electrodes + bad] = rng.uniform(4, 8)
+    for kind, rows in (("noise", noise), ("saturated", saturated)):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        np.save(out / kind / f"{kind}.npy", rows.astype(np.float32))
+    return {"noise": n, "saturated": n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modality", choices=["speech", "face", "eeg"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, face and eeg 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    make = {"speech": speech_outliers, "face": face_outliers, "eeg": eeg_outliers}[args.modality]
+    counts = make(args.out, n=args.n or (40 if args.modality == "speech" else 200), seed=args.seed)
+    print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Calibrated confidence and out-of-distribution scores (edge.confidence), as eval measures them and the
+runtime applies them: temperature fitting, ECE, Mahalanobis scores from a card, the 'unknown' gate in
+the output reader and in fusion, and the estimate schema's ``ood``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge import confidence as C
+from edge.card import ModelCard, OodRecord
+
+
+def _labels_from(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    cum = np.cumsum(probs, axis=1)
+    return np.minimum((rng.random((len(probs), 1)) > cum).sum(axis=1), probs.shape[1] - 1)
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    logits = 3.0 * rng.standard_normal((20000, 5))
+    labels = _labels_from(C.probabilities(logits, 2.5), rng)
+    t = C.fit_temperature(logits, labels)
+    assert t == pytest.approx(2.5, rel=0.05)
+    # calibrated by construction at T = 2.5: small ECE there, large at T = 1 (over-confident)
+    assert C.expected_calibration_error(C.probabilities(logits, t), labels) < 0.02
+    over = C.calibration_metrics(C.probabilities(logits, 1.0), labels)
+    assert over["ece"] > 0.1 and over["mean_confidence"] > C.calibration_metrics(C.probabilities(logits, t), labels)["mean_confidence"]
+
+
+def test_ece_of_a_known_case_and_its_small_sample_floor() -> None:
+    # every prediction at 0.9 and half of them right: ECE 0.4
+    probs = np.tile([[0.9, 0.1]], (10, 1))
+    labels = np.array([0] * 5 + [1] * 5)
+    assert C.expected_calibration_error(probs, labels) == pytest.approx(0.4)
+    rng = np.random.default_rng(1)
+    p = C.probabilities(rng.standard_normal((4000, 8)) * 2, 1.0)
+    assert C.ece_floor(p[:100]) > 2 * C.ece_floor(p)  # a small set shows ECE even when perfectly calibrated
+
+
+def test_cross_fitting_scores_each_group_with_a_temperature_fitted_on_the_others() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((300, 4)) * 3
+    groups = np.repeat(["a", "b", "c"], 100)
+    labels = _labels_from(C.softmax(logits / np.where(groups == "a", 1.0, 3.0)[:, None]), rng)
+    folds = C.folds_of(labels, groups)
+    assert sorted(set(folds.tolist())) == [0, 1, 2] and (folds[:100] == folds[0]).all()
+    _, temps = C.cross_fitted_probabilities(logits, labels, folds)
+    assert temps[0] > temps[1]  # fold "a" was fitted on the two hot groups only
+    assert len(set(C.folds_of(labels, None, k=5).tolist())) == 5
+
+
+def test_auroc_counts_pairs_and_ties() -> None:
+    assert C.auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert C.auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert C.auroc(np.array([1.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx((0.5 + 1 + 0 + 1) / 4)  # pairs (1,1) (1,3) (2,1) (2,3)
+
+
+def _fitted_stats(rng: np.random.Generator, dim: int = 40, n: int = 2000) -> tuple[dict, np.ndarray, np.ndarray]:
+    scales = np.linspace(3.0, 0.05, dim)  # a few axes the training data hardly varies in
+    labels = rng.integers(0, 3, n)
+    centres = rng.standard_normal((3, dim)) * scales
+    x = centres[labels] + rng.standard_normal((n, dim)) * scales
+    return C.fit_mahalanobis(x, labels, minor=8, major=4), x, scales
+
+
+def test_mahalanobis_flags_what_the_training_data_never_varies_in() -> None:
+    rng = np.random.default_rng(3)
+    stats, x, scales = _fitted_stats(rng)
+    inliers = x[:500] + rng.standard_normal((500, x.shape[1])) * scales * 0.1
+    outliers = x[:500].copy()
+    outliers[:, -5:] += 1.0  # a small step along the quiet axes: invisible in Euclidean distance
+    s_in, s_out = C.mahalanobis(inliers, stats), C.mahalanobis(outliers, stats)
+    assert C.auroc(s_in, s_out) > 0.99
+    assert 0.4 < np.median(C.mahalanobis(x, stats)) < 1.2  # about 1 (a little less: the nearest of 3 centres)
+    threshold = C.choose_threshold(s_in, 0.05)
+    assert (s_in > threshold).mean() <= 0.05 and (s_out > threshold).mean() > 0.95
+
+
+def test_ood_statistics_survive_the_card() -> None:
+    rng = np.random.default_rng(4)
+    stats, x, _ = _fitted_stats(rng, dim=12, n=300)
+    record = OodRecord(
+        threshold=2.0, components=stats["components"], minor=8, major=4, mean=OodRecord.encode(stats["mean"]),
+        projection=[OodRecord.encode(r) for r in stats["projection"]],
+        centres=[OodRecord.encode(r) for r in stats["centres"]], command="test", data="test", measured_at="now",
+    )
+    again = OodRecord.model_validate(record.model_dump())
+    np.testing.assert_allclose(C.mahalanobis(x, again.stats()), C.mahalanobis(x, stats), rtol=1e-4)
+    with pytest.raises(ValueError):
+        C.transform_embedding(x, "cube")
+
+
+def _card(stats: dict | None, temperature: float | None) -> ModelCard:
+    data: dict = {
+        "name": "toy", "version": "1", "modality": "speech", "parameters": 1,
+        "labels": ["neutral", "happy", "sad", "angry"],
+        "inputs": [{"name": "x", "shape": ["batch", 4]}],
+        "outputs": [{"name": "logits", "shape": ["batch", 4], "meaning": "logits over labels"},
+                    {"name": "embedding", "shape": ["batch", 12]}],
+        "features": {"recipe": "identity"}, "training": {"data": "x", "terms": "x"},
+    }
+    if temperature is not None:
+        data["confidence"] = {"temperatures": {"logits": temperature}, "command": "t", "data": "t", "fit": "t",
+                              "measured_at": "now"}
+    if stats is not None:
+        data["ood"] = {"threshold": float(np.quantile(C.mahalanobis(stats["x"], stats), 0.95)),
+                       "components": stats["components"], "mean": OodRecord.encode(stats["mean"]),
+                       "projection": [OodRecord.encode(r) for r in stats["projection"]],
+                       "centres": [OodRecord.encode(r) for r in stats["centres"]], "command": "t", "data": "t",
+                       "measured_at": "now"}
+    return ModelCard.model_validate(data)
+
+
+def test_the_runtime_applies_the_cards_temperature_and_says_unknown_out_of_distribution() -> None:
+    from edge.estimate import Estimate, ModelInfo
+    from edge.fusion import Fusion
+    from edge.pipeline import OutputReader
+    from edge.publish.schemas import validate
+
+    rng = np.random.default_rng(5)
+    stats, x, _ = _fitted_stats(rng, dim=12, n=400)
+    stats["x"] = x
+    logits = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]], np.float32)
+    embedding = np.stack([x[0], x[1] + 50.0]).astype(np.float32)
+    plain = OutputReader(_card(None, None)).read({"logits": logits, "embedding": embedding})
+    assert plain[0][5] is None and plain[0][0]["neutral"] == pytest.approx(C.softmax(logits[0].astype(np.float64))[0])
+    items = OutputReader(_card(stats, 2.0)).read({"logits": logits, "embedding": embedding})
+    (probs, label, conf, _, _, ood), (probs2, label2, conf2, _, _, ood2) = items
+    assert probs["neutral"] == pytest.approx(C.probabilities(logits[0], 2.0)[0]) and probs["neutral"] < plain[0][0]["neutral"]
+    assert label == "neutral" and conf > 0 and ood is not None and ood <= 1.0
+    assert label2 == "unknown" and conf2 == 0.0 and ood2 is not None and ood2 > 1.0
+    assert max(probs2, key=probs2.get) == "angry"  # the model's reading is kept, only not trusted
+
+    info = ModelInfo("toy", "1", "0" * 64, "onnxruntime", "fp32")
+    now = time.time()
+    mic = Estimate("mic", "speech", probs2, label2, conf2, -0.5, 0.6, now, 3.0, info, ood=ood2)
+    cam = Estimate("cam", "face", {"happy": 0.9, "sad": 0.1}, "happy", 0.8, 0.8, 0.5, now, None, info)
+    fusion = Fusion()
+    fusion.update(mic)
+    fusion.update(cam)
+    state = fusion.fuse(now)
+    assert state.contributions["mic"].weight == 0.0 and state.contributions["cam"].weight == pytest.approx(1.0)
+    assert state.valence == pytest.approx(0.8)
+    payload = mic.payload("dev") | {"seq": 0, "pub_ts": now}
+    assert payload["ood"] == pytest.approx(round(ood2, 4)) and payload["label"] == "unknown"
+    validate("estimate", payload)
