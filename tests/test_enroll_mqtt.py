@@ -135,7 +135,10 @@ def test_live_enrollment_over_mqtt(mosquitto: Mosquitto, tmp_path: Path, monkeyp
         assert wait(lambda: len(got) >= n + 6)
         after = got[n:]
         assert all(e.profile == "alice" and e.adapted for e in after)
-        assert sum(e.label == "sad" for e in after) >= len(after) - 2
+        # (the label itself may be 'unknown': noise is far from any speech the population OOD statistics know)
+        top = [max(e.probs, key=lambda k: e.probs[k]) for e in after]
+        assert sum(t == "sad" for t in top) >= len(after) - 2
+        assert all(e.label in ("sad", "unknown") for e in after if top[after.index(e)] == "sad")
         on_broker = estimates_seen.wait_for("/estimate", 1)
         last = on_broker[-1]
         validate("estimate", last)
