@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,11 +32,11 @@ class TensorSpec(_Strict):
     name: str
     shape: list[int | str]
     dtype: Dtype = "float32"
-    layout: str | None = Field(None, description="e.g. NCHW, NC, N1MT (mel x time)")
+    layout: str | None = Field(default=None, description="e.g. NCHW, NC, N1MT (mel x time)")
     normalisation: str | None = None
-    sample_rate: float | None = Field(None, gt=0)
-    window_s: float | None = Field(None, gt=0)
-    meaning: str | None = Field(None, description="for outputs: logits over labels, valence/arousal in [-1, 1], ...")
+    sample_rate: float | None = Field(default=None, gt=0)
+    window_s: float | None = Field(default=None, gt=0)
+    meaning: str | None = Field(default=None, description="for outputs: logits over labels, valence/arousal in [-1, 1], ...")
 
 
 class FeatureRecipe(_Strict):
@@ -49,9 +49,9 @@ class FeatureRecipe(_Strict):
 class TrainingInfo(_Strict):
     data: str = Field(description="data set(s) and split used")
     terms: str = Field(description="licence or terms of the data, which bind the weights")
-    command: str | None = Field(None, description="the command that trained it")
+    command: str | None = Field(default=None, description="the command that trained it")
     teacher: str | None = None
-    seconds: float | None = Field(None, ge=0, description="wall time of the training run")
+    seconds: float | None = Field(default=None, ge=0, description="wall time of the training run")
     seed: int | None = None
     holdout: dict[str, Any] = Field(
         default_factory=dict,
@@ -60,8 +60,8 @@ class TrainingInfo(_Strict):
 
 
 class QuantizationPolicy(_Strict):
-    max_loss_points: float = Field(1.0, ge=0, le=100, description="largest metric loss allowed for FP16/INT8, in points")
-    metric: str = Field("accuracy", description="the task metric the gate compares")
+    max_loss_points: float = Field(default=1.0, ge=0, le=100, description="largest metric loss allowed for FP16/INT8, in points")
+    metric: str = Field(default="accuracy", description="the task metric the gate compares")
 
 
 class MetricRecord(_Strict):
@@ -72,7 +72,7 @@ class MetricRecord(_Strict):
     split: str
     backend: str = "onnxruntime"
     precision: str = "fp32"
-    mode: str = Field("default", description="e.g. per-speaker normalisation")
+    mode: str = Field(default="default", description="e.g. per-speaker normalisation")
     measured_at: str
     values: dict[str, Any]
 
@@ -100,7 +100,7 @@ class ArtifactRecord(_Strict):
     precision: Literal["fp16", "int8"]
     file: str
     sha256: str
-    source_sha256: str | None = Field(None, description="sha256 of the model.onnx it was made from (stale when that changes)")
+    source_sha256: str | None = Field(default=None, description="sha256 of the model.onnx it was made from (stale when that changes)")
     metric: str
     fp32: float
     value: float
@@ -109,17 +109,17 @@ class ArtifactRecord(_Strict):
     passed: bool
     command: str
     measured_at: str
-    calibration: str | None = Field(None, description="calibration set (folder and samples sha256) of an INT8 artifact")
-    method: str | None = Field(None, description="INT8 calibration method: minmax, entropy, percentile")
-    op_types: str | None = Field(None, description="INT8: which operators were quantized (weighted, all)")
-    data: str | None = Field(None, description="the samples the gate measured on")
-    n: int | None = Field(None, ge=0, description="how many samples the gate measured")
-    allowance: float | None = Field(None, description="max_loss_points of the card when measured")
+    calibration: str | None = Field(default=None, description="calibration set (folder and samples sha256) of an INT8 artifact")
+    method: str | None = Field(default=None, description="INT8 calibration method: minmax, entropy, percentile")
+    op_types: str | None = Field(default=None, description="INT8: which operators were quantized (weighted, all)")
+    data: str | None = Field(default=None, description="the samples the gate measured on")
+    n: int | None = Field(default=None, ge=0, description="how many samples the gate measured")
+    allowance: float | None = Field(default=None, description="max_loss_points of the card when measured")
     per_head: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="metric per label head (EEG valence and arousal): fp32, value, loss_points"
     )
-    note: str | None = Field(None, description="why the gate fell back, or why the artifact was refused")
-    recipe: str | None = Field(None, description="INT8: the quantization recipe (types, ranges, format)")
+    note: str | None = Field(default=None, description="why the gate fell back, or why the artifact was refused")
+    recipe: str | None = Field(default=None, description="INT8: the quantization recipe (types, ranges, format)")
     verified_on: list[CpuVerification] = Field(
         default_factory=list, description="instruction sets this artifact was checked on against FP32"
     )
@@ -146,9 +146,9 @@ class OodRecord(_Strict):
     method: Literal["mahalanobis"] = "mahalanobis"
     output: str = "embedding"
     threshold: float = Field(gt=0, description="distance above which an estimate says 'unknown'")
-    transform: Literal["none", "l2"] = Field("none", description="l2: embeddings scaled to unit length first")
-    minor: int = Field(0, ge=0, description="lowest-variance axes of the shared covariance measured along")
-    major: int = Field(0, ge=0, description="highest-variance axes measured along")
+    transform: Literal["none", "l2"] = Field(default="none", description="l2: embeddings scaled to unit length first")
+    minor: int = Field(default=0, ge=0, description="lowest-variance axes of the shared covariance measured along")
+    major: int = Field(default=0, ge=0, description="highest-variance axes measured along")
     components: int = Field(ge=1)
     # vectors as space-separated numbers (6 significant digits), a matrix as one such string per row,
     # so that a few thousand numbers take a few dozen lines of the card
@@ -182,8 +182,7 @@ class ModelCard(_Strict):
     version: str
     modality: Literal["face", "speech", "eeg", "vision", "text"]
     description: str = ""
-    status: Literal["trained", "untrained"] = Field(
-        "trained", description="untrained: architecture and recipe only, no weights shipped"
+    status: Literal["trained", "untrained"] = Field(default="trained", description="untrained: architecture and recipe only, no weights shipped"
     )
     labels: list[str] = Field(default_factory=list)
     inputs: list[TensorSpec]
@@ -274,7 +273,8 @@ def onnx_io(path: str | os.PathLike[str]) -> tuple[list[TensorSpec], list[Tensor
     def spec(value: Any) -> TensorSpec:
         t = value.type.tensor_type
         dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-        return TensorSpec(name=value.name, shape=dims, dtype=_ONNX_DTYPES.get(t.elem_type, "float32"))
+        dtype = cast(Dtype, _ONNX_DTYPES.get(t.elem_type, "float32"))
+        return TensorSpec(name=value.name, shape=dims, dtype=dtype)
 
     inputs = [spec(v) for v in proto.graph.input if v.name not in initializers]
     return inputs, [spec(v) for v in proto.graph.output]

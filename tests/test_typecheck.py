@@ -1,4 +1,5 @@
-"""TensorRT cannot be installed here, so its code is type-checked against tensorrt-stubs with pyright."""
+"""The whole package (edge, firmware_bridge) type-checks with pyright; TensorRT cannot be installed here, so its
+code is checked against tensorrt-stubs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_tensorrt_code_type_checks_against_stubs() -> None:
+def test_the_package_type_checks_and_tensorrt_code_against_its_stubs() -> None:
     if importlib.util.find_spec("tensorrt_stubs") is None and importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt-stubs not installed: pip install --no-deps tensorrt-stubs (.ci/run does)")
     pyright = shutil.which("pyright", path=str(Path(sys.executable).parent)) or shutil.which("pyright")

@@ -205,8 +205,9 @@ def confidence_report(
     sets = module.load_outliers(card, outliers, mode=mode)
     outlier_embeddings = {kind: infer_outputs(runner, card, s)["embedding"] for kind, s in sets.items()}
     selection: list[dict[str, Any]] = []
+    described: list[str] = []
     if fit_ood:
-        embeddings, class_parts, described = [], [], []
+        embeddings, class_parts = [], []
         for folder in str(train_data).split(","):  # the train splits of one or more corpora
             train = module.load_split(card, folder.strip(), "train", limit=OOD_TRAIN_LIMIT, seed=0, mode=mode)
             if train.description == data.description:

@@ -205,7 +205,7 @@ def eeg_outliers(out: Path, n: int = 200, seed: int = 0, features: int = 160) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("modality", choices=["speech", "face", "eeg"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, face and eeg 200)")

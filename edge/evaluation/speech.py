@@ -165,7 +165,7 @@ def load_split(
         w = F.model_input(F.windows(mel(i)), mean, std, loud)
         xs.append(w)
         owner += [k] * len(w)
-    held = sorted({speakers[i] for i in wanted if speakers[i] is not None}, key=lambda s: (len(s), s))
+    held = sorted({s for i in wanted if (s := speakers[i]) is not None}, key=lambda s: (len(s), s))
     corpora = sorted({corpus_of(data_dir, rows[i]) for i in wanted})
     held_short = [h.split(":", 1)[1] for h in held] if len(corpora) == 1 else held
     description = (f"{data_dir.name}: split {split}, {'/'.join(corpora)} speakers {held_short or 'unknown'}, "

@@ -118,6 +118,7 @@ def export_onnx(
     diffs: dict[str, float] = {}
     for name, want, have in zip(output_names, expected, got, strict=True):
         want_np = want.numpy()
+        have = np.asarray(have)
         diffs[name] = float(np.max(np.abs(want_np - have))) if want_np.size else 0.0
         if not np.allclose(have, want_np, atol=atol, rtol=rtol):
             raise ModelError(

@@ -69,8 +69,8 @@ class SpeechCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
-        widths = widths or RECIPE["widths"]
-        dropout = RECIPE["dropout"] if dropout is None else dropout
+        widths = tuple(widths or RECIPE["widths"])
+        dropout = float(RECIPE["dropout"] if dropout is None else dropout)
         for i, c in enumerate(widths):
             # the first conv strides by 2: full-resolution feature maps cost most of the time on a CPU
             stride = 2 if i == 0 else 1
@@ -347,7 +347,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
             held_names = sorted({keys[i] for i in val}, key=lambda k: (len(k), k))
             print(f"{f.name}: held-out speakers {held_names} (torch): balanced accuracy "
                   f"{balanced_clip_accuracy(model, *args_):.3f}, among its own classes "
-                  f"{balanced_clip_accuracy(model, *args_, classes=list(np.flatnonzero(present[c]))):.3f}", flush=True)
+                  f"{balanced_clip_accuracy(model, *args_, classes=[int(k) for k in np.flatnonzero(present[c])]):.3f}", flush=True)
     example = torch.from_numpy(eval_windows(mels[:3], mean, std, loud)[0])
     worst = max(export_onnx(model, example, out / "model.onnx", "logmel", ["logits", "embedding"]).values())
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
