@@ -86,7 +86,9 @@ class CpuVerification(_Strict):
     loss_points: float
     top1_agreement: float
     n: int = Field(ge=0)
-    passed: bool
+    passed: bool = Field(description="within the allowance on these samples, or the same outputs as the first target "
+                         "(native) while the artifact's full-validation gate passed: a slice is too small to judge alone")
+    max_diff_vs_native: float | None = Field(default=None, description="largest output difference from the first target")
     command: str
     measured_at: str
 

@@ -31,12 +31,15 @@ SCHEMA = "emoedge-bench/1"
 
 # The shared data folder's data set for each modality: `--data` may name the data root or the set itself.
 DATASETS = {"face": "fer2013", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower"}
+# Models whose data set is not their modality's (raw EEG is DASPS, not DEAP band power): by name, checked first.
+MODEL_DATASETS = {"histn": "dasps"}
 
 
 def dataset_folder(card: Any, data_dir: Path) -> Path:
-    """``data_dir/<the modality's data set>`` when that exists, else ``data_dir`` itself."""
-    sub = Path(data_dir) / DATASETS.get(card.modality, "")
-    return sub if card.modality in DATASETS and sub.is_dir() else Path(data_dir)
+    """``data_dir/<the model's or modality's data set>`` when that exists, else ``data_dir`` itself."""
+    name = MODEL_DATASETS.get(card.name) or DATASETS.get(card.modality)
+    sub = Path(data_dir) / (name or "")
+    return sub if name and sub.is_dir() else Path(data_dir)
 
 
 @dataclass
@@ -181,7 +184,9 @@ def _headline(result: dict[str, Any], metric: str) -> tuple[float | None, str]:
     value = result.get(metric)
     if isinstance(value, (int, float)):
         return float(value), metric
-    nested = {k: v[metric] for k, v in result.items() if isinstance(v, dict) and isinstance(v.get(metric), (int, float))}
+    # EEG heads: {"valence": {metric: ...}}; HiSTN: {"valence": {"levels": {metric: ...}, "binary": ...}}
+    heads = {k: v.get("levels", v) if isinstance(v, dict) else v for k, v in result.items()}
+    nested = {k: v[metric] for k, v in heads.items() if isinstance(v, dict) and isinstance(v.get(metric), (int, float))}
     if nested:
         return float(np.mean(list(nested.values()))), f"mean {metric} of {', '.join(nested)}"
     return None, metric
