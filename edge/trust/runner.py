@@ -145,6 +145,7 @@ class CheckedRunner(Runner):
                 "requested": self.requested, "active": self.precision, "backend": self.backend, "reason": self.reason,
                 "checks": {p: v.summary() for p, v in self.verdicts.items()},
                 "pending": [c.label for c in self._shadow], "problems": dict(self.problems),
+                "latency_ms": self._timings(),  # batch-1 p50 here: what auto ranked by
             }
 
     def summary(self) -> dict[str, Any]:
