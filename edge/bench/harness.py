@@ -406,17 +406,15 @@ def device_checks(targets: Sequence[Target], threads: int) -> dict[str, dict[str
     ``precision = "auto"`` runs, and why. A model that cannot be checked gets its error as the reason."""
     from edge.backends import open_runner
     from edge.errors import EmoEdgeError
-    from edge.trust import CheckedRunner
+    from edge.trust import check_model
 
     out: dict[str, dict[str, Any]] = {}
     for target in targets:
         if target.folder is None:
             continue
         try:
-            runner = CheckedRunner(target.folder, "auto", lambda m: open_runner(m, backend="onnxruntime",
-                                                                                  precision=m.precision, threads=threads))
-            with runner:
-                out[target.name] = runner.status()
+            out[target.name] = check_model(target.folder, "auto", lambda m: open_runner(
+                m, backend="onnxruntime", precision=m.precision, threads=threads))
         except EmoEdgeError as exc:
             out[target.name] = {"requested": "auto", "active": None, "reason": str(exc).splitlines()[0],
                                 "checks": {}, "pending": [], "problems": {}}

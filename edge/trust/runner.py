@@ -23,6 +23,7 @@ from edge.backends.base import Runner, TensorMeta
 from edge.card import PRECISION_FILES, Model, load_model, sha256_file
 from edge.errors import EmoEdgeError, ModelError
 from edge.estimate import ModelInfo
+from edge.export.gate import top1_agreement
 from edge.trust.verdicts import (
     AUTO_MIN_GAIN,
     FALLBACK,
@@ -30,9 +31,7 @@ from edge.trust.verdicts import (
     PRECISIONS,
     Verdict,
     agreement_threshold,
-    batch1_latency_ms,
     calibration_samples,
-    class_outputs,
     compare_on_samples,
     device_identity,
     gate_record,
@@ -67,7 +66,7 @@ class _Candidate:
     label: str = ""
     sha256: str = ""  # of the artifact checked: the ONNX file, or the engine file
     identity: dict[str, str] = field(default_factory=dict)
-    agree: int = 0
+    agree: float = 0.0  # windows that agreed with FP32 (a share of each window's class outputs)
     seen: int = 0
 
 
@@ -175,7 +174,7 @@ class CheckedRunner(Runner):
             return
         calib = calibration_samples(self.fp32.card, self._calibration)
         feed = calib.inputs if calib is not None else _zeros_feed(reference.inputs)
-        self._latency["fp32"] = batch1_latency_ms(reference, feed)
+        self._latency.update(interleaved_latency_ms({"fp32": reference}, feed))
         passed: list[_Candidate] = []
         for cand in candidates:
             if not self._prepare(cand):
@@ -189,7 +188,8 @@ class CheckedRunner(Runner):
                 assert cand.runner is not None and calib is not None
                 agreement, loss, n = compare_on_samples(self.fp32.card, reference, cand.runner, calib.inputs, calib.labels)
                 verdict = self._verdict(cand, agreement, loss, n, f"calibration samples (calibration/{self.fp32.name})")
-                verdict.latency_ms = {"fp32": self._latency["fp32"], cand.label: batch1_latency_ms(cand.runner, feed)}
+                verdict.latency_ms = {"fp32": self._latency["fp32"],
+                                      **interleaved_latency_ms({cand.label: cand.runner}, feed)}
                 save_verdict(path, verdict)
                 (log.info if verdict.passed else log.warning)("device check: %s", verdict.describe())
             self.verdicts[cand.label] = verdict
@@ -203,7 +203,8 @@ class CheckedRunner(Runner):
         self._choose(passed)
         for cand in self._shadow:
             assert cand.runner is not None
-            self._latency.setdefault(cand.label, batch1_latency_ms(cand.runner, feed))
+            if cand.label not in self._latency:
+                self._latency.update(interleaved_latency_ms({cand.label: cand.runner}, feed))
         if self._shadow:
             self.reason += (f"; checking {', '.join(c.label for c in self._shadow)} against FP32 on the first "
                             f"{self.live_windows} live windows (no calibration samples here); FP32 meanwhile")
@@ -322,10 +323,8 @@ class CheckedRunner(Runner):
         else:
             failure = ""
             rows = len(next(iter(reference.values())))
-            same = np.ones(rows, dtype=bool)
-            for name in class_outputs(self.fp32.card, list(reference)):
-                same &= np.asarray(reference[name]).argmax(-1) == np.asarray(got[name]).argmax(-1)
-            cand.agree += int(same.sum())
+            agreement, _ = top1_agreement(self.fp32.card, reference, got)  # the measure of the calibration check
+            cand.agree += agreement * rows
             cand.seen += rows
         if got is not None and cand.seen < self.live_windows:
             return

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,24 +154,6 @@ def agreement_threshold(expected: float, n: int) -> float:
     return max(0.0, expected - max(MIN_MARGIN, spread))
 
 
-def class_outputs(card: ModelCard, outputs: Sequence[str]) -> list[str]:
-    from edge.export.gate import class_score_outputs
-
-    return class_score_outputs(card, {k: np.zeros((1, 2)) for k in outputs})
-
-
-def batch1_latency_ms(runner: Runner, feed: Mapping[str, np.ndarray], repeats: int = 25) -> float:
-    """Median batch-1 latency of an active runner on one real input row."""
-    row = {k: v[:1] for k, v in feed.items()}
-    runner.infer(row)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner.infer(row)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return round(float(np.median(times)), 4)
-
-
 def interleaved_latency_ms(runners: Mapping[str, Runner], feed: Mapping[str, np.ndarray], rounds: int = 5,
                            repeats: int = 6) -> dict[str, float]:
     """Median batch-1 latency of several active runners, measured in interleaved rounds so that load from
@@ -194,7 +176,7 @@ def compare_on_samples(
     labels: Mapping[str, np.ndarray] | None = None, batch: int = 32,
 ) -> tuple[float, float | None, int]:
     """Top-1 agreement of two active runners over ``inputs``, and the accuracy loss in points where labels exist."""
-    from edge.export.gate import run_batches, top1_agreement
+    from edge.export.gate import class_score_outputs, run_batches, top1_agreement
 
     n = len(next(iter(inputs.values())))
     batches = [{k: v[i : i + batch] for k, v in inputs.items()} for i in range(0, n, batch)]
@@ -202,7 +184,7 @@ def compare_on_samples(
     agreement, _ = top1_agreement(card, ref, cand)
     loss = None
     if labels:
-        names = class_outputs(card, list(ref))
+        names = class_score_outputs(card, ref)
         losses = []
         for name in names:
             head = next((h for h in labels if h in name or name in h), None) or (next(iter(labels)) if len(labels) == 1 else None)

@@ -177,7 +177,7 @@ def _model_backends(models: str | None, config: Any) -> list[dict[str, Any]]:
     from edge.backends import open_runner
     from edge.card import Model, list_models
     from edge.errors import EmoEdgeError
-    from edge.trust import CheckedRunner
+    from edge.trust import check_model
 
     out = []
     for folder in list_models(models):
@@ -190,10 +190,8 @@ def _model_backends(models: str | None, config: Any) -> list[dict[str, Any]]:
             return open_runner(model, backend=backend, precision=model.precision, threads=1)
 
         try:
-            runner = CheckedRunner(folder, precision, open_for)
-            with runner:
-                status = runner.status()
-                chosen = runner.backend
+            status = check_model(folder, precision, open_for)
+            chosen = status["backend"]
         except EmoEdgeError as exc:
             out.append({"name": folder.name, "ok": False, "precision": precision, "backend": None,
                         "detail": str(exc).splitlines()[0], "hint": str(exc)})

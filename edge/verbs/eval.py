@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             mode=(args.mode or data.extra.get("mode", "default")) + (f"+adapt{args.adapt}" if args.adapt is not None else ""),
             measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            values=_without_none({k: v for k, v in result.items() if k not in ("model", "backend", "precision", "data")}),
+            values={k: v for k, v in result.items() if k not in ("model", "backend", "precision", "data")},
         )
         card = model.card
         card.metrics = [m for m in card.metrics if (m.split, m.backend, m.precision, m.mode, _dataset(m.data)) != (
@@ -124,15 +124,6 @@ def run(args: argparse.Namespace) -> int:
         save_card(card, model.card_path)
         print(f"metrics written to {model.card_path}", file=sys.stderr)
     return 0
-
-
-def _without_none(value: Any) -> Any:
-    """TOML has no null: leave out None values (a class with no scored samples has recall None)."""
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
 
 
 def _dataset(description: str) -> str:

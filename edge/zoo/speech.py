@@ -219,15 +219,22 @@ def eval_windows(
     return np.concatenate(xs)[:, None], np.array(owner)
 
 
-def clip_accuracy(
-    model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
-) -> float:
+def clip_logits(
+    model: SpeechCNN, mels: list[np.ndarray], mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
+) -> np.ndarray:
+    """Per clip, the sum of its windows' logits (the runtime's windows, cut by ``eval_windows``)."""
     x, owner = eval_windows(mels, mean, std, loudness_norm)
     with torch.no_grad():
         logits = torch.cat([model(torch.from_numpy(x[s : s + 128]))[0] for s in range(0, len(x), 128)]).numpy()
-    clip_logits = np.zeros((len(mels), logits.shape[1]))
-    np.add.at(clip_logits, owner, logits)
-    return float((clip_logits.argmax(1) == labels).mean())
+    summed = np.zeros((len(mels), logits.shape[1]))
+    np.add.at(summed, owner, logits)
+    return summed
+
+
+def clip_accuracy(
+    model: SpeechCNN, mels: list[np.ndarray], labels: np.ndarray, mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
+) -> float:
+    return float((clip_logits(model, mels, mean, std, loudness_norm).argmax(1) == labels).mean())
 
 
 def balanced_clip_accuracy(
@@ -237,15 +244,11 @@ def balanced_clip_accuracy(
     """Balanced accuracy (unweighted average recall) of clips, argmax among ``classes`` (default all)."""
     from edge.evaluation.metrics import classification_metrics
 
-    x, owner = eval_windows(mels, mean, std, loudness_norm)
-    with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(x[s : s + 128]))[0] for s in range(0, len(x), 128)]).numpy()
-    clip_logits = np.zeros((len(mels), logits.shape[1]))
-    np.add.at(clip_logits, owner, logits)
+    summed = clip_logits(model, mels, mean, std, loudness_norm)
     if classes is not None:
-        blocked = np.setdiff1d(np.arange(clip_logits.shape[1]), classes)
-        clip_logits[:, blocked] = -np.inf
-    return float(classification_metrics(labels, clip_logits.argmax(1), list(EMOTIONS))["balanced_accuracy"])
+        blocked = np.setdiff1d(np.arange(summed.shape[1]), classes)
+        summed[:, blocked] = -np.inf
+    return float(classification_metrics(labels, summed.argmax(1), list(EMOTIONS))["balanced_accuracy"])
 
 
 # ---------------------------------------------------------------------------------------------
