@@ -22,6 +22,11 @@ Dtype = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
+def artifact_name(graph: str, precision: str) -> str:
+    """File name of a graph at a precision: ``model.onnx``, ``encoder.fp16.onnx``, ..."""
+    return PRECISION_FILES[precision].replace("model", graph, 1)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -179,6 +184,17 @@ class OodRecord(_Strict):
         return " ".join(f"{float(x):.6g}" for x in vector)
 
 
+class GraphSpec(_Strict):
+    """A second graph of a model (the scene decoder): its file, tensors and what drives it."""
+
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="file stem: NAME.onnx beside the card")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: int = Field(ge=0)
+    flops: int | None = Field(default=None, ge=0, description="multiply-adds x 2 of one run (one token for a decoder)")
+    params: dict[str, Any] = Field(default_factory=dict, description="e.g. vocabulary file, layers, heads, length cap")
+
+
 class ModelCard(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_\-]+$")
     version: str
@@ -198,6 +214,11 @@ class ModelCard(_Strict):
     notes: str = ""
     confidence: ConfidenceRecord | None = None
     ood: OodRecord | None = None
+    graph: str = Field(default="model", pattern=r"^[a-z0-9_\-]+$",
+                       description="file stem of the main graph (model.onnx; the scene model's encoder.onnx)")
+    flops: int | None = Field(default=None, ge=0, description="multiply-adds x 2 of the main graph for one sample")
+    graphs: list[GraphSpec] = Field(default_factory=list, description="further graphs the model runs (scene: the decoder)")
+    explain: dict[str, Any] = Field(default_factory=dict, description="scene: explanation metrics and decoding settings")
 
     def temperature(self, output: str) -> float:
         """The calibration temperature of a logits output (1.0 where none was fitted)."""
@@ -353,7 +374,7 @@ def load_model(
             f"model '{card.name}' ships no trained weights ({card_path}: status = untrained). "
             f"Train it first: {card.training.command or 'emoedge train ' + card.name}"
         )
-    path = folder / PRECISION_FILES[precision]
+    path = folder / artifact_name(card.graph, precision)
     if not path.exists():
         hint = f"; make it with: emoedge quantize {card.name} --precision {precision}" if precision != "fp32" else ""
         raise ModelError(f"{path}: no {precision} artifact for model '{card.name}'{hint}")

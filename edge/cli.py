@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     # models
     "train": "edge.verbs.train",
     "eval": "edge.verbs.eval",
+    "explain": "edge.verbs.explain",
     "calibrate": "edge.verbs.calibrate",
     "quantize": "edge.verbs.quantize",
     "build": "edge.verbs.build",

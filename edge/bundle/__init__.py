@@ -155,7 +155,7 @@ def build_bundle(
 ) -> dict[str, Any]:
     """Write the bundle archive; returns its manifest."""
     from edge.bench.environment import library_versions
-    from edge.card import PRECISION_FILES, load_model
+    from edge.card import PRECISION_FILES, artifact_name, load_model
     from edge.config import load_config
     from edge.paths import calibration_dir
 
@@ -174,14 +174,15 @@ def build_bundle(
             target.mkdir(parents=True)
             shutil.copy2(fp32.card_path, target / "card.toml")
             shipped = {}
-            for prec, filename in PRECISION_FILES.items():
+            for prec in PRECISION_FILES:
+                filename = artifact_name(fp32.card.graph, prec)
                 if (folder / filename).is_file():
                     model = fp32 if prec == "fp32" else load_model(folder, prec)
                     shutil.copy2(model.path, target / filename)
                     shipped[prec] = model.sha256
             if precision not in shipped:
                 raise ModelError(
-                    f"the config runs '{name}' at {precision}, but {folder} has no {PRECISION_FILES[precision]}; "
+                    f"the config runs '{name}' at {precision}, but {folder} has no {artifact_name(fp32.card.graph, precision)}; "
                     f"make it with: emoedge quantize {name} --precision {precision}"
                 )
             record: dict[str, Any] = {"version": fp32.card.version, "precision": precision, "artifacts": shipped}

@@ -36,6 +36,7 @@ EVALUATORS: dict[str, str] = {
     "speech": "edge.evaluation.speech",
     "eeg": "edge.evaluation.eeg",
     "histn": "edge.evaluation.histn",  # raw EEG on DASPS-style folders (by model name, before modality eeg)
+    "scene": "edge.evaluation.scene",
 }
 
 

@@ -40,7 +40,7 @@ from edge.backends.engine_cache import (
     slug,
     staleness_reasons,
 )
-from edge.card import load_model, sha256_file
+from edge.card import artifact_name, load_model, sha256_file
 from edge.errors import BackendUnavailable, ModelError
 from edge.export.calibrate import load_calibration_set
 from edge.export.engine import BuildRequest
@@ -152,7 +152,7 @@ def build_engine(
         builder, open_engine = builder or real_builder, open_engine or real_opener
         trt_version, gpu = trt_version or real_version, gpu or real_gpu
     model = load_model(name_or_path, precision, models=models)
-    fp32_path = model.folder / "model.onnx"
+    fp32_path = model.folder / artifact_name(model.card.graph, "fp32")
     card = model.card
     calib = load_calibration_set(calibration_dir(calibration) / card.name, card)
     root = engine_cache_dir(cache)

@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.card import (
-    PRECISION_FILES,
     ArtifactRecord,
     Model,
+    artifact_name,
     check_against_card,
     load_card,
     load_model,
@@ -51,7 +51,7 @@ class QuantizeOutcome:
         if not self.gate.passed:
             kept = (
                 f"; the previous {self.precision} artifact is left in place"
-                if self.kept_previous else f"; no {PRECISION_FILES[self.precision]} was written"
+                if self.kept_previous else f"; no {artifact_name(self.model.card.graph, self.precision)} was written"
             )
             raise GateFailed(self.gate.describe(f"{self.precision} artifact of {self.model.name}") + kept)
 
@@ -91,7 +91,7 @@ def quantize_model(
     card = model.card
     allowance = card.quantization.max_loss_points
     calib = _calibration(model, calibration, required=precision == "int8" or data_dir is None)
-    final = model.folder / PRECISION_FILES[precision]
+    final = model.folder / artifact_name(card.graph, precision)
     candidate = model.folder / f".{final.stem}.tmp-{os.getpid()}.onnx"
     summary = None
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.backends.base import Runner, TensorMeta
-from edge.card import PRECISION_FILES, Model, load_model, sha256_file
+from edge.card import Model, artifact_name, load_model, sha256_file
 from edge.errors import EmoEdgeError, ModelError
 from edge.estimate import ModelInfo
 from edge.export.gate import top1_agreement
@@ -112,7 +112,7 @@ class CheckedRunner(Runner):
                 model = load_model(name_or_path, precision, models=models)
                 record = gate_record(model.card, precision, model.sha256)
             except EmoEdgeError as exc:
-                absent = not (self.fp32.folder / PRECISION_FILES[precision]).exists()
+                absent = not (self.fp32.folder / artifact_name(self.fp32.card.graph, precision)).exists()
                 if precision == requested or not absent:  # a file that is there but unusable is worth a word
                     self.problems[precision] = str(exc)
                     log.warning("%s: %s not used: %s", self.fp32.name, precision, exc)

@@ -16,4 +16,5 @@ RECIPES: dict[str, str] = {
     "speech": "edge.zoo.speech",
     "eeg": "edge.zoo.eeg",
     "histn": "edge.zoo.histn",
+    "scene": "edge.zoo.scene",
 }

@@ -1,0 +1,99 @@
+"""The scene model at run time: the encoder runner, the decoder runner and what the card ships beside them
+(vocabulary, training-sentence hashes, text scorer), behind two calls: ``estimate`` and ``explain``."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.card import GraphSpec, Model, artifact_name
+from edge.errors import ModelError
+from edge.features.scene import DEFAULT_SIZE, scene_input
+from edge.scene.data import EMOTIONS
+from edge.scene.decode import Explanation, SceneDecoder, condition
+from edge.scene.text import Vocab, load_hashes
+
+
+@dataclass
+class SceneEstimate:
+    probs: np.ndarray  # (7,) over EMOTIONS
+    va: np.ndarray  # (2,) in [-1, 1]
+    embedding: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return EMOTIONS[int(np.argmax(self.probs))]
+
+    @property
+    def cond(self) -> np.ndarray:
+        return condition(self.probs[None], self.va[None], self.embedding[None])[0]
+
+
+def decoder_spec(model: Model) -> GraphSpec:
+    spec = next((g for g in model.card.graphs if g.name == "decoder"), None)
+    if spec is None:
+        raise ModelError(f"model '{model.name}' has no decoder graph in its card ({model.card_path})")
+    return spec
+
+
+class SceneModel:
+    """Context manager holding both runners. ``precision`` applies to the encoder; the decoder runs FP32
+    unless ``decoder_precision`` names another artifact (decoder.fp16.onnx)."""
+
+    def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
+                 max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32") -> None:
+        self.model = model
+        self.backend, self.threads = backend, threads
+        self.spec = decoder_spec(model) if model.card.graphs else None
+        p = self.spec.params if self.spec else {}
+        self.beam = beam if beam is not None else int(p.get("beam", 1))
+        self.max_tokens = max_tokens if max_tokens is not None else int(p.get("max_tokens", 24))
+        self.block_copies = block_copies
+        self.decoder_precision = decoder_precision
+        self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
+        self._stack = ExitStack()
+        self.encoder: Any = None
+        self.decoder_runner: Any = None
+        self.decoder: SceneDecoder | None = None
+        self.vocab: Vocab | None = None
+
+    def __enter__(self) -> SceneModel:
+        from edge.backends import open_runner
+        from edge.backends.ort import OnnxRuntimeRunner
+
+        self.encoder = self._stack.enter_context(open_runner(self.model, backend=self.backend, threads=self.threads))
+        if self.spec is not None:
+            folder = self.model.folder
+            p = self.spec.params
+            path = folder / artifact_name(self.spec.name, self.decoder_precision)
+            if not path.is_file():
+                raise ModelError(f"{path}: the scene decoder is missing")
+            self.vocab = Vocab.load(folder / p.get("vocab", "vocab.txt"))
+            hashes = load_hashes(folder / p.get("train_hashes", "train_hashes.npy")) if self.block_copies else set()
+            self.decoder_runner = self._stack.enter_context(OnnxRuntimeRunner(path, threads=self.threads))
+            self.decoder = SceneDecoder(self.decoder_runner, self.vocab, int(p["layers"]), int(p["heads"]),
+                                        int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def estimate_batch(self, inputs: np.ndarray) -> list[SceneEstimate]:
+        out = self.encoder.infer({"image": inputs.astype(np.float32)})
+        logits = np.asarray(out["logits"], np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs = (e / e.sum(1, keepdims=True)).astype(np.float32)
+        return [SceneEstimate(probs[i], np.asarray(out["va"][i], np.float32), np.asarray(out["embedding"][i], np.float32))
+                for i in range(len(inputs))]
+
+    def estimate(self, image: np.ndarray) -> SceneEstimate:
+        """One BGR frame -> its estimate (the encoder only: this goes out before the explanation)."""
+        return self.estimate_batch(scene_input(image, self.size)[None])[0]
+
+    def explain(self, estimate: SceneEstimate) -> Explanation:
+        if self.decoder is None:
+            raise ModelError(f"model '{self.model.name}' has no decoder: it can estimate but not explain")
+        return self.decoder.explain(estimate.cond)

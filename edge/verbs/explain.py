@@ -1,0 +1,66 @@
+"""``emoedge explain IMAGE...``: what a photograph feels like and why, from the scene model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from edge.verbs import add_verb
+
+
+def register(sub: Any) -> None:
+    parser = add_verb(
+        sub, "explain", "the scene model on image files: emotion, valence/arousal and a one-sentence explanation",
+        "  emoedge explain photo.jpg\n"
+        "  emoedge explain a.jpg b.png --json --beam 1\n"
+        "\n"
+        "A file that is not a usable image (not an image, truncated, too small, too large) is reported and\n"
+        "skipped; the exit status is 1 when any file was refused.",
+    )
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--model", default="scene", help="model name or folder (default: scene)")
+    parser.add_argument("--models", help="models folder")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--beam", type=int, help="beam width (default: the card's; 1 = greedy)")
+    parser.add_argument("--max-tokens", type=int, help="length cap (default: the card's, 24)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.card import load_model
+    from edge.errors import InputError
+    from edge.features.scene import is_grayscale, load_image
+    from edge.scene.data import EMOTIONS
+    from edge.scene.model import SceneModel
+
+    model = load_model(args.model, precision=args.precision, models=args.models)
+    failed = 0
+    with SceneModel(model, threads=args.threads, beam=args.beam, max_tokens=args.max_tokens) as scene:
+        for path in args.images:
+            try:
+                image = load_image(path)
+            except InputError as exc:
+                failed += 1
+                print(json.dumps({"file": path, "error": str(exc)}) if args.json else f"{path}: error: {exc}")
+                continue
+            t0 = time.perf_counter()
+            est = scene.estimate(image)
+            t1 = time.perf_counter()
+            exp = scene.explain(est)
+            t2 = time.perf_counter()
+            record = {"file": path, "label": est.label, "probs": {e: round(float(p), 4) for e, p in zip(EMOTIONS, est.probs, strict=True)},
+                      "valence": round(float(est.va[0]), 4), "arousal": round(float(est.va[1]), 4),
+                      "explanation": exp.as_dict(), "grayscale": is_grayscale(image),
+                      "ms": {"encoder": round((t1 - t0) * 1e3, 2), "decoder": round((t2 - t1) * 1e3, 2)}}
+            if args.json:
+                print(json.dumps(record))
+            else:
+                mark = " (truncated)" if exp.truncated else ""
+                gray = " [grayscale input]" if record["grayscale"] else ""
+                print(f"{path}: {est.label} {float(est.probs.max()):.2f}, valence {est.va[0]:+.2f}, arousal {est.va[1]:+.2f}{gray}: "
+                      f"{exp.text}{mark}")
+    return 1 if failed else 0

@@ -1,0 +1,92 @@
+"""ONNX export of the scene graphs (checked against torch), parameter and FLOP counts, and the card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edge.card import ModelCard, TensorSpec
+from edge.features.scene import DEFAULT_SIZE
+from edge.scene.data import EMOTIONS
+from edge.zoo.common import count_parameters, export_onnx, write_card
+
+ENCODER_OUTPUTS = ["logits", "va", "embedding"]
+TERMS = ("Emotion6 (Peng et al., CVPR 2015): academic research only, image copyright with the owners. "
+         "OASIS (Kurdi et al. 2017): free for research; captions (elkhand, CS231n 2018) without a stated licence. "
+         "ArtEmis (Achlioptas et al., CVPR 2021) explanations: the ArtEmis terms of use (research). "
+         "NRC-VAD lexicon (Mohammad 2018): research and non-commercial use. "
+         "EfficientNet-Lite0 ImageNet weights: Apache-2.0. The weights inherit the research-only, non-commercial terms.")
+
+
+def flops(module: nn.Module, *example: torch.Tensor) -> int:
+    """Multiply-adds x 2 of Conv2d and Linear layers for one forward pass of ``example`` (batch 1)."""
+    total = 0
+
+    def hook(layer: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
+            total += 2 * output.numel() * k
+        elif isinstance(layer, nn.Linear):
+            total += 2 * output.numel() * layer.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            module(*example)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+def export_encoder(encoder: nn.Module, path: Path, size: int = DEFAULT_SIZE) -> dict[str, Any]:
+    """encoder.onnx: the mirror-averaged encoder; returns the ORT-vs-torch differences, parameters and FLOPs."""
+    from edge.zoo.scene_encoder import MirrorMean
+
+    graph = MirrorMean(encoder).eval()
+    example = torch.rand(2, 3, size, size) * 255
+    diffs = export_onnx(graph, example, path, "image", ENCODER_OUTPUTS, atol=1e-4, rtol=1e-3)
+    return {"max_abs_diff": diffs, "parameters": sum(p.numel() for p in graph.parameters()),
+            "trained_parameters": count_parameters(encoder.top) if hasattr(encoder, "top") else None,  # type: ignore[arg-type]
+            "flops": flops(graph, example[:1])}
+
+
+def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -> Path:
+    """card.toml of models/scene from the training log (metrics are added by ``emoedge eval scene --write-card``)."""
+    exp = log["export"]
+    recipe = log["recipe"]
+    card = ModelCard(
+        name="scene", version="1.0.0", modality="vision", graph="encoder", labels=EMOTIONS,
+        description=("What a scene feels like: a 7-way emotion distribution, valence and arousal in [-1, 1] and a "
+                     "256-d embedding from a photograph (EfficientNet-Lite0, last block and head fine-tuned), "
+                     "and a short explanation from a small decoder (see graphs)."),
+        inputs=[TensorSpec(name="image", shape=["batch", 3, DEFAULT_SIZE, DEFAULT_SIZE], layout="NCHW",
+                           normalisation="RGB float 0..255, whole frame resized to 224x224 (INTER_AREA); "
+                           "ImageNet mean/std applied inside the graph")],
+        outputs=[TensorSpec(name="logits", shape=["batch", 7], meaning="logits over labels (emotion distribution)"),
+                 TensorSpec(name="va", shape=["batch", 2], meaning="valence, arousal in [-1, 1]"),
+                 TensorSpec(name="embedding", shape=["batch", 256],
+                            meaning="hidden layer the heads read (ReLU), mean of the image's and its mirror's")],
+        features={"recipe": "edge.features.scene.scene_input", "params": {"size": DEFAULT_SIZE}},
+        parameters=int(exp["parameters"]), flops=int(exp["flops"]),
+        training={"data": ("Emotion6 (../shared/data/emotion6_256, 1680 images) and OASIS (../shared/data/oasis_256, 900 images), "
+                           f"split by image: {log['split']['train']} train, {log['split']['held_out']} held out "
+                           f"(sha256(set|file|seed) < fraction; edge.scene.data.is_held_out)"),
+                  "terms": TERMS, "command": command, "seed": log["seed"], "seconds": log.get("seconds"),
+                  "holdout": dict(log["holdout"], rule="edge.scene.data.is_held_out", **log["split"])},
+        quantization={"max_loss_points": 1.0, "metric": "accuracy"},
+        notes=(f"Recipe: frozen Lite0 prefix features cached once ({log.get('cache_seconds')} s), block 15 + head conv + "
+               f"heads fine-tuned {recipe['epochs']} epochs (chosen by {recipe['folds']}-fold CV on the train part: "
+               f"{log.get('cv', {}).get('mean_score_by_epoch')}), AdamW lr {recipe['lr']} (backbone x{recipe['backbone_lr_scale']}), "
+               f"one-cycle, KL + {recipe['va_weight']} x MSE(va). {exp['trained_parameters']} trained parameters. "
+               f"Held out, torch: {log['held_out_torch']}. Linear probe on the frozen pooled features (same split, L2 "
+               f"{log['linear_probe']['l2']} by CV): {log['linear_probe']['held_out']}. ORT vs torch max abs difference: "
+               f"{exp['max_abs_diff']}."),
+        graphs=log.get("graphs", []),
+        explain=log.get("explain", {}),
+    )
+    return write_card(card, out)
