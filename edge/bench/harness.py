@@ -30,7 +30,7 @@ SCHEMA = "emoedge-bench/1"
 
 
 # The shared data folder's data set for each modality: `--data` may name the data root or the set itself.
-DATASETS = {"face": "fer2013", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower"}
+DATASETS = {"face": "fer2013", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower", "vision": "emotion6_256"}
 # Models whose data set is not their modality's (raw EEG is DASPS, not DEAP band power): by name, checked first.
 MODEL_DATASETS = {"histn": "dasps"}
 

@@ -36,6 +36,9 @@ class BuildRequest:
     workspace_mb: int | None = None
     dla_core: int | None = None
     timing_cache: Path | None = None
+    # inputs with dynamic dimensions besides the batch (the scene decoder's tokens and key/value cache):
+    # (name, min shape, opt shape, max shape), whole shapes including the batch
+    shapes: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 def _has_precision_flags(trt: Any) -> bool:
@@ -80,9 +83,14 @@ def build_serialized_engine(request: BuildRequest) -> tuple[bytes, dict[str, Any
         flag_names.append("GPU_FALLBACK")
 
     profile = builder.create_optimization_profile()
+    explicit = {name: (lo, opt, hi) for name, lo, opt, hi in request.shapes}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         dims = [int(tensor.shape[j]) for j in range(len(tensor.shape))]
+        if tensor.name in explicit:
+            lo, opt, hi = explicit[tensor.name]
+            profile.set_shape(tensor.name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+            continue
         if any(d < 0 for d in dims[1:]):
             raise ModelError(
                 f"{request.onnx_path}: input '{tensor.name}' has dynamic dimensions other than the batch {dims}"
@@ -118,5 +126,6 @@ def build_serialized_engine(request: BuildRequest) -> tuple[bytes, dict[str, Any
         "workspace_mb": request.workspace_mb,
         "dla_core": request.dla_core,
         "profile": [request.min_batch, request.opt_batch, request.max_batch],
+        "shapes": {name: [list(lo), list(opt), list(hi)] for name, lo, opt, hi in request.shapes},
     }
     return bytes(serialized), info

@@ -169,8 +169,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = harness.run_bench(targets, options)
     result["notes"] = notes + result["notes"]
+    from edge.bench import scene as scene_bench  # explanation latency of models with a decoder
 
-    table = report.markdown(result)
+    scene_bench.add_to_rows(result, args.threads, min(args.iterations, 50), args.models_dir)
+
+    table = report.markdown(result) + scene_bench.markdown(result)
     (out / "bench.md").write_text(table + "\n", encoding="utf-8")
     report.write_json(result, out / "bench.json")
     report.write_csv(result, out / "bench.csv")

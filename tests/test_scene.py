@@ -1,0 +1,170 @@
+"""The scene model: image checks, the decoder's key/value cache and decoding rules on the shipped graphs,
+the explain verb on images this test draws, and the explanation metrics' definitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import InputError
+from edge.features.scene import decode_image, scene_input
+from edge.paths import PROJECT_ROOT
+from edge.scene.text import BOS, EOS, Vocab, sequence_hash
+from edge.scene.textmetrics import bleu4, cider, distinct_n
+
+SCENE = PROJECT_ROOT / "models" / "scene"
+needs_model = pytest.mark.skipif(not (SCENE / "decoder.onnx").is_file(), reason="models/scene is not trained here")
+
+
+def drawn_scene(seed: int, size: tuple[int, int] = (240, 320)) -> np.ndarray:
+    """A synthetic 'landscape': sky gradient, a sun, hills (no data-set image)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = np.zeros((h, w, 3), np.uint8)
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    for y in range(h):
+        img[y] = (top + (bottom - top) * y / h).astype(np.uint8)
+    cv2.circle(img, (int(rng.integers(40, w - 40)), int(rng.integers(30, h // 2))), int(rng.integers(15, 40)),
+               tuple(int(c) for c in rng.integers(100, 256, 3)), -1)
+    pts = np.array([[0, h], *[[x, int(h * 0.6 + rng.integers(-40, 40))] for x in range(0, w + 1, 40)], [w, h]], np.int32)
+    cv2.fillPoly(img, [pts], tuple(int(c) for c in rng.integers(0, 150, 3)))
+    return img
+
+
+def encoded(image: np.ndarray, ext: str = ".jpg") -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_bad_images_are_refused_with_a_reason() -> None:
+    good = encoded(drawn_scene(0))
+    assert decode_image(good).shape == (240, 320, 3)
+    with pytest.raises(InputError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(InputError, match="not a readable image"):
+        decode_image(b"hello, this is text and not a picture at all")
+    with pytest.raises(InputError, match="truncated JPEG"):
+        decode_image(good[: len(good) // 2])
+    with pytest.raises(InputError, match="too small"):
+        decode_image(encoded(np.zeros((8, 8, 3), np.uint8), ".png"))
+    # a PNG header announcing 100000 x 100000 pixels is refused before anything is decoded
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(InputError, match="pixels"):
+        decode_image(b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64)
+    gray = decode_image(encoded(cv2.cvtColor(drawn_scene(1), cv2.COLOR_BGR2GRAY), ".png"))
+    assert gray.shape[2] == 3  # grayscale is accepted (replicated), not an error
+    x = scene_input(gray)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+
+
+def test_text_metric_definitions() -> None:
+    refs = ["a dog runs on the green grass in the park .", "two cups of coffee sit on a wooden table ."]
+    assert bleu4(refs, refs) == pytest.approx(1.0)
+    assert bleu4(["a cat sleeps on a sofa ."] * 2, refs) < 0.2
+    assert cider(refs, refs) > cider(list(reversed(refs)), refs)
+    assert distinct_n(["a b c d", "a b c d"], 2) == pytest.approx(0.5)
+    vocab = Vocab.build(refs, min_count=1)
+    ids = vocab.encode(refs[0])
+    assert vocab.decode([BOS, *ids, EOS]) == "A dog runs on the green grass in the park."
+    assert sequence_hash(ids) == sequence_hash([BOS, *ids, EOS])
+
+
+@needs_model
+def test_decoder_cache_matches_a_full_pass() -> None:
+    """Feeding tokens one at a time through past/present equals one pass over the whole sequence."""
+    from edge.backends.ort import OnnxRuntimeRunner
+    from edge.card import load_model
+    from edge.scene.model import decoder_spec
+
+    spec = decoder_spec(load_model(SCENE))
+    layers, heads, dh = (int(spec.params[k]) for k in ("layers", "heads", "head_dim"))
+    rng = np.random.default_rng(0)
+    vocab = len(Vocab.load(SCENE / "vocab.txt"))
+    tokens = np.concatenate([[BOS], rng.integers(4, vocab, 9)]).astype(np.int64)[None]
+    cond = rng.random((1, 265)).astype(np.float32)
+    empty = {f"past_{k}_{i}": np.zeros((1, heads, 0, dh), np.float32) for i in range(layers) for k in ("key", "value")}
+    with OnnxRuntimeRunner(SCENE / "decoder.onnx", threads=1) as runner:
+        full = runner.infer({"tokens": tokens, "cond": cond, **empty})["logits"][0]
+        past = empty
+        for t in range(tokens.shape[1]):
+            out = runner.infer({"tokens": tokens[:, t:t + 1], "cond": cond, **past})
+            np.testing.assert_allclose(out["logits"][0, 0], full[t], atol=2e-4, rtol=1e-3)
+            past = {f"past_{k}_{i}": out[f"present_{k}_{i}"] for i in range(layers) for k in ("key", "value")}
+        assert past["past_key_0"].shape == (1, heads, tokens.shape[1], dh)
+
+
+@needs_model
+def test_decoding_rules_on_the_shipped_model() -> None:
+    from edge.card import load_model
+    from edge.scene.model import SceneModel
+
+    model = load_model(SCENE)
+    with SceneModel(model, threads=1, beam=1, max_tokens=3) as short, SceneModel(model, threads=1, beam=3) as full:
+        for seed in range(3):
+            est = full.estimate(drawn_scene(seed))
+            assert np.isclose(est.probs.sum(), 1.0, atol=1e-4) and np.all(np.abs(est.va) <= 1.0)
+            cut = short.explain(est)
+            assert cut.truncated and len(cut.tokens) <= 3 and cut.text.endswith("\u2026")
+            exp = full.explain(est)
+            assert 1 <= len(exp.tokens) <= 24 and exp.text
+            assert not exp.copied  # copy blocking is on by default
+            assert all(a != b for a, b in zip(exp.tokens, exp.tokens[1:], strict=False))
+            grams = [tuple(exp.tokens[i:i + 3]) for i in range(len(exp.tokens) - 2)]
+            assert len(grams) == len(set(grams))
+
+
+@needs_model
+def test_explain_verb_on_drawn_and_bad_images(tmp_path: Path) -> None:
+    files = []
+    for seed in range(2):
+        p = tmp_path / f"scene{seed}.jpg"
+        cv2.imwrite(str(p), drawn_scene(seed))
+        files.append(str(p))
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), cv2.cvtColor(drawn_scene(5), cv2.COLOR_BGR2GRAY))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    trunc = tmp_path / "cut.jpg"
+    trunc.write_bytes(encoded(drawn_scene(3))[:500])
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "explain", *files, str(gray), str(tmp_path / "notes.jpg"),
+                           str(trunc), "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 5
+    ok = [r for r in rows if "error" not in r]
+    assert len(ok) == 3 and ok[2]["grayscale"] is True
+    for r in ok:
+        assert r["label"] in r["probs"] and -1 <= r["valence"] <= 1 and r["explanation"]["text"]
+        assert r["explanation"]["tokens"] <= 24
+    errors = {Path(r["file"]).name: r["error"] for r in rows if "error" in r}
+    assert "not a readable image" in errors["notes.jpg"] and "truncated" in errors["cut.jpg"]
+
+
+@pytest.mark.data
+@needs_model
+def test_eval_scene_json_keys() -> None:
+    from edge.paths import data_dir
+
+    folder = data_dir() / "emotion6_256"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not here")
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "eval", "scene", "--data", str(folder), "--limit", "24",
+                           "--threads", "1", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 24 and 0 <= result["accuracy"] <= 1 and result["kl"] >= 0
+    for key in ("valence", "arousal"):
+        assert set(result[key]) >= {"pearson_r", "mae"}
+    assert set(result["explanation"]) >= {"emotion_consistency", "vad_agreement", "distinct_2", "copied_share"}
