@@ -34,11 +34,16 @@ def load_split(card: ModelCard, data_dir: Path, split_name: str, limit: int | No
         "valence": np.array([it.valence for it in chosen], np.float32),
         "arousal": np.array([it.arousal for it in chosen], np.float32),
     }
-    if kind == "emotion6":
+    if kind == "emotion6" and chosen:
         labels["emotion"] = np.stack([it.emotion for it in chosen if it.emotion is not None]).astype(np.float32)
-    return LabelledSet(inputs={"image": images}, labels=labels,
+        classes = labels["emotion"].argmax(1)
+    else:  # no emotion ratings: valence terciles of the set's scale stand in as strata (calibration sets)
+        classes = np.digitize(labels["valence"], np.quantile(labels["valence"], [1 / 3, 2 / 3])) if chosen else np.zeros(0)
+    # ``labels`` is one class per image (dominant emotion) so that calibration sets stratify; the ratings
+    # the metrics need are in extra["targets"]
+    return LabelledSet(inputs={"image": images}, labels=classes.astype(np.int64),
                        description=f"{data_dir} ({len(chosen)} images, split {split_name})",
-                       extra={"dataset": kind, "folder": str(data_dir), "captions": [it.caption for it in chosen],
+                       extra={"targets": labels, "dataset": kind, "folder": str(data_dir), "captions": [it.caption for it in chosen],
                               "keys": [it.key for it in chosen], "split": split_name, "size": size})
 
 
@@ -74,8 +79,7 @@ def emotion_metrics(logits: np.ndarray, va: np.ndarray, labels: dict[str, np.nda
 
 def evaluate(runner: Any, card: ModelCard, data: LabelledSet) -> dict[str, Any]:
     raw = encode(runner, data.inputs["image"])
-    labels = data.labels if isinstance(data.labels, dict) else {}
-    result = emotion_metrics(raw["logits"], raw["va"], labels, data.extra["dataset"])
+    result = emotion_metrics(raw["logits"], raw["va"], data.extra["targets"], data.extra["dataset"])
     result["dataset"] = data.extra["dataset"]
     folder = Path(getattr(runner, "model_path", "")).parent
     if any(g.name == "decoder" for g in card.graphs) and (folder / "card.toml").is_file():

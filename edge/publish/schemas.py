@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
-KINDS = ("estimate", "state", "status", "stats", "enabled", "enroll")
+KINDS = ("estimate", "state", "status", "stats", "enabled", "enroll", "explanation")
 
 
 @cache

@@ -281,7 +281,7 @@ def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.nd
             out = lin((torch.from_numpy(cache.pooled[idx]) - lin.mu) / lin.sd).numpy()  # type: ignore[operator]
         return scores(out[:, :7], out[:, 7:], Targets(t.emotion[idx], t.has_emotion[idx], t.va[idx]))
 
-    grid = [1e-4, 1e-3, 1e-2, 1e-1]
+    grid = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
     cv = {}
     for wd in grid:
         per = [run(fit(np.setdiff1d(train_idx, f), wd), f) for f in folds]

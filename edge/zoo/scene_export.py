@@ -43,6 +43,14 @@ def flops(module: nn.Module, *example: torch.Tensor) -> int:
     return int(total)
 
 
+def onnx_parameters(path: Path) -> int:
+    """Numbers stored in a graph's initializers: what the exported file really carries (no unused layers)."""
+    import numpy as np
+    import onnx
+
+    return int(sum(np.prod(t.dims) for t in onnx.load(str(path)).graph.initializer))
+
+
 def export_encoder(encoder: nn.Module, path: Path, size: int = DEFAULT_SIZE) -> dict[str, Any]:
     """encoder.onnx: the mirror-averaged encoder; returns the ORT-vs-torch differences, parameters and FLOPs."""
     from edge.zoo.scene_encoder import MirrorMean
@@ -50,7 +58,7 @@ def export_encoder(encoder: nn.Module, path: Path, size: int = DEFAULT_SIZE) -> 
     graph = MirrorMean(encoder).eval()
     example = torch.rand(2, 3, size, size) * 255
     diffs = export_onnx(graph, example, path, "image", ENCODER_OUTPUTS, atol=1e-4, rtol=1e-3)
-    return {"max_abs_diff": diffs, "parameters": sum(p.numel() for p in graph.parameters()),
+    return {"max_abs_diff": diffs, "parameters": onnx_parameters(path),
             "trained_parameters": count_parameters(encoder.top) if hasattr(encoder, "top") else None,  # type: ignore[arg-type]
             "flops": flops(graph, example[:1])}
 
@@ -72,7 +80,7 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                  TensorSpec(name="embedding", shape=["batch", 256],
                             meaning="hidden layer the heads read (ReLU), mean of the image's and its mirror's")],
         features={"recipe": "edge.features.scene.scene_input", "params": {"size": DEFAULT_SIZE}},
-        parameters=int(exp["parameters"]), flops=int(exp["flops"]),
+        parameters=onnx_parameters(out / "encoder.onnx"), flops=int(exp["flops"]),
         training={"data": ("Emotion6 (../shared/data/emotion6_256, 1680 images) and OASIS (../shared/data/oasis_256, 900 images), "
                            f"split by image: {log['split']['train']} train, {log['split']['held_out']} held out "
                            f"(sha256(set|file|seed) < fraction; edge.scene.data.is_held_out)"),
