@@ -32,7 +32,7 @@ RECIPE: dict[str, Any] = {
     "va_weight": 2.0,
     "folds": 3,
     "cv": True,
-    "stage": "all",  # all | decoder (keep encoder.onnx and the log's encoder part, retrain the text side)
+    "stage": "all",  # all | decoder (keep encoder.onnx, retrain the text side) | card (rewrite card.toml from training.json)
     **DECODER_RECIPE,
 }
 
@@ -118,8 +118,14 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     out = out_dir or models_dir() / "scene"
     out.mkdir(parents=True, exist_ok=True)
     show = not getattr(args, "no_progress", False)
-    log: dict[str, Any] = {"seed": args.seed, "holdout": {"seed": HOLDOUT_SEED, "fraction": HOLDOUT_FRACTION}}
+    log: dict[str, Any] = {"command": command_line(), "seed": args.seed, "holdout": {"seed": HOLDOUT_SEED, "fraction": HOLDOUT_FRACTION}}
     t0 = time.time()
+    if recipe["stage"] not in ("all", "decoder", "card"):
+        raise ConfigError(f"--set stage={recipe['stage']}: expected all, decoder or card")
+    if recipe["stage"] == "card":  # the card again from training.json (after a change to what the card says)
+        log = json.loads((out / "training.json").read_text(encoding="utf-8"))
+        write_scene_card(out, log, log.get("command") or command_line(), root)
+        return out
     if recipe["stage"] == "decoder":
         log = json.loads((out / "training.json").read_text(encoding="utf-8"))
     else:
@@ -130,5 +136,5 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     train_decoder(root, out, recipe, args.seed, log, show)
     log["decoder_recipe"] = {k: recipe[k] for k in DECODER_RECIPE}
     (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
-    write_scene_card(out, log, command_line(), root)
+    write_scene_card(out, log, log.get("command") or command_line(), root)
     return out

@@ -88,7 +88,9 @@ class Decoder(nn.Module):
             x, k, v = block(x, past[2 * i], past[2 * i + 1], mask[None, None])
             presents += [k, v]
         h = self.lnf(x)
-        return h @ self.tok.weight.t(), h, presents
+        # tied output layer as a 2-D Gemm (transB): the export keeps one copy of the embedding matrix
+        logits = F.linear(h.reshape(-1, self.d), self.tok.weight).reshape(h.shape[0], t, -1)
+        return logits, h, presents
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, _, presents = self.run(tokens, cond, list(past))

@@ -48,6 +48,8 @@ class Prefix(nn.Module):
         super().__init__()
         self.net = net
         self.cut = cut
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1))
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.card import ModelCard, TensorSpec
+from edge.card import FeatureRecipe, GraphSpec, ModelCard, QuantizationPolicy, TensorSpec, TrainingInfo
 from edge.features.scene import DEFAULT_SIZE
 from edge.scene.data import EMOTIONS
 from edge.zoo.common import count_parameters, export_onnx, write_card
@@ -51,7 +51,7 @@ def onnx_parameters(path: Path) -> int:
     return int(sum(np.prod(t.dims) for t in onnx.load(str(path)).graph.initializer))
 
 
-def export_encoder(encoder: nn.Module, path: Path, size: int = DEFAULT_SIZE) -> dict[str, Any]:
+def export_encoder(encoder: Any, path: Path, size: int = DEFAULT_SIZE) -> dict[str, Any]:
     """encoder.onnx: the mirror-averaged encoder; returns the ORT-vs-torch differences, parameters and FLOPs."""
     from edge.zoo.scene_encoder import MirrorMean
 
@@ -79,14 +79,14 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                  TensorSpec(name="va", shape=["batch", 2], meaning="valence, arousal in [-1, 1]"),
                  TensorSpec(name="embedding", shape=["batch", 256],
                             meaning="hidden layer the heads read (ReLU), mean of the image's and its mirror's")],
-        features={"recipe": "edge.features.scene.scene_input", "params": {"size": DEFAULT_SIZE}},
+        features=FeatureRecipe(recipe="edge.features.scene.scene_input", params={"size": DEFAULT_SIZE}),
         parameters=onnx_parameters(out / "encoder.onnx"), flops=int(exp["flops"]),
-        training={"data": ("Emotion6 (../shared/data/emotion6_256, 1680 images) and OASIS (../shared/data/oasis_256, 900 images), "
+        training=TrainingInfo(data=("Emotion6 (../shared/data/emotion6_256, 1680 images) and OASIS (../shared/data/oasis_256, 900 images), "
                            f"split by image: {log['split']['train']} train, {log['split']['held_out']} held out "
                            f"(sha256(set|file|seed) < fraction; edge.scene.data.is_held_out)"),
-                  "terms": TERMS, "command": command, "seed": log["seed"], "seconds": log.get("seconds"),
-                  "holdout": dict(log["holdout"], rule="edge.scene.data.is_held_out", **log["split"])},
-        quantization={"max_loss_points": 1.0, "metric": "accuracy"},
+                              terms=TERMS, command=command, seed=log["seed"], seconds=log.get("seconds"),
+                              holdout=dict(log["holdout"], rule="edge.scene.data.is_held_out", **log["split"])),
+        quantization=QuantizationPolicy(max_loss_points=1.0, metric="accuracy"),
         notes=(f"Recipe: frozen Lite0 prefix features cached once ({log.get('cache_seconds')} s), block 15 + head conv + "
                f"heads fine-tuned {recipe['epochs']} epochs (chosen by {recipe['folds']}-fold CV on the train part: "
                f"{log.get('cv', {}).get('mean_score_by_epoch')}), AdamW lr {recipe['lr']} (backbone x{recipe['backbone_lr_scale']}), "
@@ -94,7 +94,7 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                f"Held out, torch: {log['held_out_torch']}. Linear probe on the frozen pooled features (same split, L2 "
                f"{log['linear_probe']['l2']} by CV): {log['linear_probe']['held_out']}. ORT vs torch max abs difference: "
                f"{exp['max_abs_diff']}."),
-        graphs=log.get("graphs", []),
+        graphs=[GraphSpec.model_validate(g) for g in log.get("graphs", [])],
         explain=log.get("explain", {}),
     )
     return write_card(card, out)

@@ -42,10 +42,10 @@ def encoder_outputs(encoder_path: Path, items: list[SceneItem], show: bool = Fal
         batch = np.stack([scene_input(load_image(it.path)) for it in items[s:s + 16]])
         for name, value in zip(["logits", "va", "embedding"], sess.run(["logits", "va", "embedding"], {"image": batch}),
                                strict=True):
-            outs.setdefault(name, []).append(value)
+            outs.setdefault(name, []).append(np.asarray(value))
     result = {k: np.concatenate(v) for k, v in outs.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **result)
+    np.savez(path, logits=result["logits"], va=result["va"], embedding=result["embedding"])
     return result
 
 
