@@ -18,6 +18,7 @@ import pytest
 from edge.errors import InputError
 from edge.features.scene import decode_image, scene_input
 from edge.paths import PROJECT_ROOT
+from edge.scene.demo import PALETTES, drawn_scene
 from edge.scene.text import BOS, EOS, Vocab, sequence_hash
 from edge.scene.textmetrics import bleu4, cider, distinct_n
 
@@ -25,19 +26,9 @@ SCENE = PROJECT_ROOT / "models" / "scene"
 needs_model = pytest.mark.skipif(not (SCENE / "decoder.onnx").is_file(), reason="models/scene is not trained here")
 
 
-def drawn_scene(seed: int, size: tuple[int, int] = (240, 320)) -> np.ndarray:
-    """A synthetic 'landscape': sky gradient, a sun, hills (no data-set image)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.zeros((h, w, 3), np.uint8)
-    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    for y in range(h):
-        img[y] = (top + (bottom - top) * y / h).astype(np.uint8)
-    cv2.circle(img, (int(rng.integers(40, w - 40)), int(rng.integers(30, h // 2))), int(rng.integers(15, 40)),
-               tuple(int(c) for c in rng.integers(100, 256, 3)), -1)
-    pts = np.array([[0, h], *[[x, int(h * 0.6 + rng.integers(-40, 40))] for x in range(0, w + 1, 40)], [w, h]], np.int32)
-    cv2.fillPoly(img, [pts], tuple(int(c) for c in rng.integers(0, 150, 3)))
-    return img
+def drawn(seed: int) -> np.ndarray:
+    """A frame the project draws (edge.scene.demo), never a data-set image."""
+    return drawn_scene(list(PALETTES)[seed % len(PALETTES)], seed)
 
 
 def encoded(image: np.ndarray, ext: str = ".jpg") -> bytes:
@@ -47,7 +38,7 @@ def encoded(image: np.ndarray, ext: str = ".jpg") -> bytes:
 
 
 def test_bad_images_are_refused_with_a_reason() -> None:
-    good = encoded(drawn_scene(0))
+    good = encoded(drawn(0))
     assert decode_image(good).shape == (240, 320, 3)
     with pytest.raises(InputError, match="empty"):
         decode_image(b"")
@@ -62,7 +53,7 @@ def test_bad_images_are_refused_with_a_reason() -> None:
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     with pytest.raises(InputError, match="pixels"):
         decode_image(b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64)
-    gray = decode_image(encoded(cv2.cvtColor(drawn_scene(1), cv2.COLOR_BGR2GRAY), ".png"))
+    gray = decode_image(encoded(cv2.cvtColor(drawn(1), cv2.COLOR_BGR2GRAY), ".png"))
     assert gray.shape[2] == 3  # grayscale is accepted (replicated), not an error
     x = scene_input(gray)
     assert x.shape == (3, 224, 224) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
@@ -112,7 +103,7 @@ def test_decoding_rules_on_the_shipped_model() -> None:
     model = load_model(SCENE)
     with SceneModel(model, threads=1, beam=1, max_tokens=3) as short, SceneModel(model, threads=1, beam=3) as full:
         for seed in range(3):
-            est = full.estimate(drawn_scene(seed))
+            est = full.estimate(drawn(seed))
             assert np.isclose(est.probs.sum(), 1.0, atol=1e-4) and np.all(np.abs(est.va) <= 1.0)
             cut = short.explain(est)
             assert cut.truncated and len(cut.tokens) <= 3 and cut.text.endswith("\u2026")
@@ -129,13 +120,13 @@ def test_explain_verb_on_drawn_and_bad_images(tmp_path: Path) -> None:
     files = []
     for seed in range(2):
         p = tmp_path / f"scene{seed}.jpg"
-        cv2.imwrite(str(p), drawn_scene(seed))
+        cv2.imwrite(str(p), drawn(seed))
         files.append(str(p))
     gray = tmp_path / "gray.png"
-    cv2.imwrite(str(gray), cv2.cvtColor(drawn_scene(5), cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(gray), cv2.cvtColor(drawn(5), cv2.COLOR_BGR2GRAY))
     (tmp_path / "notes.jpg").write_text("not an image")
     trunc = tmp_path / "cut.jpg"
-    trunc.write_bytes(encoded(drawn_scene(3))[:500])
+    trunc.write_bytes(encoded(drawn(3))[:500])
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     proc = subprocess.run([sys.executable, "-m", "edge.cli", "explain", *files, str(gray), str(tmp_path / "notes.jpg"),
                            str(trunc), "--json"], capture_output=True, text=True, env=env, timeout=120)
@@ -168,3 +159,21 @@ def test_eval_scene_json_keys() -> None:
     for key in ("valence", "arousal"):
         assert set(result[key]) >= {"pearson_r", "mae"}
     assert set(result["explanation"]) >= {"emotion_consistency", "vad_agreement", "distinct_2", "copied_share"}
+
+
+@needs_model
+def test_decoder_engine_profile_covers_the_cache() -> None:
+    """The TensorRT build request for the decoder spans the beam and the whole cache (built only where TensorRT is)."""
+    from edge.card import load_model
+    from edge.export.scene_engine import decoder_build_request, profile_covers
+
+    request = decoder_build_request(load_model(SCENE), beam=3, max_tokens=24)
+    shapes = {name: (lo, opt, hi) for name, lo, opt, hi in request.shapes}
+    assert shapes["tokens"][0] == (1, 1) and shapes["tokens"][2][0] == 3
+    lo, _, hi = shapes["past_key_0"]
+    assert lo[2] == 0 and hi[2] >= 24 and hi[0] == 3
+    profile_covers(request, beam=3, max_tokens=24)
+    with pytest.raises(InputError, match="cache of"):
+        profile_covers(request, beam=3, max_tokens=40)
+    with pytest.raises(InputError, match="beam"):
+        profile_covers(request, beam=5, max_tokens=24)

@@ -14,22 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.card import load_model
-
-
-def synthetic_frames(n: int, seed: int = 0, size: tuple[int, int] = (240, 320)) -> list[np.ndarray]:
-    """Smooth random colour fields with a few shapes: stand-ins for camera frames (no data-set image)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        frame = cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-        for _ in range(3):
-            c = tuple(int(v) for v in rng.integers(0, 256, 3))
-            cv2.circle(frame, (int(rng.integers(0, size[1])), int(rng.integers(0, size[0]))), int(rng.integers(10, 60)), c, -1)
-        frames.append(frame)
-    return frames
+from edge.scene.demo import demo_scenes
 
 
 def explanation_latency(model_name: str, precision: str = "fp32", threads: int = 1, iterations: int = 30,
@@ -39,7 +24,7 @@ def explanation_latency(model_name: str, precision: str = "fp32", threads: int =
     from edge.scene.model import SceneModel
 
     model = load_model(model_name, precision=precision, models=models)
-    frames = frames or synthetic_frames(max(iterations, 1))
+    frames = frames or demo_scenes(8)
     est_ms, total_ms, tokens, truncated = [], [], [], 0
     with SceneModel(model, threads=threads, beam=beam) as scene:
         if scene.decoder is None:
