@@ -18,6 +18,7 @@ import numpy as np
 from edge.scene.text import BOS, EOS, PAD, UNK, Vocab, sequence_hash
 
 MAX_TOKENS = 24
+EMOTION_DIMS = 9  # cond's emotion probabilities and valence/arousal (what guidance contrasts)
 ENDS = (".", "!", "?")
 
 
@@ -52,7 +53,7 @@ class SceneDecoder:
 
     def __init__(self, runner: Any, vocab: Vocab, layers: int, heads: int, head_dim: int,
                  train_hashes: set[int] | None = None, max_tokens: int = MAX_TOKENS, beam: int = 1,
-                 min_tokens: int = 4) -> None:
+                 min_tokens: int = 4, guidance: float = 0.0) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         self.runner, self.vocab = runner, vocab
@@ -60,6 +61,9 @@ class SceneDecoder:
         self.hashes = train_hashes or set()
         self.max_tokens, self.beam, self.min_tokens = max_tokens, max(1, beam), min_tokens
         self.end_ids = {vocab.ids[p] for p in ENDS if p in vocab.ids}
+        self.guidance = guidance
+        # words that may not come twice in one sentence: all but short function words and punctuation
+        self.once = np.array([len(t) > 3 and t.isalpha() for t in vocab.tokens])
 
     def _step(self, tokens: np.ndarray, cond: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feed = {"tokens": tokens.astype(np.int64), "cond": cond}
@@ -75,6 +79,8 @@ class SceneDecoder:
         body = seq[1:]
         if body:
             logp[body[-1]] = -np.inf  # no token twice in a row
+            used = np.array(body)
+            logp[used[self.once[used]]] = -np.inf  # no content word twice
         if len(body) >= 2:  # no repeated trigram
             a, b = body[-2], body[-1]
             for i in range(len(body) - 2):
@@ -103,9 +109,20 @@ class SceneDecoder:
         beams: list[tuple[list[int], float]] = [([BOS], 0.0)]
         finished: list[tuple[list[int], float]] = []
         steps = 0
+        guided = self.guidance > 0
+        if guided:  # a second copy of every hypothesis without the emotion part of cond (classifier-free guidance)
+            plain = cond.copy()
+            plain[:, :EMOTION_DIMS] = 0.0
+            past = [np.concatenate([p, p]) for p in past]
         for _ in range(self.max_tokens + 1):
+            n = len(beams)
             last = np.array([[b[0][-1]] for b in beams])
-            logits, past = self._step(last, np.repeat(cond, len(beams), axis=0), past)
+            if guided:
+                feed_cond = np.concatenate([np.repeat(cond, n, axis=0), np.repeat(plain, n, axis=0)])
+                logits, past = self._step(np.concatenate([last, last]), feed_cond, past)
+                logits = logits[:n] + self.guidance * (logits[:n] - logits[n:])
+            else:
+                logits, past = self._step(last, np.repeat(cond, n, axis=0), past)
             steps += 1
             logp = _log_softmax(logits)
             cands: list[tuple[float, int, int]] = []
@@ -131,8 +148,10 @@ class SceneDecoder:
                     break
             if len(finished) >= k or not new_beams:
                 break
-            beams = new_beams
             idx = np.array(order)
+            if guided:
+                idx = np.concatenate([idx, idx + len(beams)])
+            beams = new_beams
             past = [p[idx] for p in past]
         if finished:
             seq, score = max(finished, key=lambda f: f[1] / max(len(f[0]) - 1, 1))

@@ -44,7 +44,8 @@ class SceneModel:
     unless ``decoder_precision`` names another artifact (decoder.fp16.onnx)."""
 
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
-                 max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32") -> None:
+                 max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
+                 guidance: float | None = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -53,6 +54,7 @@ class SceneModel:
         self.max_tokens = max_tokens if max_tokens is not None else int(p.get("max_tokens", 24))
         self.block_copies = block_copies
         self.decoder_precision = decoder_precision
+        self.guidance = guidance
         self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
         self._stack = ExitStack()
         self.encoder: Any = None
@@ -75,7 +77,8 @@ class SceneModel:
             hashes = load_hashes(folder / p.get("train_hashes", "train_hashes.npy")) if self.block_copies else set()
             self.decoder_runner = self._stack.enter_context(OnnxRuntimeRunner(path, threads=self.threads))
             self.decoder = SceneDecoder(self.decoder_runner, self.vocab, int(p["layers"]), int(p["heads"]),
-                                        int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam)
+                                        int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam,
+                                        guidance=self.guidance if self.guidance is not None else float(p.get("guidance", 0.0)))
         return self
 
     def __exit__(self, *exc: object) -> None:

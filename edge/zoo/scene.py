@@ -20,7 +20,7 @@ from edge.errors import ConfigError
 from edge.paths import models_dir
 from edge.scene.data import HOLDOUT_FRACTION, HOLDOUT_SEED, read_emotion6, read_oasis, split
 from edge.zoo.common import command_line, seed_everything
-from edge.zoo.scene_text import DECODER_RECIPE, train_decoder
+from edge.zoo.scene_text import DECODER_RECIPE, choose_guidance, train_decoder
 
 RECIPE: dict[str, Any] = {
     "epochs": 14,
@@ -30,8 +30,10 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.02,
     "dropout": 0.3,
     "va_weight": 2.0,
+    "va_per_set": True,  # weight each set's valence/arousal errors by 1 / that set's rating variance
     "folds": 3,
     "cv": True,
+    "cv_note": "",
     "stage": "all",  # all | decoder (keep encoder.onnx, retrain the text side) | card (rewrite card.toml from training.json)
     **DECODER_RECIPE,
 }
@@ -98,6 +100,8 @@ def train_encoder(root: Path, recipe: dict[str, Any], seed: int, show: bool, log
         mean = np.mean(curves, axis=0)
         epochs = int(np.argmax(mean)) + 1
         log["cv"] = {"mean_score_by_epoch": [round(float(m), 4) for m in mean], "chosen_epochs": epochs}
+    else:
+        log["cv"] = {"chosen_epochs": epochs, "note": recipe.get("cv_note", "fixed by --set epochs, no CV in this run")}
     final = dict(recipe, epochs=epochs)
     top, _ = fit_top(net, cache, targets, train_idx, None, final, seed)
     lg, va, _ = predict_top(top, cache, val_idx)
@@ -120,8 +124,14 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     show = not getattr(args, "no_progress", False)
     log: dict[str, Any] = {"command": command_line(), "seed": args.seed, "holdout": {"seed": HOLDOUT_SEED, "fraction": HOLDOUT_FRACTION}}
     t0 = time.time()
-    if recipe["stage"] not in ("all", "decoder", "card"):
-        raise ConfigError(f"--set stage={recipe['stage']}: expected all, decoder or card")
+    if recipe["stage"] not in ("all", "decoder", "card", "guidance"):
+        raise ConfigError(f"--set stage={recipe['stage']}: expected all, decoder, guidance or card")
+    if recipe["stage"] == "guidance":  # choose the decoding guidance again for the shipped graphs
+        log = json.loads((out / "training.json").read_text(encoding="utf-8"))
+        choose_guidance(root, out, recipe, args.seed, log)
+        (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+        write_scene_card(out, log, log.get("command") or command_line(), root)
+        return out
     if recipe["stage"] == "card":  # the card again from training.json (after a change to what the card says)
         log = json.loads((out / "training.json").read_text(encoding="utf-8"))
         write_scene_card(out, log, log.get("command") or command_line(), root)
@@ -137,4 +147,8 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     log["decoder_recipe"] = {k: recipe[k] for k in DECODER_RECIPE}
     (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     write_scene_card(out, log, log.get("command") or command_line(), root)
+    if recipe["guidance_grid"]:
+        choose_guidance(root, out, recipe, args.seed, log)
+        (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+        write_scene_card(out, log, log.get("command") or command_line(), root)
     return out

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 COND = 7 + 2 + 256
+EMOTION_DIMS = 9  # probabilities and valence/arousal: the part of cond that emotion dropout removes
 MAX_POS = 40
 
 
@@ -160,7 +161,11 @@ def fit(model: Decoder, seqs: list[list[int]], conds: np.ndarray, weights_by_pai
         sums: dict[str, float] = {}
         for _ in range(per_epoch):
             idx = rng.choice(len(seqs), size=bs, p=probs)
-            parts = losses(model, pad_batch([seqs[i] for i in idx]), torch.from_numpy(conds[idx]), vad, lw)
+            cond = conds[idx].copy()
+            # emotion dropout: some rows lose their emotion and valence/arousal, so that decoding can contrast
+            # the sentence with and without them (guidance, edge.scene.decode)
+            cond[rng.random(bs) < recipe["emo_drop"], :EMOTION_DIMS] = 0.0
+            parts = losses(model, pad_batch([seqs[i] for i in idx]), torch.from_numpy(cond), vad, lw)
             opt.zero_grad()
             parts["total"].backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -171,6 +176,32 @@ def fit(model: Decoder, seqs: list[list[int]], conds: np.ndarray, weights_by_pai
         history.append({k: round(v, 4) for k, v in sums.items()})
         log(f"decoder epoch {epoch + 1}/{epochs}: {history[-1]}")
     return history
+
+
+def share_tied_embedding(path: Any, embedding: str = "tok.weight") -> bool:
+    """Rewrite the output MatMul against a transposed copy of the token embedding (what the exporter's constant
+    folding makes of the tied layer) as Gemm(transB=1) on the embedding itself: one copy in the file."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    if embedding not in inits:
+        return False
+    table = numpy_helper.to_array(inits[embedding])
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.shape == table.T.shape and np.array_equal(weight, table.T):
+            gemm = helper.make_node("Gemm", [node.input[0], embedding], list(node.output), name=node.name or "tied_logits",
+                                    transB=1)
+            proto.graph.node.remove(node)
+            proto.graph.node.insert(i, gemm)
+            proto.graph.initializer.remove(inits[node.input[1]])
+            onnx.save(proto, str(path))
+            return True
+    return False
 
 
 def export_decoder(model: Decoder, path: Any) -> dict[str, Any]:
@@ -191,6 +222,7 @@ def export_decoder(model: Decoder, path: Any) -> dict[str, Any]:
     with torch.no_grad():
         torch.onnx.export(model, example, str(path), input_names=ins, output_names=outs, dynamic_axes=dyn,
                           opset_version=17, do_constant_folding=True, dynamo=False)
+    share_tied_embedding(path)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0

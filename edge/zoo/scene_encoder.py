@@ -152,6 +152,7 @@ class Targets:
     emotion: np.ndarray
     has_emotion: np.ndarray
     va: np.ndarray
+    va_weight: np.ndarray | None = None  # (N, 2): 1 / the set's variance of each rating (normalised to mean 1)
 
     @staticmethod
     def of(items: list[SceneItem], datasets: list[str]) -> Targets:
@@ -159,7 +160,11 @@ class Targets:
         has = np.array([it.emotion is not None for it in items])
         va = np.array([[to_unit(it.valence, d), to_unit(it.arousal, d)] for it, d in zip(items, datasets, strict=True)],
                       dtype=np.float32)
-        return Targets(emo.astype(np.float32), has, va)
+        names = np.array(datasets)
+        w = np.ones_like(va)
+        for d in set(datasets):  # each set's ratings count by their own spread (Emotion6 arousal spans little)
+            w[names == d] = 1.0 / np.maximum(va[names == d].var(axis=0), 1e-3)
+        return Targets(emo.astype(np.float32), has, va, (w / w.mean(axis=0)).astype(np.float32))
 
 
 def scores(logits: np.ndarray, va: np.ndarray, t: Targets) -> dict[str, float]:
@@ -183,12 +188,13 @@ def selection_score(s: dict[str, float]) -> float:
 
 
 def loss_fn(logits: torch.Tensor, va: torch.Tensor, emo: torch.Tensor, has: torch.Tensor, va_t: torch.Tensor,
-            va_weight: float) -> torch.Tensor:
+            va_weight: float, va_w: torch.Tensor | None = None) -> torch.Tensor:
     kl = torch.zeros((), dtype=logits.dtype)
     if bool(has.any()):
         logp = F.log_softmax(logits[has], dim=1)
         kl = F.kl_div(logp, emo[has], reduction="batchmean")
-    return kl + va_weight * F.mse_loss(va, va_t)
+    err = (va - va_t) ** 2
+    return kl + va_weight * (err * va_w).mean() if va_w is not None else kl + va_weight * err.mean()
 
 
 def fit_top(net: Any, cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.ndarray | None,
@@ -208,6 +214,7 @@ def fit_top(net: Any, cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in params], total_steps=steps, pct_start=0.15)
     rng = np.random.default_rng(seed)
     emo, has, va_t = torch.from_numpy(t.emotion), torch.from_numpy(t.has_emotion), torch.from_numpy(t.va)
+    va_w = torch.from_numpy(t.va_weight) if recipe.get("va_per_set") and t.va_weight is not None else None
     history: list[dict[str, float]] = []
     for _epoch in range(epochs):
         top.train()
@@ -217,7 +224,8 @@ def fit_top(net: Any, cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: 
             views = rng.integers(0, VIEWS, size=len(idx))
             x = torch.from_numpy(cache.features[idx, views].astype(np.float32))
             logits, va, _ = top(x)
-            loss = loss_fn(logits, va, emo[idx], has[idx], va_t[idx], recipe["va_weight"])
+            loss = loss_fn(logits, va, emo[idx], has[idx], va_t[idx], recipe["va_weight"],
+                           None if va_w is None else va_w[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -266,11 +274,12 @@ def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.nd
         opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
         xs = (x - mu) / sd
         emo, has, va = (torch.from_numpy(a[tr]) for a in (t.emotion, t.has_emotion, t.va))
+        va_w = torch.from_numpy(t.va_weight[tr]) if t.va_weight is not None else None  # the same loss as the fine-tune
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
             out = lin(xs)
-            loss = loss_fn(out[:, :7], out[:, 7:], emo, has, va, 1.0) + wd * lin.weight.pow(2).sum()
+            loss = loss_fn(out[:, :7], out[:, 7:], emo, has, va, 1.0, va_w) + wd * lin.weight.pow(2).sum()
             loss.backward()
             return loss
 

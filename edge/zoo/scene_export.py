@@ -87,14 +87,22 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                               terms=TERMS, command=command, seed=log["seed"], seconds=log.get("seconds"),
                               holdout=dict(log["holdout"], rule="edge.scene.data.is_held_out", **log["split"])),
         quantization=QuantizationPolicy(max_loss_points=1.0, metric="accuracy"),
-        notes=(f"Recipe: frozen Lite0 prefix features cached once ({log.get('cache_seconds')} s), block 15 + head conv + "
+        notes=(f"Recipe: frozen Lite0 prefix features of 4 views per image cached once under EMOEDGE_CACHE "
+               f"({log.get('cache_note') or str(log.get('cache_seconds')) + ' s'}), block 15 + head conv + "
                f"heads fine-tuned {recipe['epochs']} epochs (chosen by {recipe['folds']}-fold CV on the train part: "
                f"{log.get('cv', {}).get('mean_score_by_epoch')}), AdamW lr {recipe['lr']} (backbone x{recipe['backbone_lr_scale']}), "
                f"one-cycle, KL + {recipe['va_weight']} x MSE(va). {exp['trained_parameters']} trained parameters. "
                f"Held out, torch: {log['held_out_torch']}. Linear probe on the frozen pooled features (same split, L2 "
                f"{log['linear_probe']['l2']} by CV): {log['linear_probe']['held_out']}. ORT vs torch max abs difference: "
-               f"{exp['max_abs_diff']}."),
+               f"{exp['max_abs_diff']}. Decoder: {log.get('decoder_data')}; recipe {log.get('decoder_recipe')}; "
+               f"decoding guidance chosen on training images: {log.get('guidance')}."),
         graphs=[GraphSpec.model_validate(g) for g in log.get("graphs", [])],
         explain=log.get("explain", {}),
     )
+    previous = out / "card.toml"
+    if previous.is_file():  # measurements made since (eval, quantize) stay: they are about the same files
+        from edge.card import load_card
+
+        old = load_card(previous)
+        card.metrics, card.artifacts, card.confidence, card.ood = old.metrics, old.artifacts, old.confidence, old.ood
     return write_card(card, out)

@@ -19,7 +19,8 @@ from edge.scene.text import BOS, EOS, Vocab, artemis_sentences, read_lexicon, se
 
 DECODER_RECIPE: dict[str, Any] = {
     "dec_epochs": 12, "dec_batch": 48, "dec_lr": 2e-3, "vad_weight": 0.5, "contrastive_weight": 0.1,
-    "dec_d": 192, "dec_layers": 3, "dec_heads": 4, "dec_ff": 576, "artemis_pairings": 2,
+    "dec_d": 192, "dec_layers": 3, "dec_heads": 4, "dec_ff": 576, "artemis_pairings": 2, "emo_drop": 0.25,
+    "guidance_grid": "0,1,2,3",
 }
 
 
@@ -161,3 +162,33 @@ def train_decoder(root: Path, out: Path, recipe: dict[str, Any], seed: int, log:
                    "layers": recipe["dec_layers"], "heads": recipe["dec_heads"], "head_dim": dh,
                    "max_tokens": MAX_TOKENS, "beam": 3, "d_model": recipe["dec_d"]},
     }]
+
+
+def choose_guidance(root: Path, out: Path, recipe: dict[str, Any], seed: int, log: dict[str, Any], count: int = 120) -> float:
+    """The decoding guidance weight, chosen on training images (a seeded slice of Emotion6's and OASIS's train
+    parts, never the held-out ones) by the text scorer's agreement with the predicted emotion."""
+    from edge.card import load_model
+    from edge.scene.model import SceneModel
+    from edge.scene.textmetrics import distinct_n
+
+    rng = np.random.default_rng(seed)
+    e6 = split("emotion6", read_emotion6(root / "emotion6_256"), "train")
+    oa = split("oasis", read_oasis(root / "oasis_256"), "train")
+    items = [e6[i] for i in rng.choice(len(e6), size=min(count, len(e6)), replace=False)]
+    items += [oa[i] for i in rng.choice(len(oa), size=min(count // 3, len(oa)), replace=False)]
+    scorer = TextEmotionScorer.load(out / "scorer.npz", Vocab.load(out / "vocab.txt"))
+    table: dict[str, dict[str, float]] = {}
+    grid = [float(g) for g in str(recipe["guidance_grid"]).split(",") if g.strip()]
+    model = load_model(out)
+    for g in grid:
+        with SceneModel(model, threads=1, guidance=g) as scene:
+            ests = [scene.estimate(load_image(it.path)) for it in items]
+            texts = [scene.explain(e).text for e in ests]
+        agree = float(np.mean(scorer.probabilities(texts).argmax(1) == np.array([e.probs.argmax() for e in ests])))
+        table[str(g)] = {"emotion_consistency": round(agree, 4), "distinct_2": round(distinct_n(texts), 4)}
+        print(f"guidance {g}: {table[str(g)]}", flush=True)
+    best = max(grid, key=lambda g: table[str(g)]["emotion_consistency"])
+    log["guidance"] = {"chosen": best, "on": f"{len(items)} training images (seed {seed})", "grid": table}
+    for spec in log.get("graphs", []):
+        spec["params"]["guidance"] = best
+    return best
