@@ -110,9 +110,9 @@ class SceneDecoder:
         finished: list[tuple[list[int], float]] = []
         steps = 0
         guided = self.guidance > 0
+        plain = cond.copy()
+        plain[:, :EMOTION_DIMS] = 0.0
         if guided:  # a second copy of every hypothesis without the emotion part of cond (classifier-free guidance)
-            plain = cond.copy()
-            plain[:, :EMOTION_DIMS] = 0.0
             past = [np.concatenate([p, p]) for p in past]
         for _ in range(self.max_tokens + 1):
             n = len(beams)
