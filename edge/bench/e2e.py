@@ -41,6 +41,11 @@ EEG_BLOCK = 8  # samples a block: 16 blocks/s, as a board streaming small frames
 AUDIO_RATE = 16000.0
 AUDIO_BLOCK_S = 0.05
 FPS = 30.0
+E2E_SCHEMA = "emoedge-e2e/1"
+COMPARE_FLOOR_MS = 1.0
+# (stage in the report, key in an estimate's latency_ms), in the order a window goes through them
+PIPELINE_STAGES = (("capture", "capture"), ("queue", "queue"), ("detect", "detect_track"), ("features", "features"),
+                   ("inference", "infer"), ("fusion", "fusion"))
 WIDTH, HEIGHT = 640, 480
 
 _SUBSCRIBER = r"""
@@ -56,7 +61,8 @@ def on_subscribe(c, u, mid, rcs, p):
 def on_message(c, u, m):
     now = time.time()
     b = json.loads(m.payload)
-    f.write(f"{b['source']} {b['seq']} {b['ts']} {now}\n")
+    f.write(json.dumps({"source": b["source"], "seq": b["seq"], "ts": b["ts"], "pub_ts": b.get("pub_ts"),
+                        "latency_ms": b.get("latency_ms", {}), "received": now}) + "\n")
 c = mqtt.Client(CallbackAPIVersion.VERSION2)
 c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
 c.connect(host, port)
@@ -271,7 +277,6 @@ def measure_e2e(
         time.sleep(duration)
         t_end = time.time()
         after = {n: (r.received, r.estimates, r.slot.skipped if r.slot else 0, r.faces) for n, r in pipeline.runs.items()}
-        stage_stats = pipeline.stats()["sources"]
     finally:
         if pipeline is not None:
             pipeline.stop()
@@ -284,23 +289,23 @@ def measure_e2e(
         if broker_proc is not None:
             broker_proc.terminate()
             broker_proc.wait(5)
-    rows = [line.split() for line in out.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     result: dict[str, Any] = {
-        "duration_s": duration, "video": video_what, "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "sources": {},
+        "schema": E2E_SCHEMA, "duration_s": duration, "video": video_what,
+        "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
+        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "environment": _environment(), "sources": {},
     }
     for name in feeds:
-        lat = np.array([(float(r[3]) - float(r[2])) * 1e3 for r in rows if r[0] == name and t_begin <= float(r[2]) <= t_end])
-        seqs = [int(r[1]) for r in rows if r[0] == name]
+        mine = [r for r in rows if r["source"] == name and t_begin <= float(r["ts"]) <= t_end]
+        lat = np.array([(float(r["received"]) - float(r["ts"])) * 1e3 for r in mine])
+        seqs = [int(r["seq"]) for r in rows if r["source"] == name]
         rec0, est0, skip0, face0 = before[name]
         rec1, est1, skip1, face1 = after[name]
         entry: dict[str, Any] = {
-            "estimates": int(lat.size),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "estimates": int(lat.size), **_percentiles(lat),
             "max_ms": round(float(lat.max()), 2) if lat.size else None,
             "lost": (max(seqs) + 1 - len(set(seqs))) if seqs else 0,
-            "stages_ms": {k: v for k, v in stage_stats[name]["latency_ms"].items()},
+            "stages": stage_percentiles(mine),
         }
         if name == "camera":
             frames_in = rec1 - rec0
@@ -315,6 +320,51 @@ def measure_e2e(
     return result
 
 
+def _percentiles(values_ms: np.ndarray) -> dict[str, float | None]:
+    if not values_ms.size:
+        return {"p50_ms": None, "p99_ms": None}
+    return {"p50_ms": round(float(np.percentile(values_ms, 50)), 2), "p99_ms": round(float(np.percentile(values_ms, 99)), 2)}
+
+
+def stage_percentiles(received: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per-stage p50/p99 (ms) over the received estimates, from the stage times each estimate carries.
+
+    The pipeline's stages come from the estimate's ``latency_ms`` (see ``edge.pipeline``); ``publish`` is
+    what is left between the hand-off to the publisher and the subscriber's receive time, split into
+    ``outbox`` (stored, then picked up by the sender thread: up to ``pub_ts``) and ``network`` (paho,
+    the broker and the subscriber's client).
+    """
+    per_stage: dict[str, list[float]] = {}
+    for row in received:
+        lat = row.get("latency_ms") or {}
+        for stage, key in PIPELINE_STAGES:
+            if key in lat:
+                per_stage.setdefault(stage, []).append(float(lat[key]))
+        handed = lat.get("capture_to_publish")
+        if handed is None:
+            continue
+        total = (float(row["received"]) - float(row["ts"])) * 1e3
+        per_stage.setdefault("publish", []).append(total - float(handed))
+        if row.get("pub_ts") is not None:
+            outbox = (float(row["pub_ts"]) - float(row["ts"])) * 1e3 - float(handed)
+            per_stage.setdefault("outbox", []).append(outbox)
+            per_stage.setdefault("network", []).append((float(row["received"]) - float(row["pub_ts"])) * 1e3)
+    order = [stage for stage, _ in PIPELINE_STAGES] + ["publish", "outbox", "network"]
+    return {stage: _percentiles(np.asarray(per_stage[stage])) for stage in order if stage in per_stage}
+
+
+def _environment() -> dict[str, Any]:
+    from edge.backends.probe import cpu_info
+    from edge.bench.environment import collect
+
+    env = collect(providers=False)
+    return {"cpu_model": env.get("cpu_model"), "cpu_cores_usable": env.get("cpu_cores_usable"),
+            "cpu": cpu_info().describe(), "python": env.get("python"), "libraries": env.get("libraries")}
+
+
+TABLE_STAGES = ("capture", "queue", "detect", "features", "inference", "fusion", "publish")
+
+
 def format_result(result: dict[str, Any]) -> str:
     lines = [f"end-to-end latency (window end -> subscriber), {result['duration_s']} s, broker {result['broker']}, "
              f"video: {result['video']}, load {result['load_avg_1m']} on {result['cpus']} CPUs"]
@@ -323,7 +373,72 @@ def format_result(result: dict[str, Any]) -> str:
         note = (f"{e['frames_processed_fps']} of {e['frames_in_fps']} frames/s processed, {e['faces_per_s']} faces/s"
                 if name == "camera" else f"{e['samples_per_s']} samples/s")
         lines.append(f"{name:<8} {e['estimates']:>9} {e['p50_ms']!s:>8} {e['p99_ms']!s:>8} {e['max_ms']!s:>8}  {note}")
+    lines.append("")
+    lines.append("per stage, p50 / p99 ms (publish = outbox + network):")
+    lines.append(f"{'source':<8} " + " ".join(f"{s:>15}" for s in TABLE_STAGES))
+    for name, e in result["sources"].items():
+        cells = []
+        for stage in TABLE_STAGES:
+            fig = e.get("stages", {}).get(stage)
+            cells.append(f"{fig['p50_ms']!s} / {fig['p99_ms']!s}" if fig else "-")
+        lines.append(f"{name:<8} " + " ".join(f"{c:>15}" for c in cells))
     return "\n".join(lines)
+
+
+def load_e2e(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """An earlier ``e2e.json``, checked to be one."""
+    p = Path(path)
+    try:
+        result = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmoEdgeError(f"{p}: baseline file not found") from None
+    except json.JSONDecodeError as exc:
+        raise EmoEdgeError(f"{p}: not JSON ({exc})") from None
+    if not isinstance(result, dict) or result.get("schema") != E2E_SCHEMA or not isinstance(result.get("sources"), dict):
+        raise EmoEdgeError(f"{p}: not an emoedge e2e result (expected a JSON object with schema {E2E_SCHEMA!r} and sources)")
+    return result
+
+
+def compare_e2e(result: dict[str, Any], baseline: dict[str, Any], tolerance: float = 0.10,
+                floor_ms: float = COMPARE_FLOOR_MS) -> tuple[str, list[str]]:
+    """Each source's total and stage p50/p99 as a ratio now/baseline (Markdown), and the regressions.
+
+    A figure regressed when it grew by more than ``tolerance`` and by more than ``floor_ms`` (stages
+    of a few microseconds double from scheduling noise alone).
+    """
+    header = ["source", "figure", "baseline p50", "now p50", "p50", "baseline p99", "now p99", "p99"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    worse: list[str] = []
+    for name, entry in result["sources"].items():
+        old = baseline["sources"].get(name)
+        if old is None:
+            lines.append(f"| {name} | (new) |" + " |" * (len(header) - 2))
+            continue
+        figures = [("total", entry, old)] + [
+            (stage, entry.get("stages", {}).get(stage), old.get("stages", {}).get(stage))
+            for stage in entry.get("stages", {})
+        ]
+        for figure, now, then in figures:
+            if not now or not then:
+                continue
+            cells = [name, figure]
+            for q in ("p50_ms", "p99_ms"):
+                a, b = now.get(q), then.get(q)
+                if a is None or b is None:
+                    cells += ["", "", ""]
+                    continue
+                ratio = a / b if b > 0 else float("inf") if a > 0 else 1.0
+                regress = a - b > floor_ms and ratio > 1 + tolerance
+                cells += [f"{b:.2f}", f"{a:.2f}", f"{ratio:.2f}x" + (" !" if regress else "")]
+                if regress:
+                    worse.append(f"{name} {figure} {q[:3]}: {b:.2f} -> {a:.2f} ms ({ratio:.2f}x)")
+            lines.append("| " + " | ".join(cells) + " |")
+    gone = sorted(set(baseline["sources"]) - set(result["sources"]))
+    if gone:
+        lines += ["", "In the baseline but not measured now: " + ", ".join(gone)]
+    if result.get("environment") != baseline.get("environment"):
+        lines += ["", "Note: measured on a different machine or software stack than the baseline (see environment)."]
+    return "\n".join(lines), worse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -333,14 +448,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="model folder (default: models/ or EMOEDGE_MODELS)")
     parser.add_argument("--mqtt", help="an existing broker (default: start Mosquitto, else the embedded broker)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", metavar="DIR", help="write e2e.json (and e2e.md, compare.md) into this folder")
+    parser.add_argument("--compare", metavar="OLD/e2e.json", help="print each figure as a ratio to an earlier run")
+    parser.add_argument("--tolerance", type=float, default=0.10,
+                        help=f"growth counted as a regression, if also over {COMPARE_FLOOR_MS:g} ms (default: 0.10)")
+    parser.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a figure regressed (with --compare)")
 
 
 def run_e2e(args: argparse.Namespace) -> int:
     """Entry point for ``emoedge bench e2e``."""
+    baseline = load_e2e(args.compare) if args.compare else None  # a bad baseline fails before the 20 s run
     result = measure_e2e(duration=args.duration, video=args.video, models=args.models, broker_url=args.mqtt,
                          faces=not args.no_faces)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    return 0
+    text = format_result(result)
+    print(json.dumps(result, indent=2) if args.json else text)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "e2e.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (out / "e2e.md").write_text(text + "\n", encoding="utf-8")
+    worse: list[str] = []
+    if baseline is not None:
+        table, worse = compare_e2e(result, baseline, args.tolerance)
+        print(f"\nCompared with {args.compare}:\n\n{table}")
+        if worse:
+            print("\nRegressions:\n  " + "\n  ".join(worse))
+        if out is not None:
+            (out / "compare.md").write_text(table + "\n", encoding="utf-8")
+    return 1 if worse and args.fail_on_regression else 0
 
 
 def main(argv: list[str] | None = None) -> int:
