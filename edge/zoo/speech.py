@@ -58,6 +58,9 @@ RECIPE: dict[str, Any] = {
     "holdout_every": 5,  # of an extra corpus's speakers (sorted), every this many is held out for validation
     "device_aug_p": 0.0,  # chance of each device augmentation (EQ, band-limit, reverb, noise, codec) per window
     "loudness_norm": False,  # normalise each window's loudness (edge.features.speech.normalise_loudness)
+    # a trained speech model folder (card.toml + model.onnx, same widths) to start from: its weights, its input
+    # statistics and loudness setting (so that its inputs do not move); its folded BatchNorm stays frozen
+    "init": "",
 }
 
 
@@ -255,6 +258,48 @@ def balanced_clip_accuracy(
 # training
 
 
+def load_onnx_weights(model: SpeechCNN, path: Path) -> None:
+    """Start ``model`` from an exported SpeechCNN (``path``): the export folds each BatchNorm into its
+    convolution, so the convolutions take the folded weights and biases and each BatchNorm becomes the
+    identity plus that bias (running mean 0, variance 1 - eps), which ``fit`` keeps frozen."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not ONNX: one message
+        raise ConfigError(f"init {path}: cannot read the model to start from ({exc})") from None
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    torch_convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(torch_convs) or any(len(n.input) < 3 for n in convs):
+        raise ConfigError(f"init {path}: {len(convs)} convolutions with folded biases expected {len(torch_convs)}: not a SpeechCNN of these widths")
+    with torch.no_grad():
+        for node, conv, norm in zip(convs, torch_convs, norms, strict=True):
+            w, b = np.array(weights[node.input[1]]), np.array(weights[node.input[2]])
+            if tuple(w.shape) != tuple(conv.weight.shape):
+                raise ConfigError(f"init {path}: convolution {node.name} is {list(w.shape)}, this recipe's is {list(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(w))
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(torch.from_numpy(b))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        model.head.weight.copy_(torch.from_numpy(np.array(weights["head.weight"])))
+        model.head.bias.copy_(torch.from_numpy(np.array(weights["head.bias"])))
+
+
+def init_statistics(folder: Path) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The input statistics and loudness setting of the model ``folder`` that training starts from."""
+    from edge.card import load_card
+
+    params = load_card(folder / "card.toml").features.params
+    if "population_mean" not in params or "population_std" not in params:
+        raise ConfigError(f"init {folder}: its card has no features.params.population_mean/std to keep")
+    return (np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32),
+            bool(params.get("loudness_norm", False)))
+
+
 def fit(
     mels: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, mean: np.ndarray, std: np.ndarray,
     args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu", masks: np.ndarray | None = None,
@@ -263,7 +308,10 @@ def fit(
 
     ``masks`` (clips x classes, True where the clip's corpus has the class) restrict each clip's softmax and
     label smoothing to its corpus's classes."""
-    model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"]).to(device)
+    model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"])
+    if recipe["init"]:
+        load_onnx_weights(model, Path(recipe["init"]) / "model.onnx")
+    model = model.to(device)
     batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
@@ -277,6 +325,10 @@ def fit(
     bar = progress(range(epochs), args, desc="speech epochs")
     for _ in bar:
         model.train()
+        if recipe["init"]:  # the started-from model's BatchNorm is folded into its convolutions: keep it as it is
+            for layer in model.modules():
+                if isinstance(layer, nn.BatchNorm2d):
+                    layer.eval()
         order = rng.permutation(len(mels))
         total = 0.0
         for start in range(0, len(order), batch):
@@ -334,7 +386,11 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     if getattr(args, "cv", 0):
         raise ConfigError("speech: --cv is not implemented for this recipe")
     tr_mels = [mels[i] for i in idx]
-    mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
+    if recipe["init"]:
+        mean, std, loud = init_statistics(Path(recipe["init"]))
+        recipe["loudness_norm"] = loud
+    else:
+        mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
     start = time.perf_counter()
     model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed,
                        getattr(args, "device", None) or "cpu", masks=masks[idx])
