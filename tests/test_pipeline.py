@@ -12,7 +12,8 @@ from edge.card import load_model
 from edge.config import DeviceConfig
 from edge.estimate import Estimate
 from edge.fusion import softmax
-from edge.pipeline import Pipeline, WindowBuffer
+from edge.pipeline import Pipeline
+from edge.pipeline.windows import WindowBuffer
 from edge.tracker import FaceTracker
 from firmware_bridge.sources.base import Sample
 from tests.pipeline_helpers import (
@@ -216,7 +217,7 @@ def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
 
 def test_output_reader_multi_head_labels_and_va_output() -> None:
     from edge.card import ModelCard
-    from edge.pipeline import OutputReader
+    from edge.pipeline.readout import OutputReader
 
     card = ModelCard.model_validate({
         "name": "eeg", "version": "1", "modality": "eeg", "parameters": 1,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edge.config import parse_config
-from firmware_bridge.simulator import EegBoardSimulator, open_pty
+from firmware_bridge.simulated_boards import EegBoardSimulator
+from firmware_bridge.simulator import open_pty
 from firmware_bridge.sources import SourceError, make_source
 from firmware_bridge.sources.camera import CameraSource, describe_device
 from firmware_bridge.sources.microphone import MicrophoneSource, to_mono_float32
@@ -185,7 +186,7 @@ def test_microphone_without_sounddevice_fails_clearly(monkeypatch: pytest.Monkey
     mic = MicrophoneSource("mic")
     with pytest.raises(SourceError, match=r"needs sounddevice: pip install 'emoedge\[audio\]'"):
         mic.start()
-    assert mic._thread is None
+    assert not mic.running
 
 
 CONFIG = """

@@ -11,4 +11,6 @@
 This module stays light: the CLI imports it to build ``--help``.
 """
 
-BENCH_BACKENDS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
+from edge.kinds import BENCH_BACKENDS
+
+__all__ = ["BENCH_BACKENDS"]

@@ -27,11 +27,13 @@ from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_key, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
-from edge.zoo.common import count_parameters, export_onnx, recipe_from_args
-from edge.zoo.signal_common import (
+from edge.zoo.common import (
+    count_parameters,
+    export_onnx,
     feature_cache,
     prepare_out,
     progress,
+    recipe_from_args,
     setup,
     training_command,
 )
@@ -353,8 +355,9 @@ def fit(
             total += float(loss.detach())
             if args.max_steps and steps >= args.max_steps:
                 return model.cpu().eval(), steps
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{total / steps_per_epoch:.3f}")
+        postfix = getattr(bar, "set_postfix", None)  # a tqdm bar, unless --no-progress
+        if postfix is not None:
+            postfix(loss=f"{total / steps_per_epoch:.3f}")
     return model.cpu().eval(), steps
 
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from firmware_bridge.sources.base import Sample, Source, SourceError
+
+if TYPE_CHECKING:
+    from edge.config import MicrophoneConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ class MicrophoneSource(Source):
     """Blocks of ``block_s`` seconds of mono float32 audio from an input device (ALSA name or index)."""
 
     kind = "audio"
+
+    @classmethod
+    def from_config(cls, cfg: MicrophoneConfig) -> MicrophoneSource:
+        """The source for one ``kind = "microphone"`` entry of the device config (not started)."""
+        return cls(cfg.name, cfg.device, cfg.sample_rate, cfg.block_s)
 
     def __init__(self, name: str, device: str | int | None = None, sample_rate: int = 16000, block_s: float = 0.1,
                  channels: int = 1, max_queue: int = 256, max_backoff_s: float = 5.0) -> None:
