@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.bench.e2e import E2E_SCHEMA, compare_e2e, format_result, load_e2e, measure_e2e
+from edge.bench.e2e import measure_e2e
+from edge.bench.e2e_report import E2E_SCHEMA, compare_e2e, format_result, load_e2e
 from edge.errors import EmoEdgeError
 from edge.paths import models_dir
 from tests.pipeline_helpers import RAVDESS, make_model

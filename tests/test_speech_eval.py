@@ -184,7 +184,7 @@ def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:
 def test_device_augmentation_changes_the_spectrum_but_keeps_it_finite() -> None:
     pytest.importorskip("torch")
     from edge.features import speech as F
-    from edge.zoo.speech import device_augment
+    from edge.zoo.speech_augment import device_augment
 
     rng = np.random.default_rng(4)
     mel = F.windows(F.log_mel(_voice(rng, 3.0, 150.0)))[0]
