@@ -196,7 +196,8 @@ class MicrophoneConfig(_SourceBase):
     kind: Literal["microphone"]
     device: str | int | None = Field(default=None, description="ALSA device name or index; default device when absent")
     sample_rate: int = Field(default=16000, ge=8000, le=192000)
-    block_s: float = Field(default=0.1, gt=0, le=2)
+    block_s: float | None = Field(default=None, gt=0, le=2, description="seconds a callback delivers; default: 50 ms, "
+                                  "shortened so that hop_s is a whole number of blocks (windows end where blocks end)")
 
 
 class SerialConfig(_SourceBase):

@@ -51,6 +51,7 @@ AUDIO_RATE = 16000.0
 AUDIO_BLOCK_S = 0.05
 FPS = 30.0
 WIDTH, HEIGHT = 640, 480
+DEVICE_CHECK_WAIT_S = 60.0  # shadow-mode checks need 32 live windows: 8 s at a 0.25 s hop
 
 _SUBSCRIBER = r"""
 import sys, json, time
@@ -275,7 +276,11 @@ def measure_e2e(
             raise EmoEdgeError(f"the bench subscriber did not start: {sub.stderr.read() if sub.stderr else ''}")
         publisher = Publisher(config.mqtt, config.device_id, [s["name"] for s in sources]).start()
         pipeline = Pipeline(config, publisher, sources=feeds).start()
+        from edge.trust import CheckedRunner
+
         time.sleep(warmup)
+        checks_s = wait_for_device_checks(pipeline)
+        precisions = {n: r.runner.status() if isinstance(r.runner, CheckedRunner) else None for n, r in pipeline.runs.items()}
         t_begin = time.time()
         before = {n: (r.received, r.estimates, r.slot.skipped if r.slot else 0, r.faces) for n, r in pipeline.runs.items()}
         time.sleep(duration)
@@ -297,7 +302,8 @@ def measure_e2e(
     result: dict[str, Any] = {
         "schema": E2E_SCHEMA, "duration_s": duration, "video": video_what,
         "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "environment": _environment(), "sources": {},
+        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "environment": _environment(),
+        "device_checks_s": round(checks_s, 1), "sources": {},
     }
     for name in feeds:
         mine = [r for r in rows if r["source"] == name and t_begin <= float(r["ts"]) <= t_end]
@@ -307,6 +313,7 @@ def measure_e2e(
         rec1, est1, skip1, face1 = after[name]
         entry: dict[str, Any] = {
             "estimates": int(lat.size), **percentiles(lat),
+            "precision": (precisions[name] or {}).get("active"),
             "max_ms": round(float(lat.max()), 2) if lat.size else None,
             "lost": (max(seqs) + 1 - len(set(seqs))) if seqs else 0,
             "stages": stage_percentiles(mine),
@@ -322,6 +329,19 @@ def measure_e2e(
         result["sources"][name] = entry
     shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def wait_for_device_checks(pipeline: Any, timeout: float = DEVICE_CHECK_WAIT_S) -> float:
+    """Wait (at most ``timeout``) until no source still checks a model against FP32 on live windows, so that the
+    measured period runs what a device runs after its first minute, not the shadow check's extra inferences."""
+    from edge.trust import CheckedRunner
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not any(isinstance(r.runner, CheckedRunner) and r.runner.status()["pending"] for r in pipeline.runs.values()):
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def _environment() -> dict[str, Any]:

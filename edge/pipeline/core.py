@@ -178,7 +178,13 @@ class Pipeline:
         """Publish a batch's estimates (outbox first) and hand them (or the ``primary`` one) to fusion."""
         if not run.enabled:
             return
+        started = time.perf_counter()
+        with self._fusion_lock:  # first, so that the state that follows already holds these estimates
+            for est in [primary] if primary is not None else estimates:
+                self.fusion.update(est)
+        fused_ms = (time.perf_counter() - started) * 1e3
         for est in estimates:
+            est.latency_ms["fusion"] = est.latency_ms.get("fusion", 0.0) + fused_ms
             est.latency_ms["capture_to_publish"] = max(0.0, (time.time() - est.ts) * 1e3)
             if self.publisher is not None:
                 self.publisher.publish_estimate(est)
@@ -187,9 +193,6 @@ class Pipeline:
             run.latest = est
             if self.on_estimate is not None:
                 self.on_estimate(est)
-        with self._fusion_lock:
-            for est in [primary] if primary is not None else estimates:
-                self.fusion.update(est)
 
     def _state_loop(self) -> None:
         mqtt = self.config.mqtt

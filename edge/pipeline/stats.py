@@ -16,10 +16,12 @@ import numpy as np
 
 LATENCY_WINDOW = 2048  # latency samples kept per stage for p50/p99
 
-#: the stages, in data-flow order: waiting in the queue or slot, face detection and tracking (video), features,
-#: inference of the batch, and the whole way from the capture time to the publish call.
-Stage = Literal["queue", "detect_track", "features", "infer", "capture_to_publish"]
-STAGES: tuple[Stage, ...] = ("queue", "detect_track", "features", "infer", "capture_to_publish")
+#: the stages, in data-flow order: from the capture time (the window's last sample, the frame) to its queue
+#: (reading, windowing), waiting in the queue or slot, face detection and tracking (video), features,
+#: inference of the batch, fusion (reading the outputs: labels, calibrated confidence, OOD, the person's
+#: profile; and the fusion update), and the whole way from the capture time to the publish call.
+Stage = Literal["capture", "queue", "detect_track", "features", "infer", "fusion", "capture_to_publish"]
+STAGES: tuple[Stage, ...] = ("capture", "queue", "detect_track", "features", "infer", "fusion", "capture_to_publish")
 
 
 class Lap:
@@ -27,6 +29,7 @@ class Lap:
 
     def __init__(self) -> None:
         self.start = self._last = time.perf_counter()
+        self.wall_start = time.time()  # the same instant on the clock that capture times use
         self.ms: dict[str, float] = {}
 
     def mark(self, stage: Stage, items: int = 1) -> None:
@@ -38,6 +41,12 @@ class Lap:
     def since(self, ready: float) -> float:
         """Milliseconds from ``ready`` (a ``perf_counter`` time: when an item was queued) to the lap's start."""
         return (self.start - ready) * 1e3
+
+    def waited(self, captured: float, ready: float) -> dict[str, float]:
+        """``capture`` (from ``captured``, a ``time.time()`` capture time, to ``ready``, when the item was queued)
+        and ``queue`` (from ``ready`` to the lap's start)."""
+        queued = self.since(ready)
+        return {"capture": max(0.0, (self.wall_start - captured) * 1e3 - queued), "queue": queued}
 
 
 @dataclass

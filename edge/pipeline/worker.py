@@ -138,13 +138,14 @@ class SourceWorker:
                 lap.mark("infer")
                 outputs, person, adapted = self.enroller.process(run.name, outputs, [ts for _, ts, _ in batch])
                 readings = run.reader.read(outputs)
+                lap.mark("fusion")  # the rest of this stage, the fusion update, is added by emit
             except Exception as exc:  # noqa: BLE001 - one bad window is skipped and counted, never the end of the run
                 self.skip(len(batch), exc)
                 continue
             run.consecutive_errors = 0
             estimates = []
             for (_, ts, ready), r in zip(batch, readings, strict=True):
-                lat = {"queue": lap.since(ready), **lap.ms}
+                lat = {**lap.waited(ts, ready), **lap.ms}
                 estimates.append(Estimate(run.name, run.model.card.modality, r.probs, r.label, r.confidence, r.valence,
                                           r.arousal, ts, run.window_s, run.info, lat, profile=person, adapted=adapted,
                                           ood=r.ood))
@@ -179,6 +180,7 @@ class SourceWorker:
                 lap.mark("infer")
                 outputs, person, adapted = self.enroller.process(run.name, outputs, [sample.host_time] * len(tracks))
                 readings = run.reader.read(outputs)
+                lap.mark("fusion")
             except Exception as exc:  # noqa: BLE001 - one bad frame is skipped and counted
                 self.skip(len(tracks), exc)
                 continue
@@ -189,7 +191,7 @@ class SourceWorker:
                 x, y, w, h = (int(v) for v in track.box)
                 estimates.append(Estimate(run.name, run.model.card.modality, r.probs, r.label, r.confidence, r.valence,
                                           r.arousal, sample.host_time, None, run.info,
-                                          {"queue": lap.since(ready), **lap.ms}, track_id=track.id, box=(x, y, w, h),
+                                          {**lap.waited(sample.host_time, ready), **lap.ms}, track_id=track.id, box=(x, y, w, h),
                                           profile=person, adapted=adapted, ood=r.ood))
             self.emit(run, estimates, estimates[0])  # the largest face speaks for the source in fusion
 
