@@ -124,9 +124,12 @@ def speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[s
     loud = bool(params.get("loudness_norm", False))
     import scipy.signal  # noqa: F401  - resampling's import, paid at start-up
 
+    # successive windows overlap: only the frames that changed are computed (the same values as log_mel)
+    sliding = speech.SlidingLogMel(round(float(settings.get("hop_s") or 0.0) * speech.SAMPLE_RATE))
+
     def log_mel(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
         audio = speech.to_mono_16k(window, int(rate)) if int(rate) != speech.SAMPLE_RATE else window
-        mel = speech.windows(speech.log_mel(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
+        mel = speech.windows(sliding(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
         if loud:
             mel = speech.normalise_loudness(mel)
         if mean is not None and std is not None:
