@@ -243,3 +243,44 @@ def test_output_reader_multi_head_labels_and_va_output() -> None:
     reader.va_output = None
     [(_, _, _, v2, a2, _)] = reader.read(out)
     assert v2 == pytest.approx(0.6 * (2 * probs["valence:positive"] - 1)) and a2 == pytest.approx(0.0)
+
+
+def test_the_pipeline_closes_what_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A context manager: every runner and BLAS limit is released on exit, and when a later source cannot be
+    built, the runners of the sources built before it are closed (not leaked)."""
+    from threadpoolctl import threadpool_info
+
+    from edge.errors import ConfigError
+    from edge.pipeline import core
+
+    models = tmp_path / "models"
+    make_model(models, "speech", 1600, RAVDESS, "speech", window_s=0.1)
+    make_model(models, "nowindow", 1600, RAVDESS, "speech")  # no window_s in its card or the config
+    opened: list = []
+    real = core.open_source_run
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(args[1].name)
+        run = real(*args, **kwargs)
+        runs.append(run)
+        return run
+
+    runs: list = []
+    monkeypatch.setattr(core, "open_source_run", spy)
+    blocks = [np.zeros(1600, np.float32)] * 5
+    ok = {"name": "mic", "kind": "replay", "path": "x", "model": "speech"}
+    bad = {"name": "mic2", "kind": "replay", "path": "x", "model": "nowindow"}
+    with pytest.raises(ConfigError, match="no window_s"):
+        Pipeline(device(models, [ok, bad]), sources={"mic": ListSource("mic", "audio", blocks, 16000.0),
+                                                     "mic2": ListSource("mic2", "audio", blocks, 16000.0)})
+    assert opened == ["mic", "mic2"] and len(runs) == 1 and not runs[0].runner.is_active
+
+    runs.clear()
+    blas_before = [(i["user_api"], i["num_threads"]) for i in threadpool_info()]
+    got: list[Estimate] = []
+    with Pipeline(device(models, [ok]), sources={"mic": ListSource("mic", "audio", blocks, 16000.0)},
+                  on_estimate=got.append) as pipe:
+        assert pipe.runs["mic"].runner.is_active
+        wait(lambda: len(got) >= 9)
+    assert len(got) == (5 * 1600 - 1600) // 800 + 1 and not runs[0].runner.is_active  # every half-window hop
+    assert [(i["user_api"], i["num_threads"]) for i in threadpool_info()] == blas_before

@@ -42,7 +42,7 @@ from edge.bench.e2e_report import (
     stage_percentiles,
 )
 from edge.errors import EmoEdgeError
-from firmware_bridge.sources.base import Sample, Source
+from firmware_bridge.sources.base import Sample, SampleKind, Source
 
 EEG_CHANNELS = 32
 EEG_RATE = 128.0
@@ -78,10 +78,10 @@ c.loop_forever()
 class PacedSource(Source):
     """Streams prepared blocks at their real-time rate (one block every ``len/rate`` seconds), looping."""
 
-    def __init__(self, name: str, kind: str, blocks: list[np.ndarray], rate: float, block_period: float,
+    def __init__(self, name: str, kind: SampleKind, blocks: list[np.ndarray], rate: float, block_period: float,
                  channels: list[str] | None = None) -> None:
         super().__init__(name, max_queue=64)
-        self.kind = kind  # type: ignore[assignment]
+        self.kind = kind
         self.blocks, self.rate, self.period, self.channels = blocks, rate, block_period, channels
 
     def _run(self) -> None:
@@ -93,7 +93,7 @@ class PacedSource(Source):
             if delay > 0:
                 time.sleep(delay)
             block = self.blocks[i % len(self.blocks)]
-            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i, channels=self.channels),  # type: ignore[arg-type]
+            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i, channels=self.channels),
                        drop_oldest=self.kind == "video")
             i += 1
 

@@ -49,13 +49,6 @@ def _percentiles(values_ms: Sequence[float]) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
-def class_outputs(card: Any) -> set[str] | None:
-    """Outputs the card says are class scores (meaning mentions logits/probabilities); None = not said."""
-    said = {o.name for o in card.outputs if o.meaning}
-    named = {o.name for o in card.outputs if o.meaning and any(w in o.meaning.lower() for w in ("logit", "probabilit"))}
-    return named if said else None
-
-
 def _headline(result: dict[str, Any], metric: str) -> tuple[float | None, str]:
     """The metric's value, or the mean over sub-tasks (EEG: valence and arousal) when it is nested."""
     value = result.get(metric)
@@ -127,7 +120,7 @@ class BenchRun:
                 rng = np.random.default_rng(self.options.seed)
                 inputs = make_feed(runner, n, None, rng, any_batch=True)
                 source = f"{n} random inputs"
-            top1 = top1_of(run_batched(runner, inputs, 32), class_outputs(target.card))
+            top1 = top1_of(target.card, run_batched(runner, inputs, 32))
         self._reference[target.name] = (inputs, top1, source)
         return self._reference[target.name]
 
@@ -230,7 +223,7 @@ class BenchRun:
         ref = self.reference(target)
         if ref is not None:
             inputs, ref_top1, source = ref
-            top1 = top1_of(run_batched(runner, inputs, 32), class_outputs(target.card))
+            top1 = top1_of(target.card, run_batched(runner, inputs, 32))
             shared = [k for k in ref_top1 if k in top1]
             if shared:
                 row["agreement_top1"] = float(min(np.mean(top1[k] == ref_top1[k]) for k in shared))

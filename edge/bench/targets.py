@@ -124,10 +124,12 @@ def open_target(target: Target, backend: str, precision: str, threads: int) -> t
     return model, open_runner(model, backend="onnxruntime", providers=providers, threads=threads)
 
 
-def top1_of(outputs: dict[str, np.ndarray], names: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Top-1 index per sample of the class-score outputs (``names``, else every output whose last axis > 1)."""
-    return {k: v.argmax(axis=-1).reshape(v.shape[0], -1) for k, v in outputs.items()
-            if (k in names if names is not None else v.ndim >= 2 and v.shape[-1] > 1)}
+def top1_of(card: Any, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Top-1 index per sample of each class-score output, chosen as the quantization gate and the device check
+    choose them (``edge.export.gate.class_score_outputs``)."""
+    from edge.export.gate import class_score_outputs
+
+    return {k: outputs[k].argmax(axis=-1).reshape(outputs[k].shape[0], -1) for k in class_score_outputs(card, outputs)}
 
 
 def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:

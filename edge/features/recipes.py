@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -130,22 +131,60 @@ def speech_log_mel(card: ModelCard, input_shape: tuple[int, ...], params: dict[s
     def log_mel(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
         audio = speech.to_mono_16k(window, int(rate)) if int(rate) != speech.SAMPLE_RATE else window
         mel = speech.windows(sliding(audio), frames=int(input_shape[-1]))[-1]  # the window ending now
-        if loud:
-            mel = speech.normalise_loudness(mel)
         if mean is not None and std is not None:
-            mel = speech.standardise(mel, mean, std)
+            mel = speech.model_input(mel, mean, std, loud)  # what evaluation and training compute
+        elif loud:
+            mel = speech.normalise_loudness(mel)
         return np.asarray(mel, np.float32).reshape(input_shape)
 
     return log_mel
 
 
-#: recipe name (without ``edge.features.``) -> builder; ``speech.*`` names share the log-mel builder.
-RECIPES: dict[str, RecipeBuilder] = {
-    "identity": identity,
-    "eeg.band_power": eeg_band_power,
-    "eeg.raw_eeg": RawEEGInput,
-    "speech.log_mel+windows": speech_log_mel,
+def function_recipe(module_name: str, func_name: str) -> RecipeBuilder:
+    """A recipe that calls ``edge.features.<module>.<function>(window, **card params)`` on each window."""
+
+    def build(card: ModelCard, input_shape: tuple[int, ...], params: dict[str, Any], settings: Mapping[str, Any]) -> FeatureFn:
+        try:
+            module = importlib.import_module(f"edge.features.{module_name}")
+        except ImportError as exc:
+            raise ConfigError(f"model '{card.name}': feature recipe '{card.features.recipe}' cannot be imported: {exc}") from None
+        func = getattr(module, func_name, None)
+        if func is None:
+            raise ConfigError(f"model '{card.name}': unknown feature recipe '{card.features.recipe}' "
+                              f"(expected one of {', '.join(sorted(RECIPES))} or a function of edge.features)")
+
+        def call(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
+            return np.asarray(func(window, **params), dtype=np.float32).reshape(input_shape)
+
+        return call
+
+    return build
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One feature recipe: how the runtime builds a model input from a window, and which ``edge.evaluation``
+    module loads a data set into the same inputs offline (for ``emoedge eval``, the quantization gate, the
+    calibration sets and ``bench``; None: the card's modality decides, as for ``identity`` toys)."""
+
+    build: RecipeBuilder
+    evaluator: str | None = None
+
+
+#: recipe name (without ``edge.features.``) -> Recipe; other ``speech.*`` names share the log-mel recipe.
+RECIPES: dict[str, Recipe] = {
+    "identity": Recipe(identity),
+    "eeg.band_power": Recipe(eeg_band_power, "edge.evaluation.eeg"),
+    "eeg.raw_eeg": Recipe(RawEEGInput, "edge.evaluation.histn"),
+    "speech.log_mel+windows": Recipe(speech_log_mel, "edge.evaluation.speech"),
+    "face.face_input": Recipe(function_recipe("face", "face_input"), "edge.evaluation.face"),
 }
+
+
+def recipe_of(card: ModelCard) -> Recipe | None:
+    """The card's Recipe: by name, ``speech.*`` as the log-mel one, else None (a plain ``module.function``)."""
+    name = recipe_name(card)
+    return RECIPES.get(name) or (RECIPES["speech.log_mel+windows"] if name.startswith("speech.") else None)
 
 
 def recipe_name(card: ModelCard) -> str:
@@ -159,23 +198,14 @@ def build_features(card: ModelCard, input_shape: tuple[int, ...], settings: Mapp
     Called once per source. ``settings`` carries the source's ``window_s`` and ``hop_s``.
     """
     name, params = recipe_name(card), dict(card.features.params)
-    builder = RECIPES.get(name) or (speech_log_mel if name.startswith("speech.") else None)
-    if builder is not None:
-        return builder(card, input_shape, params, settings or {})
+    recipe = recipe_of(card)
+    if recipe is not None:
+        return recipe.build(card, input_shape, params, settings or {})
     module_name, _, func_name = name.rpartition(".")
-    try:
-        module = importlib.import_module(f"edge.features.{module_name}") if module_name else None
-    except ImportError as exc:
-        raise ConfigError(f"model '{card.name}': feature recipe '{card.features.recipe}' cannot be imported: {exc}") from None
-    func = getattr(module, func_name, None) if module is not None else None
-    if func is None:
+    if not module_name:
         raise ConfigError(f"model '{card.name}': unknown feature recipe '{card.features.recipe}' "
                           f"(expected one of {', '.join(sorted(RECIPES))} or a function of edge.features)")
-
-    def call(window: np.ndarray, rate: float, channels: list[str] | None) -> np.ndarray:
-        return np.asarray(func(window, **params), dtype=np.float32).reshape(input_shape)
-
-    return call
+    return function_recipe(module_name, func_name)(card, input_shape, params, settings or {})
 
 
 def face_functions(params: Mapping[str, Any] | None = None) -> tuple[DetectFn, FaceInputFn]:

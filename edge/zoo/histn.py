@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from edge.card import ModelCard
 from edge.errors import ConfigError
 from edge.paths import data_dir as find_data
 from edge.zoo import dasps
@@ -180,15 +182,15 @@ def level_prototypes() -> dict[str, list[float | str]]:
     return out
 
 
-def make_card(parameters: int, status: str = "untrained"):  # type: ignore[no-untyped-def]
+def make_card(parameters: int, status: Literal["trained", "untrained"] = "untrained") -> ModelCard:
     """The card of models/histn (training fills in data, command, holdout and notes)."""
-    from edge.card import FeatureRecipe, ModelCard, QuantizationPolicy, TensorSpec, TrainingInfo
+    from edge.card import FeatureRecipe, QuantizationPolicy, TensorSpec, TrainingInfo
 
     return ModelCard(
         name="histn",
         version="1.0.0",
         modality="eeg",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         description=(
             "HiSTN (Kuang, Song, Michoski 2024): hierarchical spatio-temporal graph networks, one per target, "
             "reading 1 s of raw 14-channel Emotiv EEG and giving five valence and five arousal levels "
