@@ -1,6 +1,6 @@
 """Where a model's outputs become a confidence: calibrated probabilities and out-of-distribution scores.
 
-One definition for the runtime (``edge.pipeline.OutputReader``) and for ``emoedge eval``, so that the
+One definition for the runtime (``edge.pipeline.readout.OutputReader``) and for ``emoedge eval``, so that the
 confidence a device publishes is the one that eval measured, and fusion, which weighs each modality by
 its confidence, is not led by a model that is sure and wrong.
 

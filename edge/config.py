@@ -25,19 +25,18 @@ from pydantic import (
 )
 
 from edge.errors import ConfigError, redact_url
+from edge.kinds import Backend, Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 on JetPack 6
     import tomli as tomllib
 
-Backend = Literal["auto", "onnxruntime", "tensorrt"]
-Precision = Literal["auto", "fp32", "fp16", "int8"]
 SECRET_KEYS = {"password", "key_password", "passphrase"}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)  # enum fields hold their values
 
 
 class TlsConfig(_Strict):
@@ -168,12 +167,15 @@ class ModelSettings(_Strict):
     enabled: bool = True
     path: Path | None = Field(default=None, description="model folder; default models/<name>")
     backend: Backend | None = Field(default=None, description="default: [backend].default")
-    precision: Precision = Field(default="auto", description="auto: the fastest precision that passed the device check here (see edge/trust.py)"
+    precision: Precision = Field(default=Precision.AUTO, description="auto: the fastest precision that passed the device check here (see edge/trust.py)"
     )
     max_batch: int = Field(default=8, ge=1, le=256)
 
 
 class _SourceBase(_Strict):
+    """What every ``[[sources]]`` entry has; each kind's class adds its own fields (built by
+    ``firmware_bridge.sources.make_source``)."""
+
     name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="used in MQTT topics: <name>/estimate")
     model: str = Field(description="a key of [models]")
     enabled: bool = True
@@ -181,7 +183,7 @@ class _SourceBase(_Strict):
     hop_s: float | None = Field(default=None, gt=0, le=60, description="default: half the window")
 
 
-class CameraSource(_SourceBase):
+class CameraConfig(_SourceBase):
     kind: Literal["camera"]
     device: int | str = Field(default=0, description="index, video file, RTSP URL or GStreamer pipeline")
     width: int = Field(default=640, ge=16, le=7680)
@@ -190,14 +192,15 @@ class CameraSource(_SourceBase):
     detect_every: int = Field(default=5, ge=1, le=300, description="run the face detector every N frames; track between")
 
 
-class MicrophoneSource(_SourceBase):
+class MicrophoneConfig(_SourceBase):
     kind: Literal["microphone"]
     device: str | int | None = Field(default=None, description="ALSA device name or index; default device when absent")
     sample_rate: int = Field(default=16000, ge=8000, le=192000)
-    block_s: float = Field(default=0.1, gt=0, le=2)
+    block_s: float | None = Field(default=None, gt=0, le=2, description="seconds a callback delivers; default: 50 ms, "
+                                  "shortened so that hop_s is a whole number of blocks (windows end where blocks end)")
 
 
-class SerialSource(_SourceBase):
+class SerialConfig(_SourceBase):
     kind: Literal["serial"]
     port: str | None = Field(default=None, description="device path, e.g. /dev/ttyACM0")
     usb: str | None = Field(default=None, description="VID:PID[:SERIAL] in hex, stable across re-plugging")
@@ -205,7 +208,7 @@ class SerialSource(_SourceBase):
     text_mode: bool = Field(default=False, description="plain-text lines of numbers instead of binary frames")
 
     @model_validator(mode="after")
-    def _one_address(self) -> SerialSource:
+    def _one_address(self) -> SerialConfig:
         if (self.port is None) == (self.usb is None):
             raise ValueError("give exactly one of 'port' or 'usb'")
         if self.usb is not None and not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:\S+)?", self.usb):
@@ -213,18 +216,18 @@ class SerialSource(_SourceBase):
         return self
 
 
-class ReplaySource(_SourceBase):
+class ReplayConfig(_SourceBase):
     kind: Literal["replay"]
     path: Path = Field(description="WAV, video or recorded EEG file")
     realtime: bool = True
     loop: bool = False
 
 
-Source = Annotated[CameraSource | MicrophoneSource | SerialSource | ReplaySource, Field(discriminator="kind")]
+SourceConfig = Annotated[CameraConfig | MicrophoneConfig | SerialConfig | ReplayConfig, Field(discriminator="kind")]
 
 
 class BackendConfig(_Strict):
-    default: Backend = "auto"
+    default: Backend = Backend.AUTO
     threads: int = Field(default=0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per core")
     engine_cache: Path | None = Field(default=None, description="TensorRT engine cache; default EMOEDGE_CACHE")
 
@@ -256,7 +259,7 @@ class DeviceConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
     backend: BackendConfig = BackendConfig()
     models: dict[str, ModelSettings] = Field(default_factory=dict)
-    sources: list[Source] = Field(default_factory=list)
+    sources: list[SourceConfig] = Field(default_factory=list)
     fusion: FusionConfig = FusionConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -200,11 +200,8 @@ class Demo:
     def _start_eeg_simulator(self) -> str | None:
         """A simulated EEG board on a pseudo-terminal; returns the port the serial source opens."""
         try:
-            from firmware_bridge.simulator import (  # type: ignore[attr-defined]
-                EegBoardSimulator,
-                EmotivBoardSimulator,
-                open_pty,
-            )
+            from firmware_bridge.simulated_boards import EegBoardSimulator, EmotivBoardSimulator
+            from firmware_bridge.simulator import open_pty
         except ImportError:
             log.warning("no EEG board simulator in this install (firmware_bridge.simulator); the demo runs without EEG")
             return None

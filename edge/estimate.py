@@ -58,7 +58,7 @@ class Estimate:
     box: tuple[int, int, int, int] | None = None
     profile: str | None = None  # the person whose profile was used (edge.enroll), None: no person active
     adapted: bool = False  # whether that person's adapted head made this estimate
-    views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.pipeline.RawEEGInput)
+    views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.features.recipes.RawEEGInput)
     ood: float | None = None  # out-of-distribution score, 1.0 = the card's threshold (None: the card has none)
 
     def payload(self, device: str) -> dict[str, Any]:

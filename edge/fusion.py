@@ -190,6 +190,11 @@ class Fusion:
         if current is None or estimate.ts >= current.ts:
             self._latest[estimate.source] = estimate
 
+    @property
+    def sources(self) -> list[str]:
+        """The sources with an estimate to fuse (none before the first estimate)."""
+        return list(self._latest)
+
     def forget(self, source: str) -> None:
         """Stop counting a source (it was disabled)."""
         self._latest.pop(source, None)

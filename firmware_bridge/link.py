@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.errors import EmoEdgeError
+from firmware_bridge.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class PortInfo:
 
     @property
     def usb_id(self) -> str | None:
-        """``VID:PID[:SERIAL]`` in hex: what ``SerialSource.usb`` and ``--usb`` accept."""
+        """``VID:PID[:SERIAL]`` in hex: what ``SerialConfig.usb`` and ``--usb`` accept."""
         if self.vid is None or self.pid is None:
             return None
         base = f"{self.vid:04x}:{self.pid:04x}"
@@ -119,8 +120,8 @@ class SerialLink:
         self.max_backoff_s = max_backoff_s
         self.read_timeout_s = read_timeout_s
         self._serial: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread()
+        self._stop = self._loop.stop_event
         self._lock = threading.Lock()
         self.device: str | None = None
         self.connected = threading.Event()
@@ -140,10 +141,7 @@ class SerialLink:
     # -- lifecycle
 
     def start(self) -> SerialLink:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"link-{self.name}", daemon=True)
-            self._thread.start()
+        self._loop.start(self._run, f"link-{self.name}")
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
@@ -155,9 +153,7 @@ class SerialLink:
                 ser.cancel_read()
             except Exception:  # already closed
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
         self._close()
 
     def __enter__(self) -> SerialLink:

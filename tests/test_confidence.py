@@ -117,7 +117,7 @@ def _card(stats: dict | None, temperature: float | None) -> ModelCard:
 def test_the_runtime_applies_the_cards_temperature_and_says_unknown_out_of_distribution() -> None:
     from edge.estimate import Estimate, ModelInfo
     from edge.fusion import Fusion
-    from edge.pipeline import OutputReader
+    from edge.pipeline.readout import OutputReader
     from edge.publish.schemas import validate
 
     rng = np.random.default_rng(5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from edge.bench.e2e import format_result, measure_e2e
+from edge.bench.e2e import measure_e2e
+from edge.bench.e2e_report import E2E_SCHEMA, compare_e2e, format_result, load_e2e
+from edge.errors import EmoEdgeError
 from edge.paths import models_dir
 from tests.pipeline_helpers import RAVDESS, make_model
 
@@ -31,5 +34,34 @@ def test_e2e_latency_bench(benchmark: pytest.FixtureRequest, tmp_path: Path) -> 
     for name in ("eeg", "mic"):
         entry = result["sources"][name]
         assert entry["estimates"] > 0 and entry["lost"] == 0, entry
+        stages = entry["stages"]
+        assert {"queue", "features", "inference", "publish", "outbox", "network"} <= set(stages), stages
+        # publish is the rest of the path after the hand-off: outbox and network together
+        assert stages["publish"]["p50_ms"] >= 0 and stages["network"]["p50_ms"] >= 0
+    assert "per stage" in format_result(result)
     if faces:
         assert result["sources"]["camera"]["frames_in_fps"] > 20
+
+
+def _result(total: float, inference: float) -> dict:
+    return {"schema": E2E_SCHEMA, "environment": {"cpu": "x"}, "sources": {"eeg": {
+        "p50_ms": total, "p99_ms": total * 2, "stages": {"inference": {"p50_ms": inference, "p99_ms": inference * 2}}}}}
+
+
+def test_compare_names_the_stage_that_regressed() -> None:
+    text, worse = compare_e2e(_result(10.0, 4.0), _result(6.0, 0.5))
+    assert "| eeg | inference | 0.50 | 4.00 | 8.00x ! |" in text
+    assert any(w.startswith("eeg inference p50") for w in worse) and any(w.startswith("eeg total p99") for w in worse)
+    # a stage of microseconds that doubles is noise, not a regression (under the 1 ms floor)
+    _, worse = compare_e2e(_result(6.0, 0.02), _result(6.0, 0.01))
+    assert worse == []
+
+
+def test_a_baseline_that_is_not_an_e2e_result_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bench.json"
+    bad.write_text(json.dumps({"schema": "emoedge-bench/1", "rows": []}))
+    with pytest.raises(EmoEdgeError, match="not an emoedge e2e result"):
+        load_e2e(bad)
+    good = tmp_path / "e2e.json"
+    good.write_text(json.dumps(_result(1.0, 0.5)))
+    assert load_e2e(good)["sources"]["eeg"]["p50_ms"] == 1.0

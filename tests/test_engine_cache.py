@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from edge.backends.engine_cache import EngineKey, EngineManifest, find_engine, staleness_reasons
 from edge.backends.ort import OnnxRuntimeRunner
+from edge.backends.probe import tensorrt_version
 from edge.card import load_card, load_model
 from edge.errors import BackendUnavailable
 from edge.export.build import build_engine
@@ -191,6 +192,8 @@ def test_engine_that_disagrees_with_fp32_is_set_aside(toy: dict[str, Path]) -> N
 
 
 def test_build_without_tensorrt_says_what_is_missing(toy: dict[str, Path]) -> None:
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here: the message for its absence cannot be seen")
     result = subprocess.run(
         [sys.executable, "-m", "edge", "build", str(toy["folder"]), "--precision", "int8"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,

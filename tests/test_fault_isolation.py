@@ -84,7 +84,7 @@ def test_a_runtime_fault_in_one_source_does_not_stop_the_others(mosquitto: Mosqu
     sub = Collector(mosquitto.port, "emoedge/faultdev/#")
     start = time.monotonic()
     assert serve(cfg, duration=3.6, plain=True, extra_sources=sources) == 0
-    assert time.monotonic() - start < 10
+    assert 3.6 <= time.monotonic() - start < 10  # ran its whole duration: the faults did not stop it
     time.sleep(0.3)
     sub.close()
     good = sub.on("/good/estimate")

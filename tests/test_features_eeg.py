@@ -85,9 +85,11 @@ def test_subject_normaliser_matches_numpy() -> None:
     rng = np.random.default_rng(3)
     rows = rng.normal(5.0, 2.0, (50, 160))
     norm = SubjectNormaliser(160, min_count=10)
-    with pytest.raises(InputError, match="fallback"):
-        norm.transform(rows[0])
-    norm.update(rows)
+    pop_mean, pop_std = np.full(160, 5.0), np.full(160, 2.0)
+    assert not norm.transform(rows[0]).any()  # no history and no population: an average wearer
+    norm.update(rows[:3])
+    np.testing.assert_allclose(norm.transform(rows[0], pop_mean, pop_std), (rows[0] - 5.0) / 2.0, rtol=1e-5)  # not ready yet
+    norm.update(rows[3:])
     np.testing.assert_allclose(norm.mean, rows.mean(0), rtol=1e-10)
     np.testing.assert_allclose(norm.std, rows.std(0, ddof=1), rtol=1e-10)
     assert norm.transform(rows).mean() == pytest.approx(0.0, abs=1e-6)
@@ -117,13 +119,17 @@ def test_load_deap_features_errors(tmp_path) -> None:  # type: ignore[no-untyped
         load_deap_features(tmp_path)
 
 
-def test_deap_features_from_a_named_board() -> None:
-    from edge.features.eeg import deap_features
+def test_band_power_input_from_a_named_board() -> None:
+    """The run-time recipe (one definition, also used by eval and the gates): channels put in the model's order."""
+    from edge.features.eeg import BandPowerInput
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((32, 4 * RATE))
     x[DEAP_GENEVA_ELECTRODES.index("O1")] += sine(10.0, 20.0, seconds=4)
-    f = deap_features(x, RATE, DEAP_GENEVA_ELECTRODES).reshape(5, 32)
+    front = BandPowerInput(160)
+    f = front.features(x, RATE, DEAP_GENEVA_ELECTRODES).reshape(5, 32)
     assert int(np.argmax(f[2])) == DEAP_ELECTRODES.index("O1")  # alpha is highest at O1 in the model's order
-    with pytest.raises(InputError, match="without names"):
-        deap_features(x[:14], RATE)
+    with pytest.raises(InputError, match="names no channels"):
+        front(x[:14], RATE, None)
+    unnamed = front.features(x, RATE, [f"ch{i}" for i in range(32)])  # unnamed: taken in the model's order
+    np.testing.assert_allclose(unnamed, band_power(x, RATE))

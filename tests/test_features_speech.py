@@ -100,3 +100,21 @@ def test_read_wav_pcm_without_soundfile_matches_soundfile(tmp_path) -> None:  # 
     assert F.read_wav(tmp_path / "f.wav").shape == (16_000,)
     with pytest.raises(InputError, match="not found"):
         F.read_wav(tmp_path / "missing.wav")
+
+
+def test_sliding_log_mel_equals_the_whole_computation_and_reuses_the_overlap() -> None:
+    rng = np.random.default_rng(3)
+    stream = (rng.standard_normal(16000 * 6) * 0.1).astype(np.float32)
+    hop, size = 4000, 48000
+    sliding = F.SlidingLogMel(hop)
+    starts = list(range(0, len(stream) - size + 1, hop))
+    for start in starts:
+        window = stream[start : start + size]
+        np.testing.assert_allclose(sliding(window), F.log_mel(window), rtol=0, atol=1e-6)
+    assert sliding.reused == len(starts) - 1
+    # a gap (not the next window) or another length is computed whole, and still right
+    other = stream[1000 : 1000 + size]
+    np.testing.assert_allclose(sliding(other), F.log_mel(other), rtol=0, atol=1e-6)
+    short = stream[:16000]
+    np.testing.assert_allclose(sliding(short), F.log_mel(short), rtol=0, atol=1e-6)
+    assert sliding.reused == len(starts) - 1

@@ -85,7 +85,7 @@ def test_python_decoder_reads_every_vector_exactly(v: dict) -> None:
         assert isinstance(body, P.Heartbeat) and body.board_dropped == v["board_dropped"]
     else:
         assert isinstance(body, P.LogText) and (body.level, body.text) == (v["level"], v["text"])
-    assert decoder.crc_errors == decoder.resyncs == decoder.lost_frames == 0
+    assert decoder.counters.crc_errors == decoder.counters.resyncs == decoder.counters.lost_frames == 0
 
 
 def test_all_vectors_as_one_stream_in_odd_chunks() -> None:
@@ -95,8 +95,8 @@ def test_all_vectors_as_one_stream_in_odd_chunks() -> None:
     for i in range(0, len(stream), 7):
         frames += decoder.feed(stream[i:i + 7], host_time=float(i))
     assert [f.seq for f in frames] == [v["seq"] for v in VECTORS["vectors"]]
-    assert decoder.crc_errors == decoder.framing_errors == decoder.resyncs == 0
-    assert decoder.board_resets == 1  # the audio encoder starts afresh with FLAG_FIRST
+    assert decoder.counters.crc_errors == decoder.counters.framing_errors == decoder.counters.resyncs == 0
+    assert decoder.counters.board_resets == 1  # the audio encoder starts afresh with FLAG_FIRST
 
 
 def test_vectors_cover_the_cobs_block_boundary() -> None:

@@ -56,7 +56,7 @@ def test_weighted_f1_by_hand() -> None:
 def test_model_size_and_onnx_export(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from edge.zoo.common import export_onnx
-    from edge.zoo.histn import HiSTN, parameter_counts
+    from edge.zoo.histn_net import HiSTN, parameter_counts
 
     model = HiSTN()
     trainable, stats = parameter_counts(model)

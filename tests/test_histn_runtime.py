@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge.errors import InputError
-from edge.features.eeg import EMOTIV_ELECTRODES, BandPass, RawEEGFeatures, WearerNormaliser
+from edge.features.eeg_raw import EMOTIV_ELECTRODES, BandPass, RawEEGFeatures, WearerNormaliser
 from tests.mqtt_broker import Collector, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,8 @@ def shipped_histn(tmp_path: Path, norm_s: float) -> Path:
 
 def test_simulated_headset_on_a_pty_drives_emoedge_run_to_mqtt(mosquitto: Mosquitto, tmp_path: Path) -> None:
     from edge.publish.schemas import kind_of_topic, validate
-    from firmware_bridge.simulator import EmotivBoardSimulator, open_pty
+    from firmware_bridge.simulated_boards import EmotivBoardSimulator
+    from firmware_bridge.simulator import open_pty
 
     model = shipped_histn(tmp_path, norm_s=3.0)
     pty = open_pty()

@@ -50,7 +50,7 @@ def raw_eeg(enc: P.FrameEncoder, t: int, rate: float, scale: float, values: np.n
     """An EEG frame with any head fields (the encoder's own checks are the board's, not ours)."""
     values = np.asarray(values)
     raw = values.T.astype("<f4").tobytes() if fmt == P.FMT_FLOAT32 else values.T.astype("<i2").tobytes()
-    return enc.frame(P.EEG, P.EEG_HEAD.pack(fmt, values.shape[0], values.shape[1], rate, scale) + raw, t * 1000)
+    return enc.frame(P.FrameType.EEG, P.EEG_HEAD.pack(fmt, values.shape[0], values.shape[1], rate, scale) + raw, t * 1000)
 
 
 def eeg_config(tmp: Path, port: str, broker: Mosquitto | None = None) -> DeviceConfig:

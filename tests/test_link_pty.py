@@ -16,7 +16,8 @@ import pytest
 
 from firmware_bridge import protocol as P
 from firmware_bridge.link import LinkError, SerialLink, is_usb_id, resolve_port
-from firmware_bridge.simulator import EegBoardSimulator, open_pty
+from firmware_bridge.simulated_boards import EegBoardSimulator
+from firmware_bridge.simulator import open_pty
 from firmware_bridge.sources.serial import SerialBoardSource
 
 

@@ -12,7 +12,8 @@ from edge.card import load_model
 from edge.config import DeviceConfig
 from edge.estimate import Estimate
 from edge.fusion import softmax
-from edge.pipeline import Pipeline, WindowBuffer
+from edge.pipeline import Pipeline
+from edge.pipeline.windows import WindowBuffer
 from edge.tracker import FaceTracker
 from firmware_bridge.sources.base import Sample
 from tests.pipeline_helpers import (
@@ -48,7 +49,9 @@ def test_window_buffer_cuts_every_window_with_end_times() -> None:
         block = data[i : i + 5]
         got += buf.push(Sample("a", "audio", block, 10.0, host_time=100.0 + (i + len(block)) / 10.0))
     starts = [int(w[0]) for w, _ in got]
-    assert starts == [0, 4, 8, 12, 16, 20, 24]
+    # on the grid 0, 4, 8, ... every 4 samples; the newest window a block completes ends at that block's end
+    # (blocks end at 5, 10, 15, ...): 4 -> 5, 8 -> 10, 12 -> 15, 16 stays (20 ends the block at 30), 24 -> 25
+    assert starts == [0, 5, 10, 15, 16, 20, 25]
     for w, ts in got:
         assert np.array_equal(w, np.arange(w[0], w[0] + 10))
         assert ts == pytest.approx(100.0 + (w[-1] + 1) / 10.0)
@@ -216,7 +219,7 @@ def test_disabling_a_source_stops_its_estimates(tmp_path: Path) -> None:
 
 def test_output_reader_multi_head_labels_and_va_output() -> None:
     from edge.card import ModelCard
-    from edge.pipeline import OutputReader
+    from edge.pipeline.readout import OutputReader
 
     card = ModelCard.model_validate({
         "name": "eeg", "version": "1", "modality": "eeg", "parameters": 1,
@@ -242,3 +245,44 @@ def test_output_reader_multi_head_labels_and_va_output() -> None:
     reader.va_output = None
     [(_, _, _, v2, a2, _)] = reader.read(out)
     assert v2 == pytest.approx(0.6 * (2 * probs["valence:positive"] - 1)) and a2 == pytest.approx(0.0)
+
+
+def test_the_pipeline_closes_what_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A context manager: every runner and BLAS limit is released on exit, and when a later source cannot be
+    built, the runners of the sources built before it are closed (not leaked)."""
+    from threadpoolctl import threadpool_info
+
+    from edge.errors import ConfigError
+    from edge.pipeline import core
+
+    models = tmp_path / "models"
+    make_model(models, "speech", 1600, RAVDESS, "speech", window_s=0.1)
+    make_model(models, "nowindow", 1600, RAVDESS, "speech")  # no window_s in its card or the config
+    opened: list = []
+    real = core.open_source_run
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(args[1].name)
+        run = real(*args, **kwargs)
+        runs.append(run)
+        return run
+
+    runs: list = []
+    monkeypatch.setattr(core, "open_source_run", spy)
+    blocks = [np.zeros(1600, np.float32)] * 5
+    ok = {"name": "mic", "kind": "replay", "path": "x", "model": "speech"}
+    bad = {"name": "mic2", "kind": "replay", "path": "x", "model": "nowindow"}
+    with pytest.raises(ConfigError, match="no window_s"):
+        Pipeline(device(models, [ok, bad]), sources={"mic": ListSource("mic", "audio", blocks, 16000.0),
+                                                     "mic2": ListSource("mic2", "audio", blocks, 16000.0)})
+    assert opened == ["mic", "mic2"] and len(runs) == 1 and not runs[0].runner.is_active
+
+    runs.clear()
+    blas_before = [(i["user_api"], i["num_threads"]) for i in threadpool_info()]
+    got: list[Estimate] = []
+    with Pipeline(device(models, [ok]), sources={"mic": ListSource("mic", "audio", blocks, 16000.0)},
+                  on_estimate=got.append) as pipe:
+        assert pipe.runs["mic"].runner.is_active
+        wait(lambda: len(got) >= 9)
+    assert len(got) == (5 * 1600 - 1600) // 800 + 1 and not runs[0].runner.is_active  # every half-window hop
+    assert [(i["user_api"], i["num_threads"]) for i in threadpool_info()] == blas_before

@@ -15,7 +15,8 @@ from edge.pipeline import Pipeline
 def test_simulated_eeg_board_through_the_shipped_model() -> None:
     if not (models_dir() / "eeg" / "card.toml").exists():
         pytest.skip("models/eeg is not in this checkout")
-    from firmware_bridge.simulator import EegBoardSimulator, open_pty
+    from firmware_bridge.simulated_boards import EegBoardSimulator
+    from firmware_bridge.simulator import open_pty
     from firmware_bridge.sources.serial import SerialBoardSource
 
     pty = open_pty()

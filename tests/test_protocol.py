@@ -36,7 +36,7 @@ def decode_all(decoder: P.FrameDecoder, data: bytes, chunk: int = 0, t: float = 
     return out
 
 
-def raw_frame(version: int = P.VERSION, ftype: int = P.HEARTBEAT, payload: bytes = b"\0\0\0\0", seq: int = 0,
+def raw_frame(version: int = P.VERSION, ftype: int = P.FrameType.HEARTBEAT, payload: bytes = b"\0\0\0\0", seq: int = 0,
               magic: int = P.MAGIC, plen: int | None = None) -> bytes:
     head = P.HEADER.pack(magic, version, ftype, 1, 0, 0, seq, 0, len(payload) if plen is None else plen)
     body = head + payload
@@ -66,7 +66,7 @@ def test_garbage_between_frames_costs_nothing() -> None:
     decoder = P.FrameDecoder()
     got = decode_all(decoder, stream, chunk=64)
     assert [f.seq for f in got] == list(range(30))
-    assert decoder.lost_frames == 0 and decoder.resyncs > 0 and decoder.discarded_bytes > 0
+    assert decoder.counters.lost_frames == 0 and decoder.counters.resyncs > 0 and decoder.counters.discarded_bytes > 0
 
 
 def test_corruption_costs_only_the_frame_it_hits_and_is_counted() -> None:
@@ -82,8 +82,8 @@ def test_corruption_costs_only_the_frame_it_hits_and_is_counted() -> None:
     decoder = P.FrameDecoder()
     got = decode_all(decoder, b"".join(damaged), chunk=100)
     assert [f.seq for f in got] == [i for i in range(40) if i not in hit]
-    assert decoder.crc_errors + decoder.framing_errors == 4
-    assert decoder.lost_frames == 3  # frame 39 is the last: no later frame reveals its loss
+    assert decoder.counters.crc_errors + decoder.counters.framing_errors == 4
+    assert decoder.counters.lost_frames == 3  # frame 39 is the last: no later frame reveals its loss
 
 
 def test_truncated_frames_interleaved_with_good_ones() -> None:
@@ -94,7 +94,7 @@ def test_truncated_frames_interleaved_with_good_ones() -> None:
     decoder = P.FrameDecoder()
     got = decode_all(decoder, stream, chunk=5)
     assert [f.seq for f in got] == [i for i in range(12) if i % 3 != 1]
-    assert decoder.lost_frames == 4 and decoder.resyncs == 4
+    assert decoder.counters.lost_frames == 4 and decoder.counters.resyncs == 4
 
 
 def test_sequence_wraps_and_duplicates_are_dropped() -> None:
@@ -103,7 +103,7 @@ def test_sequence_wraps_and_duplicates_are_dropped() -> None:
     decoder = P.FrameDecoder()
     got = decoder.feed(stream)
     assert [f.seq for f in got] == [65533, 65534, 65535, 1, 2]
-    assert decoder.duplicates == 1 and decoder.lost_frames == 1 and decoder.seq_jumps == 0
+    assert decoder.counters.duplicates == 1 and decoder.counters.lost_frames == 1 and decoder.counters.seq_jumps == 0
 
 
 def test_board_restart_resets_tracking() -> None:
@@ -111,7 +111,7 @@ def test_board_restart_resets_tracking() -> None:
     b, _ = eeg_stream(5, t0=10)  # a second encoder: FLAG_FIRST and seq 0 again
     decoder = P.FrameDecoder()
     got = decoder.feed(b"".join(a + b))
-    assert len(got) == 10 and decoder.board_resets == 1 and decoder.lost_frames == 0 and decoder.seq_jumps == 0
+    assert len(got) == 10 and decoder.counters.board_resets == 1 and decoder.counters.lost_frames == 0 and decoder.counters.seq_jumps == 0
 
 
 def test_newer_major_version_is_counted_not_misread() -> None:
@@ -119,9 +119,9 @@ def test_newer_major_version_is_counted_not_misread() -> None:
     stream = enc.heartbeat(0) + raw_frame(version=0x20, seq=1) + raw_frame(version=0x31, seq=2) + enc.heartbeat(10)
     decoder = P.FrameDecoder()
     got = decoder.feed(stream)
-    assert len(got) == 2 and decoder.unsupported_version == 2
+    assert len(got) == 2 and decoder.counters.unsupported_version == 2
     assert decoder.stats()["versions_seen"] == ["magic 0xee version 2.0", "magic 0xee version 3.1"]
-    assert decoder.crc_errors == 0
+    assert decoder.counters.crc_errors == 0
 
 
 def test_newer_minor_version_unknown_type_is_skipped_and_keeps_gap_count_exact() -> None:
@@ -133,14 +133,14 @@ def test_newer_minor_version_unknown_type_is_skipped_and_keeps_gap_count_exact()
     decoder = P.FrameDecoder()
     got = decoder.feed(stream)
     assert [f.seq for f in got] == [0, 2]
-    assert decoder.unknown_type == 1 and decoder.lost_frames == 0
+    assert decoder.counters.unknown_type == 1 and decoder.counters.lost_frames == 0
 
 
 def test_malformed_payload_with_good_crc_is_rejected() -> None:
     bad_eeg = P.EEG_HEAD.pack(P.FMT_INT16, 4, 8, 128.0, 1.0) + b"\1" * 10  # declares 64 bytes, has 10
     decoder = P.FrameDecoder()
-    assert decoder.feed(raw_frame(ftype=P.EEG, payload=bad_eeg) + raw_frame(plen=9)) == []
-    assert decoder.malformed == 2 and decoder.crc_errors == 0
+    assert decoder.feed(raw_frame(ftype=P.FrameType.EEG, payload=bad_eeg) + raw_frame(plen=9)) == []
+    assert decoder.counters.malformed == 2 and decoder.counters.crc_errors == 0
 
 
 def test_oversize_run_is_dropped_and_the_next_frame_read() -> None:
@@ -148,7 +148,7 @@ def test_oversize_run_is_dropped_and_the_next_frame_read() -> None:
     stream = enc.heartbeat(0) + b"\x07" * (P.MAX_ENCODED * 3) + enc.heartbeat(1)
     decoder = P.FrameDecoder()
     got = decode_all(decoder, stream, chunk=1000)
-    assert [f.seq for f in got] == [0, 1] and decoder.oversize == 1
+    assert [f.seq for f in got] == [0, 1] and decoder.counters.oversize == 1
     assert len(decoder._buf) < P.MAX_ENCODED  # memory stays bounded
 
 
@@ -156,7 +156,7 @@ def test_half_frame_at_start_is_not_a_crc_error() -> None:
     frames, _ = eeg_stream(3)
     decoder = P.FrameDecoder()
     got = decoder.feed(frames[0][len(frames[0]) // 2:] + frames[1] + frames[2])
-    assert [f.seq for f in got] == [1, 2] and decoder.crc_errors == 0 and decoder.resyncs == 1
+    assert [f.seq for f in got] == [1, 2] and decoder.counters.crc_errors == 0 and decoder.counters.resyncs == 1
 
 
 def test_board_clock_unwraps_past_32_bits() -> None:
@@ -198,7 +198,7 @@ def test_decoder_never_raises_on_arbitrary_bytes(chunks: list[bytes]) -> None:
     decoder = P.FrameDecoder()
     for c in chunks:
         for f in decoder.feed(c):
-            assert f.type in P.FRAME_TYPE_NAMES
+            assert isinstance(f.type, P.FrameType)
     s = decoder.stats()
     assert s["frames"] >= 0 and len(decoder._buf) <= decoder.max_encoded
 
@@ -249,13 +249,13 @@ def test_text_lines_columns_errors_and_reconfiguration() -> None:
     dec = P.TextLineDecoder()
     rows = dec.feed(b"5,6\n1,2,3\n4\t5\t6\r\n7 8  9\nERR: no sensor\nx,y,z\n1,2\n", host_time=0.0)
     assert [r.tolist() for r in rows] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert dec.discarded_lines == 1 and dec.board_errors == 1 and dec.bad_lines == 2
-    assert dec.last_error == "ERR: no sensor"
+    assert dec.counters.discarded_lines == 1 and dec.counters.board_errors == 1 and dec.counters.bad_lines == 2
+    assert dec.counters.last_board_error == "ERR: no sensor"
     rows = dec.feed(b"".join(b"%d,%d\n" % (i, i) for i in range(5)), host_time=1.0)  # the sketch now prints 2 values
     # "1,2" above was the first line of the new count; the fifth in a row switches: it and the next are kept
-    assert dec.columns == 2 and dec.column_changes == 1 and [r.tolist() for r in rows] == [[3, 3], [4, 4]]
+    assert dec.columns == 2 and dec.counters.column_changes == 1 and [r.tolist() for r in rows] == [[3, 3], [4, 4]]
     dec.feed(b"9" * 5000, host_time=2.0)  # a runaway line without newline
-    assert dec.oversize == 1
+    assert dec.counters.oversize == 1
     assert dec.feed(b"99\n3,3\n", host_time=2.1)[0].tolist() == [3, 3]  # its tail is dropped, then lines resume
 
 

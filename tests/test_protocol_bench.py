@@ -17,7 +17,8 @@ import pytest
 from cobs import cobs
 
 from firmware_bridge import protocol as P
-from firmware_bridge.simulator import EegBoardSimulator, open_pty
+from firmware_bridge.simulated_boards import EegBoardSimulator
+from firmware_bridge.simulator import open_pty
 from firmware_bridge.sources.serial import SerialBoardSource
 
 LINE_RATE = 921600 / 10  # bytes per second on the wire: 8 data bits + start + stop
@@ -60,7 +61,7 @@ def cobs_crc_floor(stream: bytes) -> int:
 @pytest.mark.benchmark(group="decode")
 def test_decoder_throughput(benchmark, eeg_stream: bytes) -> None:
     decoder = benchmark(decode_stream, eeg_stream)
-    assert decoder.frames_by_type["eeg"] == 2400 and decoder.crc_errors == decoder.lost_frames == 0
+    assert decoder.counters.frames_by_type["eeg"] == 2400 and decoder.counters.crc_errors == decoder.counters.lost_frames == 0
     start = time.perf_counter()
     decode_stream(eeg_stream)
     seconds = benchmark.stats.stats.mean if benchmark.stats else time.perf_counter() - start

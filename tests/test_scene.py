@@ -177,3 +177,19 @@ def test_decoder_engine_profile_covers_the_cache() -> None:
         profile_covers(request, beam=3, max_tokens=40)
     with pytest.raises(InputError, match="beam"):
         profile_covers(request, beam=5, max_tokens=24)
+
+
+@needs_model
+@pytest.mark.slow
+def test_bench_scene_reports_estimate_and_explanation_latency(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "scene", "--precisions", "fp32", "--no-data",
+                           "--batch", "1", "--iterations", "10", "--warmup", "2", "--seconds", "0.2", "--threads", "1",
+                           "--no-plots", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    scene = next(r for r in rows if r["model"] == "scene" and r["precision"] == "fp32")
+    s = scene["scene"]
+    assert s["iterations"] == 10 and s["estimate_ms"]["p50"] > 0
+    assert s["explanation_ms"]["p50"] >= s["estimate_ms"]["p50"] and s["mean_tokens"] <= 24
+    assert "Scene explanations" in proc.stdout

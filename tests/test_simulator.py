@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from firmware_bridge import protocol as P
-from firmware_bridge.simulator import (
+from firmware_bridge.simulated_boards import (
     DEAP_CHANNELS,
     LEFT_FRONTAL,
     RIGHT_FRONTAL,
     AudioBoardSimulator,
     EegBoardSimulator,
-    open_pty,
     script_state,
 )
+from firmware_bridge.simulator import open_pty
 from firmware_bridge.sources.serial import SerialBoardSource
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edge.config import parse_config
-from firmware_bridge.simulator import EegBoardSimulator, open_pty
+from firmware_bridge.simulated_boards import EegBoardSimulator
+from firmware_bridge.simulator import open_pty
 from firmware_bridge.sources import SourceError, make_source
 from firmware_bridge.sources.camera import CameraSource, describe_device
 from firmware_bridge.sources.microphone import MicrophoneSource, to_mono_float32
@@ -185,7 +186,7 @@ def test_microphone_without_sounddevice_fails_clearly(monkeypatch: pytest.Monkey
     mic = MicrophoneSource("mic")
     with pytest.raises(SourceError, match=r"needs sounddevice: pip install 'emoedge\[audio\]'"):
         mic.start()
-    assert mic._thread is None
+    assert not mic.running
 
 
 CONFIG = """
@@ -224,7 +225,7 @@ def test_make_source_builds_every_kind_from_the_config(tmp_path: Path) -> None:
     try:
         cfg = parse_config(CONFIG.format(pty=pair.slave_path, video=video, wav=wav))
         eeg, cam, mic, replay = (make_source(s) for s in cfg.sources)
-        assert type(mic).__name__ == "MicrophoneSource" and mic.block == 1600
+        assert type(mic).__name__ == "MicrophoneSource" and mic.block == 800  # 50 ms: the default block
         assert len(read_all(cam.start())) == 5
         assert len(read_all(replay.start())) == 1
         with eeg:
@@ -237,3 +238,14 @@ def test_make_source_builds_every_kind_from_the_config(tmp_path: Path) -> None:
     finally:
         pair.close()
     assert threading.active_count() < 20
+
+
+def test_microphone_blocks_divide_the_hop_so_windows_end_where_blocks_end() -> None:
+    from firmware_bridge.sources.microphone import aligned_block_s
+
+    for hop in (0.25, 0.3, 0.33, 1.0, 1.5):
+        block = aligned_block_s(None, hop)
+        assert block <= 0.05 + 1e-12
+        assert abs(hop / block - round(hop / block)) < 1e-9, (hop, block)
+    assert aligned_block_s(0.1, 0.25) == 0.1  # what the config says is kept
+    assert aligned_block_s(None, None) == 0.05

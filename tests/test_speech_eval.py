@@ -123,7 +123,7 @@ def test_eval_on_a_folder_of_wav_and_flac_with_restricted_labels_and_calibration
     assert again["temperature"] == pytest.approx(fitted)
     assert again["uncalibrated"]["mean_confidence"] == pytest.approx(result["uncalibrated"]["mean_confidence"])
     assert again["mean_confidence"] != pytest.approx(result["mean_confidence"])
-    from edge.pipeline import OutputReader
+    from edge.pipeline.readout import OutputReader
 
     assert OutputReader(load_model(speech_model).card).temperatures["logits"] == pytest.approx(fitted)
 
@@ -159,7 +159,7 @@ def test_fit_ood_writes_statistics_that_flag_noise(tmp_path: Path, speech_model:
 def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:
     from edge.card import FeatureRecipe, ModelCard
     from edge.features import speech as F
-    from edge.pipeline import feature_function
+    from edge.features.recipes import build_features
 
     rng = np.random.default_rng(3)
     audio = _voice(rng, 3.0, 180.0)
@@ -176,7 +176,7 @@ def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:
     card = ModelCard.model_validate(load_card(ROOT / "models" / "speech" / "card.toml").model_dump())
     card.features = FeatureRecipe(recipe=card.features.recipe, params={
         **card.features.params, "population_mean": mean.tolist(), "population_std": std.tolist(), "loudness_norm": True})
-    runtime = feature_function(card, (1, F.N_MELS, F.WINDOW_FRAMES))(audio[: 3 * RATE], float(RATE), None)
+    runtime = build_features(card, (1, F.N_MELS, F.WINDOW_FRAMES))(audio[: 3 * RATE], float(RATE), None)
     offline = F.model_windows(audio[: 3 * RATE], RATE, mean, std, loudness_norm=True)[-1]
     np.testing.assert_allclose(runtime, offline, atol=1e-5)
 
@@ -184,7 +184,7 @@ def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:
 def test_device_augmentation_changes_the_spectrum_but_keeps_it_finite() -> None:
     pytest.importorskip("torch")
     from edge.features import speech as F
-    from edge.zoo.speech import device_augment
+    from edge.zoo.speech_augment import device_augment
 
     rng = np.random.default_rng(4)
     mel = F.windows(F.log_mel(_voice(rng, 3.0, 150.0)))[0]

@@ -129,3 +129,26 @@ def test_ravdess_layout_without_labels_csv(tmp_path: Path, data_dir: Path) -> No
     result = run_eval("--data", str(tmp_path))
     assert result["n"] == len(clips) and "speakers ['10']" in result["data"]
     assert result["accuracy"] > 0.125
+
+
+def test_training_can_start_from_the_shipped_model() -> None:
+    """``--set init=models/speech``: the exported weights (BatchNorm folded) load back into the network exactly."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from edge.zoo.speech import SpeechCNN, init_statistics, load_onnx_weights
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "speech"
+    net = SpeechCNN()
+    load_onnx_weights(net, folder / "model.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 1, 64, 301)).astype(np.float32)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, embedding = session.run(["logits", "embedding"], {session.get_inputs()[0].name: x})
+    with torch.no_grad():
+        got_logits, got_embedding = net.eval()(torch.from_numpy(x))
+    np.testing.assert_allclose(got_logits.numpy(), logits, atol=1e-4)
+    np.testing.assert_allclose(got_embedding.numpy(), embedding, atol=1e-4)
+    mean, std, _ = init_statistics(folder)
+    assert mean.shape == std.shape == (64,)
+    with pytest.raises(Exception, match="cannot read the model to start from"):
+        load_onnx_weights(SpeechCNN(), folder / "card.toml")

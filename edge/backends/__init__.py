@@ -17,9 +17,9 @@ from edge.backends.base import Runner, TensorMeta
 from edge.backends.engine_cache import engine_cache_dir, find_engine
 from edge.card import Model, load_model
 from edge.errors import BackendUnavailable
+from edge.kinds import BACKENDS
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)

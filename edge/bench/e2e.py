@@ -32,8 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from edge.bench.e2e_report import (
+    COMPARE_FLOOR_MS,
+    E2E_SCHEMA,
+    compare_e2e,
+    format_result,
+    load_e2e,
+    percentiles,
+    stage_percentiles,
+)
 from edge.errors import EmoEdgeError
-from firmware_bridge.sources.base import Sample, Source
+from firmware_bridge.sources.base import Sample, SampleKind, Source
 
 EEG_CHANNELS = 32
 EEG_RATE = 128.0
@@ -42,6 +51,7 @@ AUDIO_RATE = 16000.0
 AUDIO_BLOCK_S = 0.05
 FPS = 30.0
 WIDTH, HEIGHT = 640, 480
+DEVICE_CHECK_WAIT_S = 60.0  # shadow-mode checks need 32 live windows: 8 s at a 0.25 s hop
 
 _SUBSCRIBER = r"""
 import sys, json, time
@@ -56,7 +66,8 @@ def on_subscribe(c, u, mid, rcs, p):
 def on_message(c, u, m):
     now = time.time()
     b = json.loads(m.payload)
-    f.write(f"{b['source']} {b['seq']} {b['ts']} {now}\n")
+    f.write(json.dumps({"source": b["source"], "seq": b["seq"], "ts": b["ts"], "pub_ts": b.get("pub_ts"),
+                        "latency_ms": b.get("latency_ms", {}), "received": now}) + "\n")
 c = mqtt.Client(CallbackAPIVersion.VERSION2)
 c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
 c.connect(host, port)
@@ -67,10 +78,10 @@ c.loop_forever()
 class PacedSource(Source):
     """Streams prepared blocks at their real-time rate (one block every ``len/rate`` seconds), looping."""
 
-    def __init__(self, name: str, kind: str, blocks: list[np.ndarray], rate: float, block_period: float,
+    def __init__(self, name: str, kind: SampleKind, blocks: list[np.ndarray], rate: float, block_period: float,
                  channels: list[str] | None = None) -> None:
         super().__init__(name, max_queue=64)
-        self.kind = kind  # type: ignore[assignment]
+        self.kind = kind
         self.blocks, self.rate, self.period, self.channels = blocks, rate, block_period, channels
 
     def _run(self) -> None:
@@ -82,7 +93,7 @@ class PacedSource(Source):
             if delay > 0:
                 time.sleep(delay)
             block = self.blocks[i % len(self.blocks)]
-            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i, channels=self.channels),  # type: ignore[arg-type]
+            self._emit(Sample(self.name, self.kind, block, self.rate, time.time(), seq=i, channels=self.channels),
                        drop_oldest=self.kind == "video")
             i += 1
 
@@ -265,13 +276,16 @@ def measure_e2e(
             raise EmoEdgeError(f"the bench subscriber did not start: {sub.stderr.read() if sub.stderr else ''}")
         publisher = Publisher(config.mqtt, config.device_id, [s["name"] for s in sources]).start()
         pipeline = Pipeline(config, publisher, sources=feeds).start()
+        from edge.trust import CheckedRunner
+
         time.sleep(warmup)
+        checks_s = wait_for_device_checks(pipeline)
+        precisions = {n: r.runner.status() if isinstance(r.runner, CheckedRunner) else None for n, r in pipeline.runs.items()}
         t_begin = time.time()
         before = {n: (r.received, r.estimates, r.slot.skipped if r.slot else 0, r.faces) for n, r in pipeline.runs.items()}
         time.sleep(duration)
         t_end = time.time()
         after = {n: (r.received, r.estimates, r.slot.skipped if r.slot else 0, r.faces) for n, r in pipeline.runs.items()}
-        stage_stats = pipeline.stats()["sources"]
     finally:
         if pipeline is not None:
             pipeline.stop()
@@ -284,23 +298,25 @@ def measure_e2e(
         if broker_proc is not None:
             broker_proc.terminate()
             broker_proc.wait(5)
-    rows = [line.split() for line in out.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     result: dict[str, Any] = {
-        "duration_s": duration, "video": video_what, "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "sources": {},
+        "schema": E2E_SCHEMA, "duration_s": duration, "video": video_what,
+        "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
+        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "environment": _environment(),
+        "device_checks_s": round(checks_s, 1), "sources": {},
     }
     for name in feeds:
-        lat = np.array([(float(r[3]) - float(r[2])) * 1e3 for r in rows if r[0] == name and t_begin <= float(r[2]) <= t_end])
-        seqs = [int(r[1]) for r in rows if r[0] == name]
+        mine = [r for r in rows if r["source"] == name and t_begin <= float(r["ts"]) <= t_end]
+        lat = np.array([(float(r["received"]) - float(r["ts"])) * 1e3 for r in mine])
+        seqs = [int(r["seq"]) for r in rows if r["source"] == name]
         rec0, est0, skip0, face0 = before[name]
         rec1, est1, skip1, face1 = after[name]
         entry: dict[str, Any] = {
-            "estimates": int(lat.size),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            "estimates": int(lat.size), **percentiles(lat),
+            "precision": (precisions[name] or {}).get("active"),
             "max_ms": round(float(lat.max()), 2) if lat.size else None,
             "lost": (max(seqs) + 1 - len(set(seqs))) if seqs else 0,
-            "stages_ms": {k: v for k, v in stage_stats[name]["latency_ms"].items()},
+            "stages": stage_percentiles(mine),
         }
         if name == "camera":
             frames_in = rec1 - rec0
@@ -315,15 +331,26 @@ def measure_e2e(
     return result
 
 
-def format_result(result: dict[str, Any]) -> str:
-    lines = [f"end-to-end latency (window end -> subscriber), {result['duration_s']} s, broker {result['broker']}, "
-             f"video: {result['video']}, load {result['load_avg_1m']} on {result['cpus']} CPUs"]
-    lines.append(f"{'source':<8} {'estimates':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  notes")
-    for name, e in result["sources"].items():
-        note = (f"{e['frames_processed_fps']} of {e['frames_in_fps']} frames/s processed, {e['faces_per_s']} faces/s"
-                if name == "camera" else f"{e['samples_per_s']} samples/s")
-        lines.append(f"{name:<8} {e['estimates']:>9} {e['p50_ms']!s:>8} {e['p99_ms']!s:>8} {e['max_ms']!s:>8}  {note}")
-    return "\n".join(lines)
+def wait_for_device_checks(pipeline: Any, timeout: float = DEVICE_CHECK_WAIT_S) -> float:
+    """Wait (at most ``timeout``) until no source still checks a model against FP32 on live windows, so that the
+    measured period runs what a device runs after its first minute, not the shadow check's extra inferences."""
+    from edge.trust import CheckedRunner
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not any(isinstance(r.runner, CheckedRunner) and r.runner.status()["pending"] for r in pipeline.runs.values()):
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def _environment() -> dict[str, Any]:
+    from edge.backends.probe import cpu_info
+    from edge.bench.environment import collect
+
+    env = collect(providers=False)
+    return {"cpu_model": env.get("cpu_model"), "cpu_cores_usable": env.get("cpu_cores_usable"),
+            "cpu": cpu_info().describe(), "python": env.get("python"), "libraries": env.get("libraries")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -333,14 +360,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="model folder (default: models/ or EMOEDGE_MODELS)")
     parser.add_argument("--mqtt", help="an existing broker (default: start Mosquitto, else the embedded broker)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", metavar="DIR", help="write e2e.json (and e2e.md, compare.md) into this folder")
+    parser.add_argument("--compare", metavar="OLD/e2e.json", help="print each figure as a ratio to an earlier run")
+    parser.add_argument("--tolerance", type=float, default=0.10,
+                        help=f"growth counted as a regression, if also over {COMPARE_FLOOR_MS:g} ms (default: 0.10)")
+    parser.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a figure regressed (with --compare)")
 
 
 def run_e2e(args: argparse.Namespace) -> int:
     """Entry point for ``emoedge bench e2e``."""
+    baseline = load_e2e(args.compare) if args.compare else None  # a bad baseline fails before the 20 s run
     result = measure_e2e(duration=args.duration, video=args.video, models=args.models, broker_url=args.mqtt,
                          faces=not args.no_faces)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    return 0
+    text = format_result(result)
+    print(json.dumps(result, indent=2) if args.json else text)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "e2e.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (out / "e2e.md").write_text(text + "\n", encoding="utf-8")
+    worse: list[str] = []
+    if baseline is not None:
+        table, worse = compare_e2e(result, baseline, args.tolerance)
+        print(f"\nCompared with {args.compare}:\n\n{table}")
+        if worse:
+            print("\nRegressions:\n  " + "\n  ".join(worse))
+        if out is not None:
+            (out / "compare.md").write_text(table + "\n", encoding="utf-8")
+    return 1 if worse and args.fail_on_regression else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,161 +22,31 @@ import numpy as np
 
 from edge.backends.base import Runner
 from edge.bench import BENCH_BACKENDS
-from edge.card import PRECISION_FILES, Model, load_model
+from edge.bench.targets import (
+    BenchOptions,
+    Target,
+    dataset_folder,
+    fixed_batch,
+    make_feed,
+    open_target,
+    run_batched,
+    targets_from_models,
+    top1_of,
+)
+from edge.card import PRECISION_FILES
 from edge.errors import BackendUnavailable, EmoEdgeError, ModelError
 
 log = logging.getLogger(__name__)
 SCHEMA = "emoedge-bench/1"
 
 
-# The shared data folder's data set for each modality: `--data` may name the data root or the set itself.
-DATASETS = {"face": "fer2013", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower", "vision": "emotion6_256"}
-# Models whose data set is not their modality's (raw EEG is DASPS, not DEAP band power): by name, checked first.
-MODEL_DATASETS = {"histn": "dasps"}
-
-
-def dataset_folder(card: Any, data_dir: Path) -> Path:
-    """``data_dir/<the model's or modality's data set>`` when that exists, else ``data_dir`` itself."""
-    name = MODEL_DATASETS.get(card.name) or DATASETS.get(card.modality)
-    sub = Path(data_dir) / (name or "")
-    return sub if name and sub.is_dir() else Path(data_dir)
-
-
-@dataclass
-class BenchOptions:
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
-    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
-    threads: int = 0
-    warmup: int = 20
-    iterations: int = 200
-    data_dir: Path | None = None
-    limit: int | None = 1000  # validation samples for accuracy; None = the whole split
-    agreement_samples: int = 256
-    throughput_seconds: float = 1.0  # timed calls per batch size last at least this long (and 5 calls)
-    measure_memory: bool = True  # peak RSS of the model in a fresh process (edge.bench.memory)
-    seed: int = 0
-    keep_latencies: bool = True  # per-call latencies in the JSON, for plots
-
-
-@dataclass
-class Target:
-    """Something to benchmark: a model folder with a card, or a peer model made for comparison."""
-
-    name: str
-    card: Any  # ModelCard
-    folder: Path | None
-    peer: bool = False
-    note: str = ""
-    # For peers: the artifacts per precision and their own evaluation (they have no evaluator module).
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    load_validation: Callable[[BenchOptions], Any] | None = None
-    evaluate: Callable[[Runner, Any], dict[str, Any]] | None = None
-
-    def model(self, precision: str) -> Model:
-        """The loaded Model for a precision; ModelError when the artifact is absent."""
-        if self.folder is not None and not self.artifacts:
-            return load_model(self.folder, precision=precision)
-        path = self.artifacts.get(precision)
-        if path is None:
-            raise ModelError(f"no {precision} artifact for {self.name} (peers are compared at FP32 only)")
-        if not path.is_file():
-            raise ModelError(f"{path}: model file not found")
-        from edge.card import sha256_file
-
-        return Model(folder=path.parent, card=self.card, precision=precision, path=path, sha256=sha256_file(path))
-
-
-# --- inputs -----------------------------------------------------------------------------------
-
-def _feed(runner: Runner, batch: int, pool: dict[str, np.ndarray] | None, rng: np.random.Generator,
-          any_batch: bool = False) -> dict[str, np.ndarray]:
-    """A batch for each runner input: real samples from ``pool`` (tiled as needed), else random data.
-
-    ``any_batch`` makes ``batch`` samples even for a fixed-batch model (to be fed in chunks)."""
-    feed: dict[str, np.ndarray] = {}
-    for meta in runner.inputs:
-        if pool is not None and meta.name in pool:
-            source = pool[meta.name]
-            idx = np.arange(batch) % len(source)
-            feed[meta.name] = np.ascontiguousarray(source[idx]).astype(meta.dtype, copy=False)
-            continue
-        shape = []
-        for i, dim in enumerate(meta.shape):
-            if i == 0 and (any_batch or not isinstance(dim, int) or dim <= 0):
-                shape.append(batch)
-            elif isinstance(dim, int) and dim > 0:
-                shape.append(dim)
-            else:
-                raise ModelError(
-                    f"input '{meta.name}' has a dynamic dimension {dim!r} at axis {i}; random inputs cannot size it: "
-                    "give --data so that real samples are used"
-                )
-        if not any_batch and isinstance(meta.shape[0], int) and meta.shape[0] > 0 and meta.shape[0] != batch:
-            raise ModelError(f"input '{meta.name}' has a fixed batch of {meta.shape[0]}, not {batch}")
-        if np.issubdtype(meta.dtype, np.floating):
-            feed[meta.name] = rng.uniform(-1, 1, size=shape).astype(meta.dtype)
-        elif meta.dtype == np.bool_:
-            feed[meta.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
-        else:
-            feed[meta.name] = rng.integers(0, 8, size=shape).astype(meta.dtype)
-    return feed
-
-
-def _fixed_batch(runner: Runner) -> int | None:
-    dims = {m.shape[0] for m in runner.inputs if m.shape and isinstance(m.shape[0], int) and m.shape[0] > 0}
-    return dims.pop() if len(dims) == 1 else None
-
-
 # --- measurement ------------------------------------------------------------------------------
-
-def _open(target: Target, backend: str, precision: str, threads: int) -> tuple[Model, Runner]:
-    model = target.model(precision)
-    if backend == "tensorrt":
-        from edge.backends import open_runner
-
-        return model, open_runner(model, backend="tensorrt")
-    from edge.backends.ort import OnnxRuntimeRunner
-
-    providers = ("cuda",) if backend == "onnxruntime-cuda" else ("cpu",)
-    return model, OnnxRuntimeRunner(model.path, providers=providers, threads=threads)
-
 
 def _percentiles(values_ms: Sequence[float]) -> dict[str, float]:
     a = np.asarray(values_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
-
-
-def class_outputs(card: Any) -> set[str] | None:
-    """Outputs the card says are class scores (meaning mentions logits/probabilities); None = not said."""
-    said = {o.name for o in card.outputs if o.meaning}
-    named = {o.name for o in card.outputs if o.meaning and any(w in o.meaning.lower() for w in ("logit", "probabilit"))}
-    return named if said else None
-
-
-def _classification_outputs(outputs: dict[str, np.ndarray], names: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Top-1 index per sample of the class-score outputs (``names``, else every output whose last axis > 1)."""
-    return {k: v.argmax(axis=-1).reshape(v.shape[0], -1) for k, v in outputs.items()
-            if (k in names if names is not None else v.ndim >= 2 and v.shape[-1] > 1)}
-
-
-def _run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    n = len(next(iter(inputs.values())))
-    parts: dict[str, list[np.ndarray]] = {}
-    fixed = _fixed_batch(runner)
-    step = fixed or batch
-    for i in range(0, n, step):
-        chunk = {k: v[i:i + step] for k, v in inputs.items()}
-        m = len(next(iter(chunk.values())))
-        if fixed and m < fixed:  # pad the last chunk of a fixed-batch model
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in chunk.items()}
-        metas = {meta.name: meta for meta in runner.inputs}
-        out = runner.infer({k: v.astype(metas[k].dtype, copy=False) for k, v in chunk.items()})
-        for k, v in out.items():
-            parts.setdefault(k, []).append(v[:m])
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def _headline(result: dict[str, Any], metric: str) -> tuple[float | None, str]:
@@ -238,7 +108,7 @@ class BenchRun:
         data = self.validation(target)
         n = self.options.agreement_samples
         try:
-            _, runner = _open(target, "onnxruntime", "fp32", self.options.threads)
+            _, runner = open_target(target, "onnxruntime", "fp32", self.options.threads)
         except EmoEdgeError as exc:
             self.notes.append(f"{target.name}: no FP32 reference for agreement ({exc})")
             return None
@@ -248,9 +118,9 @@ class BenchRun:
                 source = f"{len(next(iter(inputs.values())))} validation samples"
             else:
                 rng = np.random.default_rng(self.options.seed)
-                inputs = _feed(runner, n, None, rng, any_batch=True)
+                inputs = make_feed(runner, n, None, rng, any_batch=True)
                 source = f"{n} random inputs"
-            top1 = _classification_outputs(_run_batched(runner, inputs, 32), class_outputs(target.card))
+            top1 = top1_of(target.card, run_batched(runner, inputs, 32))
         self._reference[target.name] = (inputs, top1, source)
         return self._reference[target.name]
 
@@ -263,7 +133,7 @@ class BenchRun:
         }
         self.progress(f"bench: {target.name} {backend} {precision}")
         try:
-            model, runner = _open(target, backend, precision, o.threads)
+            model, runner = open_target(target, backend, precision, o.threads)
         except (ModelError, BackendUnavailable) as exc:
             row.update(status="unavailable", reason=str(exc).splitlines()[0])
             return row
@@ -296,9 +166,9 @@ class BenchRun:
         providers = getattr(runner, "active_providers", None)  # ONNX Runtime's, where the runner has them
         if providers is not None:
             row["providers"] = providers
-        fixed = _fixed_batch(runner)
+        fixed = fixed_batch(runner)
 
-        feed = _feed(runner, fixed or 1, pool, rng)
+        feed = make_feed(runner, fixed or 1, pool, rng)
         for _ in range(o.warmup):
             runner.infer(feed)
         latencies = []
@@ -323,7 +193,7 @@ class BenchRun:
             if fixed and batch != fixed:
                 skipped.append(f"batch {batch} (the model has a fixed batch of {fixed})")
                 continue
-            feed = _feed(runner, batch, pool, rng)
+            feed = make_feed(runner, batch, pool, rng)
             for _ in range(max(2, o.warmup // 4)):
                 runner.infer(feed)
             calls, t = 0, time.perf_counter()
@@ -353,7 +223,7 @@ class BenchRun:
         ref = self.reference(target)
         if ref is not None:
             inputs, ref_top1, source = ref
-            top1 = _classification_outputs(_run_batched(runner, inputs, 32), class_outputs(target.card))
+            top1 = top1_of(target.card, run_batched(runner, inputs, 32))
             shared = [k for k in ref_top1 if k in top1]
             if shared:
                 row["agreement_top1"] = float(min(np.mean(top1[k] == ref_top1[k]) for k in shared))
@@ -436,22 +306,6 @@ def device_check_cell(status: dict[str, Any], precision: str) -> str:
     else:
         cell = "-"
     return cell + (" (auto)" if status.get("active") == precision else "")
-
-
-def targets_from_models(names: Sequence[str], models: str | None = None) -> list[Target]:
-    """Targets for model names or folders; no names = every model folder with a card."""
-    from edge.card import list_models, load_card, resolve_model_folder
-
-    folders = [resolve_model_folder(n, models) for n in names] if names else list_models(models)
-    if not folders:
-        from edge.paths import models_dir
-
-        raise ModelError(f"no models to benchmark: {models_dir(models)} has no model folders with a card.toml")
-    targets = []
-    for folder in folders:
-        card = load_card(folder / "card.toml")
-        targets.append(Target(name=card.name, card=card, folder=folder))
-    return targets
 
 
 __all__ = ["BENCH_BACKENDS", "PRECISION_FILES", "BenchOptions", "BenchRun", "Target", "run_bench",

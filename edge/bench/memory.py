@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Import everything a row imports before the baseline, so that only the model's memory is counted.
     import onnxruntime  # noqa: F401
 
-    from edge.bench.harness import Target, _feed, _fixed_batch, _open
+    from edge.bench.targets import Target, fixed_batch, make_feed, open_target
     from edge.card import ModelCard
 
     if args.backend == "tensorrt":
@@ -85,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         target = Target(name="probe", card=load_card(Path(args.folder) / "card.toml"), folder=Path(args.folder))
     else:
-        target = Target(name="probe", card=ModelCard.model_construct(), folder=None, artifacts={args.precision: Path(args.path)})
-    _, runner = _open(target, args.backend, args.precision, args.threads)
+        target = Target(name="probe", card=ModelCard.model_construct(name=Path(args.path).stem), folder=None, artifacts={args.precision: Path(args.path)})
+    _, runner = open_target(target, args.backend, args.precision, args.threads)
     rng = np.random.default_rng(0)
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -95,11 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     start = _status_kib("VmRSS")
     with runner:
-        fixed = _fixed_batch(runner)
+        fixed = fixed_batch(runner)
         for batch in [int(b) for b in args.batches.split(",")]:
             if fixed and batch != fixed:
                 continue
-            feed = _feed(runner, batch, pool, rng)
+            feed = make_feed(runner, batch, pool, rng)
             for _ in range(3):
                 runner.infer(feed)
         peak = _status_kib("VmHWM")

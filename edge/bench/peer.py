@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.harness import BenchOptions, Target
+from edge.bench.targets import BenchOptions, Target
 from edge.paths import PROJECT_ROOT, cache_dir
 
 PEER_NAME = "mini-xception"
@@ -114,10 +114,10 @@ def peer_target(data_dir: Path | None, face_card: Any = None) -> tuple[Target | 
         return data
 
     def evaluate(runner: Any, data: Any) -> dict[str, Any]:
-        from edge.bench.harness import _run_batched
+        from edge.bench.targets import run_batched
         from edge.evaluation.metrics import classification_metrics
 
-        out = _run_batched(runner, data.inputs, 64)
+        out = run_batched(runner, data.inputs, 64)
         scores = out["logits"] if "logits" in out else out[outputs[0].name]
         return classification_metrics(data.labels, scores.argmax(axis=1), PEER_LABELS)
 

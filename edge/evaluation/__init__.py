@@ -30,13 +30,12 @@ import numpy as np
 
 from edge.card import ModelCard
 
-# modality (or model name, checked first) -> module with load_split and evaluate
+# modality (or model name, checked first: test toys register theirs) -> module with load_split and evaluate, for
+# cards whose feature recipe names no evaluator; every shipped model's is named by its recipe (edge.features.recipes)
 EVALUATORS: dict[str, str] = {
     "face": "edge.evaluation.face",
     "speech": "edge.evaluation.speech",
     "eeg": "edge.evaluation.eeg",
-    "histn": "edge.evaluation.histn",  # raw EEG on DASPS-style folders (by model name, before modality eeg)
-    "scene": "edge.evaluation.scene",
 }
 
 
@@ -79,9 +78,13 @@ def infer_outputs(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 
 
 
 def evaluator_for(card: ModelCard) -> Any:
+    """The evaluation module that loads data into this card's model inputs: the one its feature recipe names."""
     from edge.errors import ModelError
+    from edge.features.recipes import recipe_of
 
-    module = EVALUATORS.get(card.name) or EVALUATORS.get(card.modality)
+    recipe = recipe_of(card)
+    module = (EVALUATORS.get(card.name) or (recipe.evaluator if recipe is not None else None)
+              or EVALUATORS.get(card.modality))
     if module is None:
         raise ModelError(f"no evaluator for model '{card.name}' (modality {card.modality})")
     return importlib.import_module(module)

@@ -28,6 +28,7 @@ from edge.errors import InputError
 from edge.export.calibrate import CalibrationSet, load_calibration_set
 from edge.export.gate import GateFailed, GateResult, gate_on_labelled_data, gate_on_samples
 from edge.export.int8 import RECIPE as INT8_RECIPE
+from edge.kinds import DERIVED_PRECISIONS
 from edge.paths import calibration_dir
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def quantize_model(
 ) -> QuantizeOutcome:
     from edge.backends.ort import OnnxRuntimeRunner
 
-    if precision not in ("fp16", "int8"):
+    if precision not in DERIVED_PRECISIONS:
         raise InputError(f"--precision must be fp16 or int8 (got '{precision}')")
     model = load_model(name_or_path, "fp32", models=models)
     card = model.card

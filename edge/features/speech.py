@@ -123,29 +123,75 @@ def mel_filterbank(
 _FILTERS: dict[tuple[int, int, int, float, float], np.ndarray] = {}
 
 
-def mel_power(audio16k: np.ndarray) -> np.ndarray:
-    """Mel power spectrogram ``[N_MELS, frames]`` of 16 kHz mono audio (librosa.feature.melspectrogram's definition)."""
-    from scipy.signal import get_window
+def _analysis_window() -> np.ndarray:
+    if "window" not in _WINDOWS:
+        from scipy.signal import get_window
 
-    y = np.asarray(audio16k, dtype=np.float64)
-    if y.ndim != 1:
-        raise InputError(f"mel_power: expected mono audio [time], got shape {y.shape}")
+        window = np.zeros(N_FFT)
+        left = (N_FFT - WIN_LENGTH) // 2
+        window[left : left + WIN_LENGTH] = get_window("hann", WIN_LENGTH, fftbins=True)
+        _WINDOWS["window"] = window
+    return _WINDOWS["window"]
+
+
+_WINDOWS: dict[str, np.ndarray] = {}
+
+
+def _frames_power(padded: np.ndarray, first: int, last: int) -> np.ndarray:
+    """Mel power ``[N_MELS, last - first]`` of frames ``first..last-1`` of centre-padded float64 audio."""
     key = (SAMPLE_RATE, N_FFT, N_MELS, FMIN, FMAX)
     if key not in _FILTERS:
         _FILTERS[key] = mel_filterbank()
-    window = np.zeros(N_FFT)
-    left = (N_FFT - WIN_LENGTH) // 2
-    window[left : left + WIN_LENGTH] = get_window("hann", WIN_LENGTH, fftbins=True)
-    y = np.pad(y, N_FFT // 2, mode="constant")
-    n_frames = 1 + (len(y) - N_FFT) // HOP
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[:: HOP][:n_frames]
-    spectrum = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # [frames, bins]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[first * HOP : (last - 1) * HOP + 1 : HOP]
+    spectrum = np.abs(np.fft.rfft(frames * _analysis_window(), axis=1)) ** 2  # [frames, bins]
     return (_FILTERS[key] @ spectrum.T).astype(np.float32)
+
+
+def mel_power(audio16k: np.ndarray) -> np.ndarray:
+    """Mel power spectrogram ``[N_MELS, frames]`` of 16 kHz mono audio (librosa.feature.melspectrogram's definition)."""
+    y = np.asarray(audio16k, dtype=np.float64)
+    if y.ndim != 1:
+        raise InputError(f"mel_power: expected mono audio [time], got shape {y.shape}")
+    padded = np.pad(y, N_FFT // 2, mode="constant")
+    return _frames_power(padded, 0, 1 + (len(padded) - N_FFT) // HOP)
 
 
 def log_mel(audio16k: np.ndarray) -> np.ndarray:
     """Natural-log mel spectrogram ``[N_MELS, frames]``: ln(mel power + 1e-6)."""
     return np.log(mel_power(audio16k) + LOG_FLOOR).astype(np.float32)
+
+
+class SlidingLogMel:
+    """``log_mel`` of the successive windows of one stream, which overlap by all but ``hop`` samples: only the
+    frames that see new samples or the zero padding at either end are computed; the others are the previous
+    window's, shifted. The overlap is compared sample for sample, so that anything else (the first window, a
+    restart, a gap) is computed whole; the result equals ``log_mel(window)`` up to float rounding. At a 0.25 s
+    hop over 3 s that is 29 of 301 frames."""
+
+    def __init__(self, hop: int) -> None:
+        self.hop = int(hop)
+        self._audio: np.ndarray | None = None
+        self._mel: np.ndarray | None = None
+        self.reused = 0  # windows that took the short way (for tests and profiling)
+
+    def __call__(self, audio16k: np.ndarray) -> np.ndarray:
+        y = np.asarray(audio16k, dtype=np.float32)
+        prev, mel, hop = self._audio, self._mel, self.hop
+        self._audio = y.copy()
+        if (prev is None or mel is None or y.ndim != 1 or prev.shape != y.shape or hop % HOP or not 0 < hop < len(y)
+                or not np.array_equal(prev[hop:], y[:-hop])):
+            self._mel = log_mel(y)
+            return self._mel
+        n, shift, edge = mel.shape[1], hop // HOP, -(-(N_FFT // 2) // HOP)  # edge: frames reaching into the left pad
+        last_shared = (len(y) - N_FFT // 2) // HOP - shift  # the last frame whose span lies inside the old window
+        padded = np.pad(y.astype(np.float64), N_FFT // 2, mode="constant")
+        out = np.empty_like(mel)
+        out[:, :edge] = np.log(_frames_power(padded, 0, edge) + LOG_FLOOR)
+        out[:, edge : last_shared + 1] = mel[:, edge + shift : last_shared + 1 + shift]
+        out[:, last_shared + 1 :] = np.log(_frames_power(padded, last_shared + 1, n) + LOG_FLOOR)
+        self._mel = out
+        self.reused += 1
+        return out
 
 
 SILENCE = float(np.log(LOG_FLOOR))  # the log-mel value of digital silence, used to pad short clips

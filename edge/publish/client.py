@@ -15,7 +15,7 @@ sender sends nothing new until those are acknowledged, so order holds.
 on a clean exit. ``<source>/enabled/set`` turns a source on or off and is answered on the
 retained ``<source>/enabled``. ``stats`` is sent only while connected (it is a sample, not a log).
 
-Nothing from outside can stop it: command payloads go through ``edge.publish.control`` (bounded,
+Nothing from outside can stop it: commands (``edge.publish.commands``) go through ``edge.publish.control`` (bounded,
 validated, never raising), every paho callback is guarded (an exception is logged and counted in
 ``stats.mqtt.callback_errors``, never ends paho's network thread), commands beyond a steady rate are
 dropped and counted, and a connection that stays connected but acknowledges nothing for
@@ -46,15 +46,13 @@ from edge.config import MqttConfig
 from edge.errors import ConfigError
 from edge.estimate import SCHEMA_VERSION, EmotionState, Estimate
 from edge.paths import cache_dir
+from edge.publish.commands import Commands
 from edge.publish.connection import FATAL_CONNACK, BrokerError, CallbackGuard, make_client
-from edge.publish.control import PayloadRejected, describe, parse_enabled
 from edge.publish.outbox import Outbox
 from edge.publish.topics import Topics
 from edge.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
-COMMAND_BURST = 20  # commands accepted at once ...
-COMMAND_RATE = 10.0  # ... and per second after that; the rest are dropped and counted
 EVICTION_REPORT_S = 10.0  # evictions are logged at most this often, and at exit
 
 def default_outbox_path(device_id: str) -> Path:
@@ -89,10 +87,7 @@ class Publisher:
         self.config = config
         self.device_id = device_id
         self.topics = Topics(config.topic_root, device_id)
-        self.enabled: dict[str, bool] = {s: True for s in sources}
         self.outbox = outbox or open_outbox(config, device_id)
-        self.on_enable = on_enable
-        self.on_enroll = on_enroll  # enroll/set -> the reply published on enroll (the pipeline sets it)
         self.window = window
         self._room = window  # in flight at most: the window, or less when the broker's Receive Maximum says so
         self.error: BrokerError | None = None
@@ -106,16 +101,31 @@ class Publisher:
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
         self._counts = collections.Counter[str]()
+        self._ratelog = RateLimitedLog(log)
+        self.commands = Commands(self.topics, device_id, self.outbox, sources, self._counts, self._ratelog,
+                                 on_enable=on_enable, on_enroll=on_enroll)
         self._status_details: dict[str, Any] = {}  # e.g. each model's device check, carried by every status
         self._disconnected_at: float | None = time.time()
-        self._ratelog = RateLimitedLog(log)
         self._guard = CallbackGuard(log)
-        self._tokens, self._tokens_at = float(COMMAND_BURST), time.monotonic()
         self._last_progress = time.monotonic()  # the last PUBACK, or when the first message went in flight
         self._evicted_logged = self.outbox.evicted
         self._pending_evicted = 0
         self._evicted_report_at = 0.0
         self._client = self._make_client()
+
+    @property
+    def enabled(self) -> dict[str, bool]:
+        """Each source's on/off state as commanded (``<source>/enabled``)."""
+        return self.commands.enabled
+
+    @property
+    def on_enroll(self) -> Callable[[bytes], dict[str, Any]] | None:
+        """enroll/set -> the reply published on enroll (the pipeline sets it)."""
+        return self.commands.on_enroll
+
+    @on_enroll.setter
+    def on_enroll(self, handler: Callable[[bytes], dict[str, Any]] | None) -> None:
+        self.commands.on_enroll = handler
 
     # --- set-up ----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -198,7 +208,7 @@ class Publisher:
         client.subscribe(self.topics.enabled_set_filter, qos=1)
         client.subscribe(self.topics.enroll_set, qos=1)
         for source, on in self.enabled.items():
-            self._publish_enabled(source, on)
+            self.commands.publish_enabled(client, source, on)
         log.info("connected to %s:%s", self.config.host, self.config.port)
         self.connected.set()
         self._first_connack.set()
@@ -223,71 +233,7 @@ class Publisher:
             self._cond.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == self.topics.enroll_set:
-            if not msg.payload:
-                return
-            if msg.retain:  # applied once, then cleared, like every command
-                client.publish(msg.topic, b"", qos=1, retain=True)
-            if not self._take_token():
-                self._counts["commands_dropped"] += 1
-                return
-            self._answer_enroll(bytes(msg.payload))
-            return
-        source = self.topics.source_of_enabled_set(msg.topic)
-        if source is None or not msg.payload:  # empty: a retained command being cleared (by us, or its sender)
-            return
-        if msg.retain:  # applied once, then cleared: a retained command must not act on every later start
-            client.publish(msg.topic, b"", qos=1, retain=True)
-            self._counts["commands_retained_cleared"] += 1
-        if not self._take_token():
-            self._counts["commands_dropped"] += 1
-            self._ratelog.warn("flood", "%s: more than %.0f commands a second; dropping the excess (%d dropped so far)",
-                               msg.topic, COMMAND_RATE, self._counts["commands_dropped"])
-            return
-        if source not in self.enabled:
-            self._counts["commands_rejected"] += 1
-            self._ratelog.warn("unknown-source", "%s: no source named %s (sources: %s)", msg.topic[:120],
-                               describe(source.encode(), 30), ", ".join(self.enabled))
-            return
-        try:
-            value = parse_enabled(msg.payload)
-        except PayloadRejected as exc:
-            self._counts["commands_rejected"] += 1
-            self._ratelog.warn("bad-command", "%s: expected ON/OFF, true/false or {\"enabled\": true}; %s: %s",
-                               msg.topic, exc, describe(msg.payload))
-            return
-        self._counts["commands"] += 1
-        changed = self.enabled.get(source) != value
-        self.enabled[source] = value
-        if changed and self.on_enable is not None:
-            self.on_enable(source, value)
-        self._publish_enabled(source, value)
-
-    def _take_token(self) -> bool:
-        """A token bucket for commands: a robot's burst passes, a flood does not stall the network thread."""
-        now = time.monotonic()
-        self._tokens = min(float(COMMAND_BURST), self._tokens + (now - self._tokens_at) * COMMAND_RATE)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-    def _answer_enroll(self, payload: bytes) -> None:
-        if self.on_enroll is not None:
-            reply = self.on_enroll(payload)
-        else:
-            reply = {"action": None, "ok": False, "message": "this device has no model that can adapt"}
-        now = time.time()
-        body = {"v": SCHEMA_VERSION, "device": self.device_id, **reply, "seq": self.outbox.next_seq("enroll"),
-                "ts": now, "pub_ts": now}
-        self._client.publish(self.topics.enroll, json.dumps(body, separators=(",", ":")), qos=1, retain=False)
-
-    def _publish_enabled(self, source: str, on: bool) -> None:
-        now = time.time()
-        body = {"v": SCHEMA_VERSION, "device": self.device_id, "source": source, "enabled": on,
-                "seq": self.outbox.next_seq(f"enabled:{source}"), "ts": now, "pub_ts": now}
-        self._client.publish(self.topics.enabled(source), json.dumps(body, separators=(",", ":")), qos=1, retain=True)
+        self.commands.on_message(client, msg)
 
     # --- the sender thread ------------------------------------------------------------------
     def _send_loop(self) -> None:
@@ -409,7 +355,7 @@ class Publisher:
         """The device itself changed a source (answered on the retained ``<source>/enabled``)."""
         self.enabled[source] = on
         if self.connected.is_set():
-            self._publish_enabled(source, on)
+            self.commands.publish_enabled(self._client, source, on)
 
     def _wake(self) -> None:
         with self._cond:

@@ -24,11 +24,11 @@ from edge.card import Model, artifact_name, load_model, sha256_file
 from edge.errors import EmoEdgeError, ModelError
 from edge.estimate import ModelInfo
 from edge.export.gate import top1_agreement
+from edge.kinds import PRECISIONS
 from edge.trust.verdicts import (
     AUTO_MIN_GAIN,
     FALLBACK,
     LIVE_WINDOWS,
-    PRECISIONS,
     Verdict,
     agreement_threshold,
     calibration_samples,

@@ -28,7 +28,6 @@ from edge.paths import cache_dir, calibration_dir
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 FALLBACK = {"int8": ("int8", "fp16", "fp32"), "fp16": ("fp16", "fp32"), "fp32": ("fp32",)}
 LIVE_WINDOWS = 32  # windows of shadow mode before a verdict on live data
 MIN_MARGIN = 0.02  # agreement may fall this far below the gate's record, or three standard errors if more

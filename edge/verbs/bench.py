@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import BackendUnavailable, EmoEdgeError, InputError
+from edge.kinds import PRECISIONS
 from edge.verbs import add_verb
 
 
@@ -52,7 +53,7 @@ def register(sub: Any) -> None:
                         help="model names or folders (default: every model with a card); 'e2e' for the end-to-end mode")
     parser.add_argument("--backends", type=_csv(str, BENCH_BACKENDS), default=["onnxruntime"],
                         help=f"comma-separated, from {', '.join(BENCH_BACKENDS)} (default: onnxruntime)")
-    parser.add_argument("--precisions", type=_csv(str, ("fp32", "fp16", "int8")), default=["fp32", "fp16", "int8"],
+    parser.add_argument("--precisions", type=_csv(str, PRECISIONS), default=list(PRECISIONS),
                         help="comma-separated (default: fp32,fp16,int8)")
     parser.add_argument("--batch", type=_csv(int), default=[1, 8, 32], help="batch sizes for throughput (default: 1,8,32)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edge.kinds import PRECISIONS
 from edge.verbs import add_verb
 
 
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
         ),
     )
     parser.add_argument("name", help="model name or folder")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimization profile (default 8)")
     parser.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: --max-batch)")
     parser.add_argument("--dla", type=int, metavar="CORE", help="build for this DLA core (Jetson; TensorRT 10 only)")

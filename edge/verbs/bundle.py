@@ -15,13 +15,13 @@ def register(sub: Any) -> None:
         "pack a configured EmoEdge for a device: models (FP32/FP16/INT8), calibration sets, config, wheel, "
         "systemd unit, install.sh and a sha256 manifest",
         "  emoedge bundle --config device.toml --out bundle.tar.gz\n"
-        "  emoedge bundle --config device.toml --models face,eeg --out face-eeg.tar.gz\n"
+        "  emoedge bundle --config device.toml --names face,eeg --out face-eeg.tar.gz\n"
         "  tools/flash_jetson.sh ubuntu@jetson.local bundle.tar.gz   # then install it on the device",
     )
     parser.add_argument("--config", required=True, help="the device config (checked first)")
-    parser.add_argument("--models", dest="names", help="comma-separated model names (default: the config's enabled models)")
+    parser.add_argument("--names", help="comma-separated model names (default: the config's enabled models)")
     parser.add_argument("--out", default="emoedge-bundle.tar.gz", help="archive to write (default: emoedge-bundle.tar.gz)")
-    parser.add_argument("--models-dir", help="models folder (default: EMOEDGE_MODELS or models/)")
+    parser.add_argument("--models", dest="models_dir", help="models folder, as in every verb (default: EMOEDGE_MODELS or models/)")
     parser.add_argument("--calibration", help="calibration folder (default: EMOEDGE_CALIBRATION or calibration/)")
     parser.add_argument("--wheel", help="an emoedge-*.whl to ship instead of building one from this checkout")
     parser.set_defaults(func=run)

@@ -61,11 +61,9 @@ def command_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from edge.config import MqttConfig, load_config
     from edge.errors import ConfigError, EmoEdgeError
+    from edge.publish import Subscriber, Topics
 
     cfg, device = MqttConfig.model_validate({}), args.device
     if args.config:
@@ -80,15 +78,11 @@ def run(args: argparse.Namespace) -> int:
         updates["topic_root"] = args.root
     cfg = MqttConfig.model_validate({**cfg.model_dump(), **updates})
     cmd = command_of(args)
-    base = f"{cfg.topic_root}/{device}"
+    topics = Topics(cfg.topic_root, device)
     reply: list[dict[str, Any]] = []
-    subscribed, done = threading.Event(), threading.Event()
+    done = threading.Event()
 
-    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe(f"{base}/enroll", qos=1)
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(msg: Any) -> None:
         try:
             body = json.loads(msg.payload)
         except ValueError:
@@ -97,35 +91,17 @@ def run(args: argparse.Namespace) -> int:
             reply.append(body)
             done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311)
-    if cfg.username is not None:
-        password = cfg.password()
-        client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-    if cfg.use_tls:
-        tls = cfg.tls
-        client.tls_set(ca_certs=str(tls.ca_file) if tls else None,
-                       certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                       keyfile=str(tls.key_file) if tls and tls.key_file else None)
-        if tls and tls.insecure:
-            client.tls_insecure_set(True)
-    client.on_connect = on_connect
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.on_message = on_message
+    sub = Subscriber(cfg, [topics.enroll], on_message).start()  # the one MQTT client factory (edge.publish.connection)
     try:
-        client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-    except OSError as exc:
-        raise EmoEdgeError(f"cannot reach the broker {cfg.host}:{cfg.port}: {exc}") from None
-    client.loop_start()
-    try:
-        if not subscribed.wait(args.timeout):
-            raise EmoEdgeError(f"broker {cfg.host}:{cfg.port}: no subscription to {base}/enroll within {args.timeout:g} s")
-        client.publish(f"{base}/enroll/set", json.dumps(cmd), qos=1).wait_for_publish(args.timeout)
+        if not sub.subscribed.wait(args.timeout):
+            raise EmoEdgeError(sub.refused or f"broker {cfg.host}:{cfg.port}: no subscription to {topics.enroll} "
+                                              f"within {args.timeout:g} s")
+        sub.client.publish(topics.enroll_set, json.dumps(cmd), qos=1).wait_for_publish(args.timeout)
         if not done.wait(args.timeout):
-            raise EmoEdgeError(f"no reply from device '{device}' on {base}/enroll within {args.timeout:g} s "
+            raise EmoEdgeError(f"no reply from device '{device}' on {topics.enroll} within {args.timeout:g} s "
                                "(is it running, with this topic root?)")
     finally:
-        client.disconnect()
-        client.loop_stop()
+        sub.stop()
     body = reply[0]
     if args.json:
         print(json.dumps(body, indent=2))

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from edge.kinds import BACKENDS, PRECISIONS
 from edge.verbs import add_verb
 
 
@@ -30,8 +31,8 @@ def register(sub: Any) -> None:
     parser.add_argument("name", help="model name or folder")
     parser.add_argument("--data", required=True, help="data folder in the layout of the matching shared data set")
     parser.add_argument("--split", default="validation", help="which split of DIR (default: validation)")
-    parser.add_argument("--backend", default="onnxruntime", choices=["auto", "onnxruntime", "tensorrt"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N samples (a seeded, stratified slice)")
     parser.add_argument("--mode", help="evaluation mode where the model has several (e.g. speaker-norm)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.card import ConfidenceRecord, MetricRecord, OodRecord, load_model, save_card
     from edge.errors import ConfigError
     from edge.evaluation import confidence_report, evaluator_for, infer_outputs
-    from edge.pipeline import label_heads
+    from edge.pipeline.readout import label_heads
 
     model = load_model(args.name, precision=args.precision, models=args.models)
     if args.precision != "fp32":  # a file no passed gate vouches for is refused, as `run` refuses it

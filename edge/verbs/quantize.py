@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from edge.kinds import DERIVED_PRECISIONS
 from edge.verbs import add_verb
 
 
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
         ),
     )
     parser.add_argument("name", help="model name or folder")
-    parser.add_argument("--precision", required=True, choices=["fp16", "int8"])
+    parser.add_argument("--precision", required=True, choices=DERIVED_PRECISIONS)
     parser.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
                         help="INT8 calibration method (default: minmax)")
     parser.add_argument("--op-types", default="weighted", choices=["weighted", "all"],

@@ -57,13 +57,13 @@ def parse_script(text: str) -> list[tuple[float, float, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firmware_bridge.simulator import (
+    from firmware_bridge.simulated_boards import (
         DEAP_CHANNELS,
         AudioBoardSimulator,
         EegBoardSimulator,
         EmotivBoardSimulator,
-        open_pty,
     )
+    from firmware_bridge.simulator import open_pty
 
     pair = open_pty() if args.pty else None
     port: str | int = pair.master_fd if pair else args.port

@@ -2,6 +2,8 @@
 
 * ``seed_everything``: python, numpy and torch seeds plus deterministic torch kernels;
 * ``progress``: a tqdm progress bar that can be switched off (``--no-progress``);
+* ``setup``, ``feature_cache``, ``prepare_out``, ``training_command``: what the recipes read from the train
+  verb's arguments (seed, threads), the feature cache, the output folder and the command for the card;
 * ``distillation_loss``: KL(teacher || student) at temperature T scaled by T^2 (Hinton et al. 2015),
   mixed with cross-entropy on the labels;
 * ``export_onnx``: torch.onnx.export with a dynamic batch, then ``onnx.checker`` and an ONNX Runtime
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shlex
@@ -26,6 +29,7 @@ from torch import nn
 
 from edge.card import ModelCard, save_card
 from edge.errors import ConfigError, ModelError
+from edge.paths import cache_dir
 
 T = TypeVar("T")
 
@@ -45,8 +49,11 @@ def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def progress(items: Iterable[T], enabled: bool = True, **kwargs: Any) -> Iterable[T]:
-    """``items`` wrapped in a tqdm bar (to stderr), or unchanged when ``enabled`` is false."""
+def progress(items: Iterable[T], enabled: bool | argparse.Namespace = True, **kwargs: Any) -> Iterable[T]:
+    """``items`` wrapped in a tqdm bar (to stderr), or unchanged when ``enabled`` is false or is the train verb's
+    arguments with ``--no-progress``."""
+    if isinstance(enabled, argparse.Namespace):
+        enabled = not getattr(enabled, "no_progress", False)
     if not enabled:
         return items
     from tqdm import tqdm
@@ -140,6 +147,33 @@ def command_line() -> str:
     """The command that is running, as ``emoedge VERB ...`` (for the card)."""
     argv = sys.argv[1:]
     return shlex.join(["emoedge", *argv]) if argv else "emoedge"
+
+
+def training_command(default: str) -> str:
+    """The command line that ran this training (argv when run through ``emoedge train``, else ``default``)."""
+    return command_line() if sys.argv[1:2] == ["train"] else default
+
+
+def setup(args: argparse.Namespace, default_threads: int = 2) -> int:
+    """Seed every generator and pin torch to a few threads (the training machines are shared); returns the seed."""
+    seed = int(getattr(args, "seed", 0) or 0)
+    seed_everything(seed, int(getattr(args, "threads", 0) or 0) or default_threads)
+    return seed
+
+
+def feature_cache(name: str) -> Path:
+    """Folder for decoded features of one recipe (EMOEDGE_CACHE or the user cache; never the repo)."""
+    path = cache_dir() / "features" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_out(out: Path) -> Path:
+    """Create the output model folder; refuse a file in its place."""
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def recipe_overrides(items: list[str], recipe: dict[str, Any]) -> dict[str, Any]:

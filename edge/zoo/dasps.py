@@ -216,10 +216,10 @@ def write_dasps_like(
 
 def prepare_subject(subject: Subject, norm_s: float = 60.0, clip: float = 6.0) -> list[tuple[Segment, np.ndarray]]:
     """Each segment through the raw-EEG front end a device runs: the causal 4-45 Hz band-pass
-    (``edge.features.eeg.BandPass``, state reset per segment: the segments are not contiguous), then
+    (``edge.features.eeg_raw.BandPass``, state reset per segment: the segments are not contiguous), then
     z-scores from the first ``norm_s`` seconds of the subject's band-passed recording in file order
     (``WearerNormaliser``; unlabeled, as a device has the first minute of wear). Returns [14, time] per segment."""
-    from edge.features.eeg import BandPass, WearerNormaliser
+    from edge.features.eeg_raw import BandPass, WearerNormaliser
 
     band = BandPass(len(ELECTRODES), SAMPLE_RATE)
     filtered = []

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EmoEdgeError
+from edge.features.eeg_raw import EMOTIV_ELECTRODES
 
-EMOTIV_ELECTRODES = ("AF3", "F7", "F3", "FC5", "T7", "P7", "O1", "O2", "P8", "T8", "FC6", "F4", "F8", "AF4")
 SAMPLE_RATE = 128
 SCORES = ("valence", "arousal", "dominance")
 

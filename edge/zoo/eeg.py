@@ -24,8 +24,9 @@ from edge.errors import ConfigError
 from edge.evaluation.metrics import classification_metrics
 from edge.features.eeg import DEAP_BANDS, DEAP_ELECTRODES, load_deap_features, standardise
 from edge.paths import data_dir as find_data
-from edge.zoo.common import count_parameters, export_onnx
-from edge.zoo.signal_common import (
+from edge.zoo.common import (
+    count_parameters,
+    export_onnx,
     prepare_out,
     progress,
     setup,

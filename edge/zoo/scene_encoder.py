@@ -121,7 +121,7 @@ def cached_features(items: list[SceneItem], net: Any, seed: int = 0, size: int =
     from edge.features.scene import load_image
     from edge.zoo.common import progress
 
-    key = hashlib.sha256(("|".join(str(i.path) for i in items) + f"|{seed}|{size}|{CUT}|{VIEWS}").encode()).hexdigest()[:16]
+    key = hashlib.sha256(("|".join(str(i.path.resolve()) for i in items) + f"|{seed}|{size}|{CUT}|{VIEWS}").encode()).hexdigest()[:16]
     path = cache_dir() / "scene" / f"prefix_{key}.npz"
     if path.exists():
         with np.load(path) as z:

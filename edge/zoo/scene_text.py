@@ -30,7 +30,7 @@ def encoder_outputs(encoder_path: Path, items: list[SceneItem], show: bool = Fal
 
     import onnxruntime as ort
 
-    key = hashlib.sha256(encoder_path.read_bytes() + "|".join(str(i.path) for i in items).encode()).hexdigest()[:16]
+    key = hashlib.sha256(encoder_path.read_bytes() + "|".join(str(i.path.resolve()) for i in items).encode()).hexdigest()[:16]
     path = cache_dir() / "scene" / f"encoded_{key}.npz"
     if path.exists():
         with np.load(path) as z:

@@ -27,14 +27,17 @@ from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_key, speaker_of
 from edge.features import speech as F
 from edge.paths import data_dir as find_data
-from edge.zoo.common import count_parameters, export_onnx, recipe_from_args
-from edge.zoo.signal_common import (
+from edge.zoo.common import (
+    count_parameters,
+    export_onnx,
     feature_cache,
     prepare_out,
     progress,
+    recipe_from_args,
     setup,
     training_command,
 )
+from edge.zoo.speech_augment import Augmenter
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 VALIDATION_ACTORS = (5, 10, 15, 20)  # 5 and 15 male, 10 and 20 female
@@ -58,6 +61,9 @@ RECIPE: dict[str, Any] = {
     "holdout_every": 5,  # of an extra corpus's speakers (sorted), every this many is held out for validation
     "device_aug_p": 0.0,  # chance of each device augmentation (EQ, band-limit, reverb, noise, codec) per window
     "loudness_norm": False,  # normalise each window's loudness (edge.features.speech.normalise_loudness)
+    # a trained speech model folder (card.toml + model.onnx, same widths) to start from: its weights, its input
+    # statistics and loudness setting (so that its inputs do not move); its folded BatchNorm stays frozen
+    "init": "",
 }
 
 
@@ -121,92 +127,6 @@ def load_corpus(
     return mels, labels, actors, keys
 
 
-class Augmenter:
-    """Builds one training batch of standardised 3-s windows with the augmentations above."""
-
-    def __init__(
-        self, mels: list[np.ndarray], actors: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int,
-        recipe: dict[str, Any] | None = None,
-    ) -> None:
-        self.mels, self.actors = mels, actors
-        self.recipe = recipe or RECIPE
-        self.pop = (mean, std)
-        self.speaker = {int(a): F.bin_statistics([m for m, b in zip(mels, actors, strict=False) if b == a]) for a in np.unique(actors)}
-        self.rng = np.random.default_rng(seed)
-
-    def window(self, i: int) -> np.ndarray:
-        rng, m = self.rng, self.mels[i]
-        t, w = m.shape[1], F.WINDOW_FRAMES
-        out = np.full((F.N_MELS, w), F.SILENCE, dtype=np.float32)
-        if t >= w:
-            s = int(rng.integers(0, t - w + 1))
-            out[:] = m[:, s : s + w]
-        else:
-            s = int(rng.integers(0, w - t + 1))
-            out[:, s : s + t] = m
-        shift = int(rng.integers(-3, 4))  # mel-axis shift (vocal tract length), silence fills the edge
-        if shift:
-            out = np.roll(out, shift, axis=0)
-            if shift > 0:
-                out[:shift] = out[shift]
-            else:
-                out[shift:] = out[shift - 1]
-        gain = float(rng.uniform(-1.0, 1.0))  # +-8.7 dB (natural-log units of power)
-        speech = out > F.SILENCE + 1e-3
-        out = np.where(speech, out + gain, out)
-        if self.recipe["device_aug_p"] > 0:
-            out = np.where(speech, device_augment(out, rng, self.recipe["device_aug_p"]), out)
-        mean, std = self.speaker[int(self.actors[i])] if rng.random() < self.recipe["speaker_norm_p"] else self.pop
-        x = F.model_input(out, mean, std, bool(self.recipe["loudness_norm"]))
-        for _ in range(self.recipe["spec_masks"]):  # SpecAugment masks, filled with 0 (the mean)
-            f = int(rng.integers(0, 9))
-            f0 = int(rng.integers(0, F.N_MELS - f + 1))
-            x[f0 : f0 + f] = 0.0
-            tt = int(rng.integers(0, 31))
-            t0 = int(rng.integers(0, w - tt + 1))
-            x[:, t0 : t0 + tt] = 0.0
-        return x
-
-    def batch(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.window(int(i)) for i in idx])[:, None])
-
-
-MEL_HZ = F.mel_to_hz(np.linspace(F.hz_to_mel(F.FMIN), F.hz_to_mel(F.FMAX), F.N_MELS + 2))[1:-1]  # bin centres
-
-
-def device_augment(logmel: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
-    """What changes between microphones and rooms, in the mel power domain (each with chance ``p``):
-    an EQ curve, band-limiting, room reverberation, additive noise at 0-30 dB SNR and codec-like
-    (telephone band, coarse levels) distortion."""
-    power = np.exp(np.asarray(logmel, dtype=np.float64))
-    bins = np.arange(F.N_MELS)
-    if rng.random() < p:  # EQ: a smooth random tilt and ripple, up to about +-6 dB
-        curve = rng.uniform(-0.7, 0.7) * (bins / F.N_MELS - 0.5) * 2
-        for _ in range(2):
-            curve = curve + rng.uniform(-0.5, 0.5) * np.cos(np.pi * bins * rng.uniform(1, 4) / F.N_MELS + rng.uniform(0, np.pi))
-        power *= np.exp(curve)[:, None]
-    if rng.random() < p:  # band-limiting: a low-pass (3-7.5 kHz) and a high-pass (80-300 Hz)
-        low, high = rng.uniform(3000, 7500), rng.uniform(80, 300)
-        gain = 1 / (1 + (MEL_HZ / low) ** 8) / (1 + (high / MEL_HZ) ** 4)
-        power *= gain[:, None]
-    if rng.random() < p:  # reverberation: an exponentially decaying tail (RT60 0.2-1.0 s) in each band
-        from scipy.signal import lfilter
-
-        decay = np.exp(-6.9 * F.HOP / F.SAMPLE_RATE / rng.uniform(0.2, 1.0))
-        tail = lfilter([0.0, 1.0], [1.0, -decay], power, axis=1)
-        power = power + rng.uniform(0.1, 0.6) * (1 - decay) * tail
-    if rng.random() < p:  # additive noise: white to brown, steady or fluctuating, at 0-30 dB SNR
-        shape = (MEL_HZ / 1000.0) ** -rng.uniform(0, 2)
-        fluct = np.exp(rng.uniform(0, 0.5) * rng.standard_normal(power.shape[1]))
-        noise = shape[:, None] * fluct[None, :]
-        snr = 10 ** (rng.uniform(0, 30) / 10)
-        power = power + noise * power.mean() / noise.mean() / snr
-    if rng.random() < p / 2:  # codec-like: telephone band and levels quantised to 1.5 dB
-        power *= (1 / (1 + (MEL_HZ / 3400) ** 12) / (1 + (300 / MEL_HZ) ** 6))[:, None]
-        power = np.exp(np.round(np.log(power + F.LOG_FLOOR) / 0.35) * 0.35)
-    return np.log(power + F.LOG_FLOOR).astype(np.float32)
-
-
 def eval_windows(
     mels: list[np.ndarray], mean: np.ndarray, std: np.ndarray, loudness_norm: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +175,48 @@ def balanced_clip_accuracy(
 # training
 
 
+def load_onnx_weights(model: SpeechCNN, path: Path) -> None:
+    """Start ``model`` from an exported SpeechCNN (``path``): the export folds each BatchNorm into its
+    convolution, so the convolutions take the folded weights and biases and each BatchNorm becomes the
+    identity plus that bias (running mean 0, variance 1 - eps), which ``fit`` keeps frozen."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not ONNX: one message
+        raise ConfigError(f"init {path}: cannot read the model to start from ({exc})") from None
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    torch_convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(torch_convs) or any(len(n.input) < 3 for n in convs):
+        raise ConfigError(f"init {path}: {len(convs)} convolutions with folded biases expected {len(torch_convs)}: not a SpeechCNN of these widths")
+    with torch.no_grad():
+        for node, conv, norm in zip(convs, torch_convs, norms, strict=True):
+            w, b = np.array(weights[node.input[1]]), np.array(weights[node.input[2]])
+            if tuple(w.shape) != tuple(conv.weight.shape):
+                raise ConfigError(f"init {path}: convolution {node.name} is {list(w.shape)}, this recipe's is {list(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(w))
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(torch.from_numpy(b))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        model.head.weight.copy_(torch.from_numpy(np.array(weights["head.weight"])))
+        model.head.bias.copy_(torch.from_numpy(np.array(weights["head.bias"])))
+
+
+def init_statistics(folder: Path) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The input statistics and loudness setting of the model ``folder`` that training starts from."""
+    from edge.card import load_card
+
+    params = load_card(folder / "card.toml").features.params
+    if "population_mean" not in params or "population_std" not in params:
+        raise ConfigError(f"init {folder}: its card has no features.params.population_mean/std to keep")
+    return (np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32),
+            bool(params.get("loudness_norm", False)))
+
+
 def fit(
     mels: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, mean: np.ndarray, std: np.ndarray,
     args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu", masks: np.ndarray | None = None,
@@ -263,7 +225,10 @@ def fit(
 
     ``masks`` (clips x classes, True where the clip's corpus has the class) restrict each clip's softmax and
     label smoothing to its corpus's classes."""
-    model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"]).to(device)
+    model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"])
+    if recipe["init"]:
+        load_onnx_weights(model, Path(recipe["init"]) / "model.onnx")
+    model = model.to(device)
     batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
@@ -277,6 +242,10 @@ def fit(
     bar = progress(range(epochs), args, desc="speech epochs")
     for _ in bar:
         model.train()
+        if recipe["init"]:  # the started-from model's BatchNorm is folded into its convolutions: keep it as it is
+            for layer in model.modules():
+                if isinstance(layer, nn.BatchNorm2d):
+                    layer.eval()
         order = rng.permutation(len(mels))
         total = 0.0
         for start in range(0, len(order), batch):
@@ -301,8 +270,9 @@ def fit(
             total += float(loss.detach())
             if args.max_steps and steps >= args.max_steps:
                 return model.cpu().eval(), steps
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{total / steps_per_epoch:.3f}")
+        postfix = getattr(bar, "set_postfix", None)  # a tqdm bar, unless --no-progress
+        if postfix is not None:
+            postfix(loss=f"{total / steps_per_epoch:.3f}")
     return model.cpu().eval(), steps
 
 
@@ -334,7 +304,11 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     if getattr(args, "cv", 0):
         raise ConfigError("speech: --cv is not implemented for this recipe")
     tr_mels = [mels[i] for i in idx]
-    mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
+    if recipe["init"]:
+        mean, std, loud = init_statistics(Path(recipe["init"]))
+        recipe["loudness_norm"] = loud
+    else:
+        mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
     start = time.perf_counter()
     model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed,
                        getattr(args, "device", None) or "cpu", masks=masks[idx])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge.errors import EmoEdgeError
+from firmware_bridge.loop_thread import LoopThread
 
 SampleKind = Literal["eeg", "audio", "video"]
 
@@ -60,24 +60,23 @@ class Source(ABC):
     def __init__(self, name: str, max_queue: int = 256) -> None:
         self.name = name
         self._queue: queue.Queue[Sample] = queue.Queue(max_queue)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread()
+        self._stop = self._loop.stop_event
         self.dropped = 0
         self.error: str | None = None  # why the reader thread ended, if it failed
 
     def start(self) -> Source:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run_guarded, name=f"source-{self.name}", daemon=True)
-            self._thread.start()
+        self._loop.start(self._run_guarded, f"source-{self.name}")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
         self._close()
+
+    @property
+    def running(self) -> bool:
+        """Its reader thread was started and not yet stopped."""
+        return self._loop.running
 
     def __enter__(self) -> Source:
         return self.start()

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_bridge.sources.base import Sample, Source
+
+if TYPE_CHECKING:
+    from edge.config import CameraConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,11 @@ class CameraSource(Source):
     """Frames (uint8 BGR, height x width x 3) from an OpenCV capture; see the module docstring."""
 
     kind = "video"
+
+    @classmethod
+    def from_config(cls, cfg: CameraConfig) -> CameraSource:
+        """The source for one ``kind = "camera"`` entry of the device config (not started)."""
+        return cls(cfg.name, cfg.device, cfg.width, cfg.height, cfg.fps)
 
     def __init__(self, name: str, device: int | str = 0, width: int = 640, height: int = 480, fps: float = 30.0,
                  loop_file: bool = False, pace_file: bool = True, max_queue: int = 2,

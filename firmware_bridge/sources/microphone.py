@@ -16,13 +16,17 @@ microphone pulled), the stream is reopened with backoff.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from firmware_bridge.sources.base import Sample, Source, SourceError
+
+if TYPE_CHECKING:
+    from edge.config import MicrophoneConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,34 @@ def to_mono_float32(block: np.ndarray) -> np.ndarray:
     return np.clip(x, -1.0, 1.0).astype(np.float32, copy=True)
 
 
+DEFAULT_BLOCK_S = 0.05
+
+
+def aligned_block_s(block_s: float | None, hop_s: float | None) -> float:
+    """``block_s`` as configured, else at most ``DEFAULT_BLOCK_S`` with the hop a whole number of blocks.
+
+    A window ends on a sample; its block arrives when the block's last sample does. When the hop is not
+    a whole number of blocks, windows end inside blocks and wait for the rest of them: on average half a
+    block of latency (50 ms with the former 100 ms blocks), for nothing.
+    """
+    if block_s is not None:
+        return block_s
+    if hop_s is None:  # half the model's window: 1.5 s for the shipped speech model, 30 blocks
+        return DEFAULT_BLOCK_S
+    return hop_s / math.ceil(hop_s / DEFAULT_BLOCK_S - 1e-9)
+
+
 class MicrophoneSource(Source):
     """Blocks of ``block_s`` seconds of mono float32 audio from an input device (ALSA name or index)."""
 
     kind = "audio"
 
-    def __init__(self, name: str, device: str | int | None = None, sample_rate: int = 16000, block_s: float = 0.1,
+    @classmethod
+    def from_config(cls, cfg: MicrophoneConfig) -> MicrophoneSource:
+        """The source for one ``kind = "microphone"`` entry of the device config (not started)."""
+        return cls(cfg.name, cfg.device, cfg.sample_rate, aligned_block_s(cfg.block_s, cfg.hop_s))
+
+    def __init__(self, name: str, device: str | int | None = None, sample_rate: int = 16000, block_s: float = 0.05,
                  channels: int = 1, max_queue: int = 256, max_backoff_s: float = 5.0) -> None:
         super().__init__(name, max_queue=max_queue)
         self.device = device

@@ -19,13 +19,16 @@ import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge.ratelog import RateLimitedLog
 from firmware_bridge.sources.base import Sample, SampleKind, Source, SourceError
 from firmware_bridge.sources.camera import is_video_file
+
+if TYPE_CHECKING:
+    from edge.config import ReplayConfig
 
 MAX_BAD_FRAMES = 300  # undecodable video frames in a row before the file is taken as ended
 
@@ -99,6 +102,11 @@ def replay_kind(path: str | Path) -> SampleKind:
 
 class ReplaySource(Source):
     """Plays ``path`` as a source of its kind (see the module docstring)."""
+
+    @classmethod
+    def from_config(cls, cfg: ReplayConfig) -> ReplaySource:
+        """The source for one ``kind = "replay"`` entry of the device config (not started)."""
+        return cls(cfg.name, cfg.path, realtime=cfg.realtime, loop=cfg.loop)
 
     def __init__(self, name: str, path: str | Path, realtime: bool = True, loop: bool = False,
                  block_s: float = 0.1, eeg_block: int = 8, max_queue: int = 256) -> None:

@@ -11,13 +11,16 @@ counter (heartbeat, FLAG_OVERFLOW) and the sequence gaps say what was lost.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from firmware_bridge import protocol as P
 from firmware_bridge.link import SerialLink
 from firmware_bridge.sources.base import Sample, SampleKind, Source
+
+if TYPE_CHECKING:
+    from edge.config import SerialConfig
 
 
 class SerialBoardSource(Source):
@@ -26,6 +29,11 @@ class SerialBoardSource(Source):
     text_mode: lines of numbers instead of frames; each emitted Sample holds the lines of about
     ``text_block_s`` seconds, as ``text_kind`` (columns x lines), at the rate estimated from arrivals.
     """
+
+    @classmethod
+    def from_config(cls, cfg: SerialConfig) -> SerialBoardSource:
+        """The source for one ``kind = "serial"`` entry of the device config (not started)."""
+        return cls(cfg.name, port=cfg.port, usb=cfg.usb, baudrate=cfg.baudrate, text_mode=cfg.text_mode)
 
     def __init__(self, name: str, port: str | None = None, usb: str | None = None, baudrate: int = 921600,
                  text_mode: bool = False, text_kind: SampleKind = "eeg", text_block_s: float = 0.125,
