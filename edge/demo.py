@@ -118,7 +118,7 @@ def raw_eeg_model(root: Path) -> bool:
 
 def demo_config(
     broker_url: str, eeg_port: str | None, video: str | None, models: Path | None = None,
-    outbox: Path | None = None,
+    outbox: Path | None = None, scene_video: str | None = None,
 ) -> DeviceConfig:
     """The device config of the demo: EEG on the simulator's pty, the shipped speech clip, faces when asked.
 
@@ -143,6 +143,9 @@ def demo_config(
             sources.append({"name": "camera", "kind": "camera", "model": "face", "device": int(video)})
         else:
             sources.append({"name": "camera", "kind": "replay", "model": "face", "path": video, "realtime": True, "loop": True})
+    if scene_video is not None:  # scenes the project draws (edge.scene.demo), one sampled every 2 s
+        sources.append({"name": "scene", "kind": "replay", "model": "scene", "path": scene_video, "realtime": True,
+                        "loop": True, "hop_s": 2.0})
     have = [s for s in sources if (root / s["model"] / "card.toml").exists()]
     for s in sources:
         if s not in have:
@@ -188,10 +191,13 @@ class Demo:
             url = self.mqtt_url or (self.broker.url if self.broker else "")
             eeg_port = self._start_eeg_simulator()
             outbox = None
+            self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")
             if self.broker is not None:  # the embedded broker dies with the demo: so may its outbox
-                self._tmp = tempfile.TemporaryDirectory(prefix="emoedge-demo-")
                 outbox = Path(self._tmp.name) / "outbox.sqlite"
-            self.config = demo_config(url, eeg_port, self.video, outbox=outbox)
+            from edge.scene.demo import write_demo_video
+
+            scenes = write_demo_video(str(Path(self._tmp.name) / "scenes.avi"))
+            self.config = demo_config(url, eeg_port, self.video, outbox=outbox, scene_video=scenes)
         except BaseException:
             self.__exit__(None, None, None)
             raise

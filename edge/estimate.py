@@ -60,6 +60,7 @@ class Estimate:
     adapted: bool = False  # whether that person's adapted head made this estimate
     views: dict[str, Any] | None = None  # raw EEG: derived views and the front end's status (edge.features.recipes.RawEEGInput)
     ood: float | None = None  # out-of-distribution score, 1.0 = the card's threshold (None: the card has none)
+    seq: int | None = None  # the seq the publisher gave it (set when published; an explanation reuses it)
 
     def payload(self, device: str) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -25,7 +25,8 @@ def test_demo_media_is_small_and_documented() -> None:
 
 @pytest.mark.parametrize("with_video", [False, True], ids=["sensors", "sensors+video"])
 def test_demo_publishes_from_every_source(with_video: bool, tmp_path: Path) -> None:
-    expected = {src for src, model in (("mic", "speech"), ("eeg", "eeg")) if (models_dir() / model / "card.toml").exists()}
+    expected = {src for src, model in (("mic", "speech"), ("eeg", "eeg"), ("scene", "scene"))
+                if (models_dir() / model / "card.toml").exists()}
     if not expected:
         pytest.skip("the demo runs the shipped models; models/speech and models/eeg are both missing")
     extra: list[str] = []
@@ -48,7 +49,8 @@ def test_demo_publishes_from_every_source(with_video: bool, tmp_path: Path) -> N
         url = first.split()[2]
         sub = Collector(int(url.rsplit(":", 1)[1]), "emoedge/demo/#")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and {b["source"] for b in sub.on("/estimate")} != expected:
+        while time.monotonic() < deadline and ({b["source"] for b in sub.on("/estimate")} != expected
+                                                or ("scene" in expected and not sub.on("/scene/explanation"))):
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)  # a clean stop on Ctrl-C
         out, err = proc.communicate(timeout=30)
@@ -64,6 +66,13 @@ def test_demo_publishes_from_every_source(with_video: bool, tmp_path: Path) -> N
     assert [b["status"] for b in sub.on("/status")][-1] == "stopped"
     for topic, body, _, _ in sub.messages:
         validate(kind_of_topic(topic) or "?", body)
+    if "scene" in expected:  # the drawn scenes: an estimate, then its explanation with the same seq
+        estimates = {b["seq"]: b for b in sub.on("/scene/estimate")}
+        explanations = sub.on("/scene/explanation")
+        assert explanations, "no scene explanation was published"
+        for body in explanations:
+            assert body["seq"] in estimates and body["label"] == estimates[body["seq"]]["label"]
+            assert body["text"] and body["tokens"] <= 24
     if "eeg" in expected:  # the demo's EEG takes the raw path (a 14-channel headset into histn) once histn is trained
         from edge.demo import raw_eeg_model
 

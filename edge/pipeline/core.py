@@ -19,12 +19,14 @@ from edge.errors import ConfigError
 from edge.estimate import EmotionState, Estimate
 from edge.features.recipes import FaceInputFn
 from edge.fusion import Fusion, significant_change
+from edge.pipeline.scene import shared_camera
 from edge.pipeline.source_run import SourceRun, open_source_run
 from edge.pipeline.worker import SourceWorker
 from edge.ratelog import RateLimitedLog
 from edge.tracker import DetectFn
 from firmware_bridge.sources import make_source
 from firmware_bridge.sources.base import Source
+from firmware_bridge.sources.scene import FrameTap
 
 if TYPE_CHECKING:
     from edge.publish.client import Publisher
@@ -45,12 +47,14 @@ class Pipeline:
         face_input: FaceInputFn | None = None,
         on_estimate: Callable[[Estimate], None] | None = None,
         on_state: Callable[[EmotionState], None] | None = None,
+        on_explanation: Callable[[Estimate, dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.publisher = publisher
         self.on_estimate = on_estimate
         self.on_state = on_state
+        self.on_explanation = on_explanation
         self.clock = clock
         self.fusion = Fusion(config.fusion)
         self._fusion_lock = threading.Lock()
@@ -65,12 +69,20 @@ class Pipeline:
         self._ratelog = RateLimitedLog(log)
         self.runs: dict[str, SourceRun] = {}
         given = dict(sources or {})
+        taps: list[tuple[str, FrameTap]] = []
         try:
             for src in config.sources:
                 if not src.enabled:
                     continue
+                owner = shared_camera(config, src)
+                if owner is not None and src.name not in given:  # the camera is opened once: this source taps it
+                    tap = FrameTap(src.name)
+                    taps.append((owner, tap))
+                    given[src.name] = tap
                 source = given.pop(src.name, None) or make_source(src)
                 self.runs[src.name] = open_source_run(config, src, source, detect, face_input, self._report_device_checks)
+            for owner, tap in taps:
+                self.runs[owner].taps.append(tap)
             if given:
                 raise ConfigError(f"sources {sorted(given)} were given but are not in the config")
         except BaseException:
@@ -81,7 +93,7 @@ class Pipeline:
         self.enroller = Enroller({name: run.runner.fp32 for name, run in self.runs.items()}, clock=clock)
         if publisher is not None:
             publisher.on_enroll = self.enroller.command
-        self.workers = {name: SourceWorker(run, self.enroller, self._emit, self._stop, self._ratelog)
+        self.workers = {name: SourceWorker(run, self.enroller, self._emit, self._stop, self._ratelog, self._explain)
                         for name, run in self.runs.items()}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -187,12 +199,19 @@ class Pipeline:
             est.latency_ms["fusion"] = est.latency_ms.get("fusion", 0.0) + fused_ms
             est.latency_ms["capture_to_publish"] = max(0.0, (time.time() - est.ts) * 1e3)
             if self.publisher is not None:
-                self.publisher.publish_estimate(est)
+                est.seq = self.publisher.publish_estimate(est)
             run.times.add_all(est.latency_ms)
             run.estimates += 1
             run.latest = est
             if self.on_estimate is not None:
                 self.on_estimate(est)
+
+    def _explain(self, run: SourceRun, est: Estimate, payload: dict[str, Any]) -> None:
+        """Publish the scene model's explanation of ``est`` on ``<source>/explanation`` with its ``seq``."""
+        if self.publisher is not None and est.seq is not None and run.enabled:
+            self.publisher.publish_explanation(run.name, est.seq, payload)
+        if self.on_explanation is not None:
+            self.on_explanation(est, payload)
 
     def _state_loop(self) -> None:
         mqtt = self.config.mqtt

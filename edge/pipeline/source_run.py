@@ -19,6 +19,7 @@ from edge.errors import ConfigError
 from edge.estimate import Estimate, ModelInfo
 from edge.features.recipes import FaceInputFn, FeatureFn, build_features, face_functions
 from edge.pipeline.readout import OutputReader
+from edge.pipeline.scene import DEFAULT_INTERVAL_S, has_decoder, open_scene
 from edge.pipeline.stats import StageTimes, jsonable
 from edge.pipeline.windows import NewestFrame, WindowBuffer
 from edge.tracker import DetectFn, FaceTracker
@@ -63,6 +64,10 @@ class SourceRun:
     faces: int = 0
     frames: int = 0  # video frames taken by the face path (with or without a face in them)
     latest: Estimate | None = None
+    scene: Any = None  # the scene model's decoder side (edge.scene.model.SceneModel) when the card has a decoder
+    scene_interval: float = 3.0  # seconds between two frames the scene path takes
+    explained: int = 0
+    taps: list[Any] = field(default_factory=list)  # sources sharing this camera (FrameTap.offer gets every frame)
     reading_done: threading.Event = field(default_factory=threading.Event)
     last_rate: tuple[float, int, int] = (0.0, 0, 0)  # (time, received, estimates) at the last stats
 
@@ -87,6 +92,8 @@ class SourceRun:
         """Release the tracker's thread and the runner (the pipeline stops the source itself)."""
         if self.tracker is not None:
             self.tracker.close()
+        if self.scene is not None:
+            self.scene.__exit__(None, None, None)
         self.runner.deactivate()
 
     def report(self, now: float, started: float) -> dict[str, Any]:
@@ -110,6 +117,8 @@ class SourceRun:
         signal = getattr(self.features, "stats", None)
         if signal is not None:
             entry["signal"] = jsonable(signal())
+        if self.scene is not None:
+            entry["frames"], entry["explanations"] = self.frames, self.explained
         if self.tracker is not None:
             entry["faces"] = self.faces
             entry["frames"] = self.frames
@@ -162,7 +171,11 @@ def open_source_run(config: DeviceConfig, src: SourceConfig, source: Source, det
         item_shape = tuple(int(d) if isinstance(d, int) else -1 for d in input_meta.shape[1:])
         if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
             runner.infer({input_meta.name: np.zeros((1, *item_shape), dtype=input_meta.dtype)})
-        if source.kind == "video":
+        if source.kind == "video" and has_decoder(model):  # the scene model: sampled frames, estimate + explanation
+            run.scene = open_scene(model, runner, config.backend.threads)
+            run.scene_interval = src.hop_s or DEFAULT_INTERVAL_S
+            run.slot = NewestFrame()
+        elif source.kind == "video":
             if detect is None or face_input is None:
                 default_detect, default_input = face_functions(model.card.features.params)
                 detect, face_input = detect or default_detect, face_input or default_input

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +27,16 @@ from firmware_bridge.sources.checks import sample_problem
 
 log = logging.getLogger("edge.pipeline")
 EmitFn = Callable[[SourceRun, list[Estimate], "Estimate | None"], None]  # run, estimates, the one fusion takes
+ExplainFn = Callable[[SourceRun, Estimate, dict[str, Any]], None]  # run, the estimate explained, the explanation body
 
 
 class SourceWorker:
     """The reader and inference loops of one source; ``emit`` hands its estimates to the pipeline."""
 
     def __init__(self, run: SourceRun, enroller: Enroller, emit: EmitFn, stopping: threading.Event,
-                 ratelog: RateLimitedLog) -> None:
+                 ratelog: RateLimitedLog, explain: ExplainFn | None = None) -> None:
         self.run, self.enroller, self.emit, self.stopping, self.ratelog = run, enroller, emit, stopping, ratelog
+        self.explain = explain
 
     # --- reading ------------------------------------------------------------------------------
     def read_loop(self) -> None:
@@ -52,6 +55,8 @@ class SourceWorker:
                     self.malformed(problem)
                     continue
                 run.received += 1 if run.kind == "video" else int(np.asarray(sample.data).shape[-1])
+                for tap in run.taps:  # another source on this camera (the scene path beside the faces)
+                    tap.offer(sample)
                 if not run.enabled:
                     continue
                 if run.slot is not None:
@@ -103,7 +108,11 @@ class SourceWorker:
 
     # --- inference ----------------------------------------------------------------------------
     def infer_loop(self) -> None:
-        if self.run.slot is not None:
+        if self.run.scene is not None:
+            from edge.pipeline.scene import scene_loop
+
+            scene_loop(self)
+        elif self.run.slot is not None:
             self.face_loop()
         else:
             self.window_loop()

@@ -332,6 +332,14 @@ class Publisher:
         self._wake()
         return seq
 
+    def publish_explanation(self, source: str, seq: int, payload: dict[str, Any]) -> int:
+        """Queue the scene model's explanation of the estimate ``seq`` of ``source`` (same seq, own topic)."""
+        body = {"v": 1, "device": self.device_id, **payload}
+        seq = self.outbox.put(f"{source}:explanation", self.topics.explanation(source), body,
+                              qos=self.config.qos.estimate, seq=seq)
+        self._wake()
+        return seq
+
     def publish_state(self, state: EmotionState) -> int:
         """Queue the fused state (retained; only the newest unsent one is kept)."""
         seq = self.outbox.put(

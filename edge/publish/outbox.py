@@ -106,16 +106,17 @@ class Outbox:
     # --- queue -----------------------------------------------------------------------------
     def put(
         self, stream: str, topic: str, payload: dict[str, Any], qos: int = 1, retain: bool = False,
-        replace_unsent: bool = False,
+        replace_unsent: bool = False, seq: int | None = None,
     ) -> int:
-        """Stamp ``payload`` with the stream's next ``seq`` and store it; returns the seq."""
+        """Stamp ``payload`` with the stream's next ``seq`` (or the ``seq`` given: an explanation carries its
+        estimate's) and store it; returns the seq."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 if replace_unsent:
                     cur = self._db.execute("DELETE FROM messages WHERE stream = ? AND id > ?", (stream, self.sent_upto))
                     self._count -= cur.rowcount
-                seq = self._bump(f"seq:{stream}") - 1
+                seq = self._bump(f"seq:{stream}") - 1 if seq is None else seq
                 payload = {**payload, "seq": seq}
                 body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
                 self._db.execute(

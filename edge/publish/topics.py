@@ -31,6 +31,10 @@ class Topics:
     def estimate(self, source: str) -> str:
         return f"{self.base}/{source}/estimate"
 
+    def explanation(self, source: str) -> str:
+        """The scene model's sentence for the estimate with the same ``seq``."""
+        return f"{self.base}/{source}/explanation"
+
     def enabled(self, source: str) -> str:
         return f"{self.base}/{source}/enabled"
 

@@ -43,3 +43,16 @@ def demo_scenes(count: int = 4, seed: int = 0) -> list[np.ndarray]:
     """``count`` frames cycling through the palettes."""
     kinds = list(PALETTES)
     return [drawn_scene(kinds[i % len(kinds)], seed + i) for i in range(count)]
+
+
+def write_demo_video(path: str, count: int = 4, fps: float = 1.0, seed: int = 0) -> str:
+    """The drawn scenes as a short MJPG video (``emoedge run --demo`` replays it in a loop as its scene camera)."""
+    frames = demo_scenes(count, seed)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path

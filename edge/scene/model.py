@@ -45,7 +45,7 @@ class SceneModel:
 
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
                  max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
-                 guidance: float | None = None) -> None:
+                 guidance: float | None = None, encoder: Any = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -57,7 +57,7 @@ class SceneModel:
         self.guidance = guidance
         self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
         self._stack = ExitStack()
-        self.encoder: Any = None
+        self.encoder: Any = encoder  # an active runner of the encoder (the pipeline's checked one), else opened here
         self.decoder_runner: Any = None
         self.decoder: SceneDecoder | None = None
         self.vocab: Vocab | None = None
@@ -66,7 +66,8 @@ class SceneModel:
         from edge.backends import open_runner
         from edge.backends.ort import OnnxRuntimeRunner
 
-        self.encoder = self._stack.enter_context(open_runner(self.model, backend=self.backend, threads=self.threads))
+        if self.encoder is None:
+            self.encoder = self._stack.enter_context(open_runner(self.model, backend=self.backend, threads=self.threads))
         if self.spec is not None:
             folder = self.model.folder
             p = self.spec.params
