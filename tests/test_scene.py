@@ -193,3 +193,38 @@ def test_bench_scene_reports_estimate_and_explanation_latency(tmp_path: Path) ->
     assert s["iterations"] == 10 and s["estimate_ms"]["p50"] > 0
     assert s["explanation_ms"]["p50"] >= s["estimate_ms"]["p50"] and s["mean_tokens"] <= 24
     assert "Scene explanations" in proc.stdout
+
+
+@needs_model
+def test_pipeline_scene_source_shares_the_camera_and_explains_with_the_estimates_seq(tmp_path: Path) -> None:
+    """Two sources on one video: faces and the scene model; the scene source taps the faces' reader."""
+    import threading
+
+    from edge.config import DeviceConfig
+    from edge.pipeline import Pipeline
+    from edge.scene.demo import write_demo_video
+    from firmware_bridge.sources.scene import FrameTap
+
+    video = write_demo_video(str(tmp_path / "scenes.avi"), count=4, fps=4.0)
+    models = {"scene": {"path": str(SCENE)}}
+    sources = [{"name": "scene", "kind": "replay", "model": "scene", "path": video, "loop": True, "hop_s": 0.5}]
+    if (PROJECT_ROOT / "models" / "face" / "card.toml").is_file():
+        models["face"] = {"path": str(PROJECT_ROOT / "models" / "face")}
+        sources.insert(0, {"name": "cam", "kind": "replay", "model": "face", "path": video, "loop": True})
+    config = DeviceConfig.model_validate({"device_id": "t", "backend": {"threads": 1}, "models": models, "sources": sources})
+    explained: list[tuple[float, dict]] = []
+    estimates: list[float] = []
+    done = threading.Event()
+
+    def on_explanation(est, payload) -> None:  # type: ignore[no-untyped-def]
+        explained.append((est.ts, payload))
+        if len(explained) >= 2:
+            done.set()
+
+    with Pipeline(config, on_estimate=lambda e: estimates.append(e.ts) if e.source == "scene" else None,
+                  on_explanation=on_explanation) as pipe:
+        if "cam" in pipe.runs:
+            assert isinstance(pipe.runs["scene"].source, FrameTap) and pipe.runs["cam"].taps
+        assert done.wait(60), pipe.stats()
+    for ts, payload in explained:
+        assert ts in estimates and payload["source"] == "scene" and payload["text"] and payload["tokens"] <= 24
