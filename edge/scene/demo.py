@@ -49,7 +49,7 @@ def write_demo_video(path: str, count: int = 4, fps: float = 1.0, seed: int = 0)
     """The drawn scenes as a short MJPG video (``emoedge run --demo`` replays it in a loop as its scene camera)."""
     frames = demo_scenes(count, seed)
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     try:
         for frame in frames:
             writer.write(frame)
