@@ -30,7 +30,8 @@ RECIPE: dict[str, Any] = {
     "weight_decay": 0.02,
     "dropout": 0.3,
     "va_weight": 2.0,
-    "va_per_set": True,  # weight each set's valence/arousal errors by 1 / that set's rating variance
+    "va_per_set": False,  # true: weight each set's valence/arousal errors by 1 / that set's rating variance (tried:
+    # Emotion6 arousal r 0.267 against 0.263, dominant-emotion accuracy 0.497 against 0.506; not shipped)
     "folds": 3,
     "cv": True,
     "cv_note": "",
@@ -88,7 +89,8 @@ def train_encoder(root: Path, recipe: dict[str, Any], seed: int, show: bool, log
     log["split"] = {"train": len(train_idx), "held_out": len(val_idx),
                     "held_out_emotion6": int(sum(is_val[i] for i, n in enumerate(names) if n == "emotion6")),
                     "held_out_oasis": int(sum(is_val[i] for i, n in enumerate(names) if n == "oasis"))}
-    log["linear_probe"] = linear_probe(cache, targets, train_idx, val_idx, folds, seed)
+    per_set = {n: np.array([i for i in val_idx if names[i] == n]) for n in ("emotion6", "oasis")}
+    log["linear_probe"] = linear_probe(cache, targets, train_idx, val_idx, folds, seed, per_set)
     print("linear probe:", json.dumps(log["linear_probe"]), flush=True)
     epochs = recipe["epochs"]
     if recipe["cv"]:

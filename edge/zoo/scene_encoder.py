@@ -264,7 +264,7 @@ class MirrorMean(nn.Module):
 
 
 def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.ndarray, folds: list[np.ndarray],
-                 seed: int) -> dict[str, Any]:
+                 seed: int, per_set: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The issue's baseline: linear heads on the frozen Lite0's pooled 1280 features (L2 strength by CV)."""
     def fit(tr: np.ndarray, wd: float) -> nn.Module:
         torch.manual_seed(seed)
@@ -298,5 +298,9 @@ def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.nd
         per = [run(fit(np.setdiff1d(train_idx, f), wd), f) for f in folds]
         cv[wd] = float(np.mean([selection_score(p) for p in per]))
     best = max(cv, key=lambda w: cv[w])
-    return {"l2": best, "cv": {str(k): v for k, v in cv.items()}, "held_out": run(fit(train_idx, best), val_idx)}
+    final = fit(train_idx, best)
+    out = {"l2": best, "cv": {str(k): v for k, v in cv.items()}, "held_out": run(final, val_idx)}
+    if per_set:  # the same probe on each data set's held-out images (what emoedge eval scene reports)
+        out["held_out_per_set"] = {name: run(final, idx) for name, idx in per_set.items()}
+    return out
 
