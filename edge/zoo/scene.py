@@ -90,7 +90,7 @@ def train_encoder(root: Path, recipe: dict[str, Any], seed: int, show: bool, log
                     "held_out_emotion6": int(sum(is_val[i] for i, n in enumerate(names) if n == "emotion6")),
                     "held_out_oasis": int(sum(is_val[i] for i, n in enumerate(names) if n == "oasis"))}
     per_set = {n: np.array([i for i in val_idx if names[i] == n]) for n in ("emotion6", "oasis")}
-    log["linear_probe"] = linear_probe(cache, targets, train_idx, val_idx, folds, seed, per_set)
+    log["linear_probe"] = linear_probe(cache, targets, train_idx, val_idx, folds, seed, per_set, recipe["va_per_set"])
     print("linear probe:", json.dumps(log["linear_probe"]), flush=True)
     epochs = recipe["epochs"]
     if recipe["cv"]:

@@ -264,7 +264,7 @@ class MirrorMean(nn.Module):
 
 
 def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.ndarray, folds: list[np.ndarray],
-                 seed: int, per_set: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 seed: int, per_set: dict[str, np.ndarray] | None = None, va_per_set: bool = False) -> dict[str, Any]:
     """The issue's baseline: linear heads on the frozen Lite0's pooled 1280 features (L2 strength by CV)."""
     def fit(tr: np.ndarray, wd: float) -> nn.Module:
         torch.manual_seed(seed)
@@ -274,7 +274,8 @@ def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.nd
         opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
         xs = (x - mu) / sd
         emo, has, va = (torch.from_numpy(a[tr]) for a in (t.emotion, t.has_emotion, t.va))
-        va_w = torch.from_numpy(t.va_weight[tr]) if t.va_weight is not None else None  # the same loss as the fine-tune
+        # the same loss as the fine-tune
+        va_w = torch.from_numpy(t.va_weight[tr]) if va_per_set and t.va_weight is not None else None
 
         def closure() -> torch.Tensor:
             opt.zero_grad()

@@ -93,7 +93,9 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                f"{log.get('cv', {}).get('mean_score_by_epoch')}), AdamW lr {recipe['lr']} (backbone x{recipe['backbone_lr_scale']}), "
                f"one-cycle, KL + {recipe['va_weight']} x MSE(va). {exp['trained_parameters']} trained parameters. "
                f"Held out, torch: {log['held_out_torch']}. Linear probe on the frozen pooled features (same split, L2 "
-               f"{log['linear_probe']['l2']} by CV): {log['linear_probe']['held_out']}. ORT vs torch max abs difference: "
+               f"{log['linear_probe']['l2']} by CV): {log['linear_probe'].get('held_out_per_set') or log['linear_probe']['held_out']}"
+               f"{' (' + log['linear_probe']['note'] + ')' if log['linear_probe'].get('note') else ''}. "
+               f"ORT vs torch max abs difference: "
                f"{exp['max_abs_diff']}. Decoder: {log.get('decoder_data')}; recipe {log.get('decoder_recipe')}; "
                f"decoding guidance chosen on training images: {log.get('guidance')}."),
         graphs=[GraphSpec.model_validate(g) for g in log.get("graphs", [])],
