@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge.card import PRECISION_FILES, list_models, load_card, sha256_file
+from edge.card import artifact_name, list_models, load_card, sha256_file
 from edge.export.calibrate import make_calibration_set
 from edge.export.int8 import inspect_qdq
 
@@ -26,12 +26,12 @@ def test_artifacts_match_their_gate_records(folder: Path) -> None:
     passed = {a.precision: a for a in card.artifacts if a.passed}
     assert len({a.precision for a in card.artifacts}) == len(card.artifacts), "one record per precision"
     for precision in ("fp16", "int8"):
-        path = folder / PRECISION_FILES[precision]
+        path = folder / artifact_name(card.graph, precision)
         if path.exists():
             assert precision in passed, f"{path} has no passing gate record in the card"
             assert sha256_file(path) == passed[precision].sha256, f"{path} is not the file its gate record measured"
             assert passed[precision].loss_points <= card.quantization.max_loss_points + 1e-9
-            assert passed[precision].source_sha256 == sha256_file(folder / "model.onnx"), (
+            assert passed[precision].source_sha256 == sha256_file(folder / artifact_name(card.graph, "fp32")), (
                 f"{path} was made from another model.onnx: remake it with {passed[precision].command}"
             )
         else:
