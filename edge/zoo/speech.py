@@ -200,6 +200,7 @@ def load_onnx_weights(model: SpeechCNN, path: Path) -> None:
             conv.weight.copy_(torch.from_numpy(w))
             norm.weight.fill_(1.0)
             norm.bias.copy_(torch.from_numpy(b))
+            assert norm.running_mean is not None and norm.running_var is not None  # track_running_stats is on
             norm.running_mean.zero_()
             norm.running_var.fill_(1.0 - norm.eps)
         model.head.weight.copy_(torch.from_numpy(np.array(weights["head.weight"])))
