@@ -72,7 +72,7 @@ MAX_PARAMETERS = 60_000
 # The recipe of `emoedge train face` (student) and `emoedge train face-teacher`; --epochs/--batch-size/--lr
 # override the first three, --set the others. alpha and temperature only apply when a teacher is given;
 # init is the exported student to warm-start from ('none': random weights), relative to the project.
-RECIPE: dict[str, Any] = {"epochs": 24, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
+RECIPE: dict[str, Any] = {"epochs": 14, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
                           "smoothing": 0.1, "weight_power": 0.5, "weight_decay": 0.01, "mirror_average": False,
                           "widths": (16, 32, 64, 128), "extra": 1, "pool_early": True, "separable_stem": False,
                           "init": "models/face/v1/model.onnx"}

@@ -181,6 +181,9 @@ def init_from_onnx(model: FaceStudent, onnx_path: Path, images: torch.Tensor, ba
 
     proto = onnx.load(str(onnx_path))
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:  # the exporter shares equal tensors (e.g. zero biases) through Identity nodes
+        if node.op_type == "Identity" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     copied: list[str] = []
