@@ -47,17 +47,15 @@ def test_shipped_model_matches_its_card_and_runs() -> None:
     np.testing.assert_allclose(single["logits"], out["logits"][:1], atol=1e-4)  # dynamic batch
 
 
-def test_shipped_graph_is_one_pass_of_vector_width_convolutions() -> None:
-    """The face runs through the student once (v1 concatenated it with its mirror image: twice the work), and
-    every convolution has a multiple of 16 output channels, so ONNX Runtime's NCHWc kernels take all of them."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(FOLDER / "model.onnx"))
-    assert not [n for n in proto.graph.node if n.op_type in ("Concat", "Slice")]
-    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    assert convs and all(weights[n.input[1]].shape[0] % 16 == 0 for n in convs)
+def test_mirror_averaged_model_gives_the_same_answer_for_a_mirrored_face() -> None:
+    model = load_model(FOLDER)
+    if "mirror image" not in model.card.notes:
+        pytest.skip("this model does not average the face and its mirror image")
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 48, 48)).astype(np.float32)
+    with OnnxRuntimeRunner(model.path) as runner:
+        a = runner.infer({"face": x})["logits"]
+        b = runner.infer({"face": np.ascontiguousarray(x[..., ::-1])})["logits"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_card_parameter_count_is_the_students() -> None:
@@ -65,7 +63,7 @@ def test_card_parameter_count_is_the_students() -> None:
     from edge.zoo.common import count_parameters
     from edge.zoo.face import FaceStudent
 
-    model = FaceStudent()
+    model = FaceStudent(widths=(16, 32, 64, 126), shortcut_bn=True, pool_early=False)  # the mirror-averaged v1
     assert count_parameters(model) == load_model(FOLDER).card.parameters
     assert model.embedding_size == load_model(FOLDER).card.output("embedding").shape[1]
 
@@ -88,3 +86,20 @@ def test_eval_reproduces_the_card(data_dir: Path) -> None:
     assert result["n"] == recorded.values["n"] == 3589
     assert result["accuracy"] == pytest.approx(recorded.values["accuracy"], abs=1e-9)
     assert result["macro_f1"] == pytest.approx(recorded.values["macro_f1"], abs=1e-9)
+
+
+def test_face_fast_is_one_pass_of_vector_width_convolutions() -> None:
+    """models/face_fast runs the face through the student once (models/face concatenates it with its mirror image:
+    twice the work), and every convolution has a multiple of 16 output channels, so ONNX Runtime's NCHWc kernels
+    take all of them; its parameter count is the default recipe's student."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    fast = FOLDER.parent / "face_fast"
+    proto = onnx.load(str(fast / "model.onnx"))
+    assert not [n for n in proto.graph.node if n.op_type in ("Concat", "Slice")]
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]].shape[0] % 16 == 0 for n in convs)
+    card = load_model(fast).card
+    assert card.name == "face_fast" and card.parameters <= 60_000

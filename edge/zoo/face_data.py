@@ -31,9 +31,9 @@ TEACHER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 TEACHER_FILES = ["fer2013_mini_XCEPTION.102-0.66.hdf5", "fer2013_mini_XCEPTION.107-0.66.hdf5",
                  "fer2013_big_XCEPTION.54-0.66.hdf5"]
 TEACHER_SIZE = 64
-# The shipped teachers of the student, in models/face: the mirror-averaged v1 student (also the warm start)
-# and the narrow ResNet-18 (``emoedge train face-teacher``).
-SHIPPED_TEACHERS = ("v1", "teacher")
+# The shipped teachers of the student, in models/face: the mirror-averaged v1 student (models/face itself, also
+# the warm start) and the narrow ResNet-18 (``emoedge train face-teacher``, models/face/teacher).
+SHIPPED_TEACHERS = (".", "teacher")
 
 
 def load_images_cached(root: Path, size: int = DEFAULT_SIZE, labels: list[str] = LABELS) -> tuple[np.ndarray, np.ndarray]:
