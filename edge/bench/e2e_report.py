@@ -3,13 +3,13 @@ comparison with an earlier ``e2e.json`` (``--compare``) that names the stage tha
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.bench.report import read_baseline
 from edge.errors import EmoEdgeError
 
 E2E_SCHEMA = "emoedge-e2e/1"
@@ -80,12 +80,7 @@ def format_result(result: dict[str, Any]) -> str:
 def load_e2e(path: str | os.PathLike[str]) -> dict[str, Any]:
     """An earlier ``e2e.json``, checked to be one."""
     p = Path(path)
-    try:
-        result = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EmoEdgeError(f"{p}: baseline file not found") from None
-    except json.JSONDecodeError as exc:
-        raise EmoEdgeError(f"{p}: not JSON ({exc})") from None
+    result = read_baseline(p)
     if not isinstance(result, dict) or result.get("schema") != E2E_SCHEMA or not isinstance(result.get("sources"), dict):
         raise EmoEdgeError(f"{p}: not an emoedge e2e result (expected a JSON object with schema {E2E_SCHEMA!r} and sources)")
     return result

@@ -155,14 +155,20 @@ def write_csv(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_baseline(path: str | os.PathLike[str]) -> Any:
+    """An earlier run's JSON file (``--compare``), with a clear error when it is missing or not JSON."""
     p = Path(path)
     try:
-        result = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{p}: baseline file not found") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not JSON ({exc})") from None
+
+
+def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    result = read_baseline(p)
     if not isinstance(result, dict) or not str(result.get("schema", "")).startswith("emoedge-bench/") or "rows" not in result:
         raise InputError(f"{p}: not an emoedge bench result (expected a JSON object with schema 'emoedge-bench/1' and rows)")
     return result

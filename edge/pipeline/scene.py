@@ -45,12 +45,7 @@ def scene_loop(worker: SourceWorker) -> None:
     run = worker.run
     assert run.slot is not None and run.scene is not None
     next_at = 0.0
-    while True:
-        got = run.slot.take(timeout=0.1)
-        if got is None:
-            if run.reading_done.is_set():
-                return
-            continue
+    while (got := worker.next_frame()) is not None:
         sample, ready = got
         if time.monotonic() < next_at:
             continue  # between two sampled frames: the newest one waits for its turn

@@ -117,6 +117,14 @@ class SourceWorker:
         else:
             self.window_loop()
 
+    def next_frame(self) -> tuple[Sample, float] | None:
+        """The newest video frame and when it was put in the slot; None once reading has ended."""
+        assert self.run.slot is not None
+        while (got := self.run.slot.take(timeout=0.1)) is None:
+            if self.run.reading_done.is_set():
+                return None
+        return got
+
     def next_batch(self) -> list[tuple[np.ndarray, float, float]] | None:
         """Every window waiting, up to ``max_batch``; None once reading has ended and the queue is empty."""
         run = self.run
@@ -166,12 +174,7 @@ class SourceWorker:
     def face_loop(self) -> None:
         run = self.run
         assert run.slot is not None and run.tracker is not None and run.face_input is not None
-        while True:
-            got = run.slot.take(timeout=0.1)
-            if got is None:
-                if run.reading_done.is_set():
-                    return
-                continue
+        while (got := self.next_frame()) is not None:
             sample, ready = got
             run.frames += 1
             frame = sample.data
