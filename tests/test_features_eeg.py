@@ -52,6 +52,22 @@ def test_band_power_is_rate_independent_and_band_major() -> None:
     assert a.shape == (10,) and a[0] > a[1] and a[7] > a[6]
 
 
+@pytest.mark.parametrize(("shape", "rate", "segment_s"), [((32, 256), 128.0, 1.0), ((3, 14, 301), 100.0, 0.73),
+                                                      ((5, 999), 250.0, 0.5)])
+def test_band_power_equals_scipy_welch(shape: tuple[int, ...], rate: float, segment_s: float) -> None:
+    """The precomputed-plan Welch is scipy.signal.welch's (Hann, 50 % overlap, constant detrend, density, mean),
+    band sums and log included, for even and odd segments, 2-D and batched input."""
+    from scipy.signal import welch
+
+    x = np.random.default_rng(1).standard_normal(shape) * 10
+    nperseg = int(round(segment_s * rate))
+    freqs, psd = welch(x, fs=rate, window="hann", nperseg=nperseg, noverlap=nperseg // 2, axis=-1)
+    df = freqs[1] - freqs[0]
+    bands = [(n, lo, hi) for n, lo, hi in DEAP_BANDS if ((freqs >= lo) & (freqs < hi)).any()]
+    want = np.concatenate([np.log(psd[..., (freqs >= lo) & (freqs < hi)].sum(axis=-1) * df) for _, lo, hi in bands], axis=-1)
+    np.testing.assert_allclose(band_power(x, rate, bands, segment_s), want, rtol=1e-5, atol=1e-5)
+
+
 def test_white_noise_scale() -> None:
     """White noise of variance s^2 has one-sided PSD 2 s^2 / fs, so theta (4 Hz wide) holds 8 s^2 / fs."""
     rng = np.random.default_rng(1)
