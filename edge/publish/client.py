@@ -48,12 +48,13 @@ from edge.estimate import SCHEMA_VERSION, EmotionState, Estimate
 from edge.paths import cache_dir
 from edge.publish.commands import Commands
 from edge.publish.connection import FATAL_CONNACK, BrokerError, CallbackGuard, make_client
-from edge.publish.outbox import Outbox
+from edge.publish.outbox import EvictionReport, Outbox
 from edge.publish.topics import Topics
 from edge.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 EVICTION_REPORT_S = 10.0  # evictions are logged at most this often, and at exit
+ACK_DELETE_S = 0.1  # acknowledged rows are deleted from the outbox in one transaction at most this often
 
 def default_outbox_path(device_id: str) -> Path:
     return cache_dir() / "outbox" / f"{device_id}.sqlite"
@@ -96,7 +97,9 @@ class Publisher:
         self._first_connack = threading.Event()
         self._cond = threading.Condition()
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
-        self._inflight: dict[int, int] = {}  # mid -> outbox row id (owned by the sender thread)
+        self._inflight: dict[int, int] = {}  # mid -> outbox row id (guarded by _send_lock)
+        self._send_lock = threading.Lock()  # one send round at a time: the outbox's order is the order on the wire
+        self._cursor = 0  # the last outbox id handed to paho
         self._draining = False
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
@@ -108,9 +111,7 @@ class Publisher:
         self._disconnected_at: float | None = time.time()
         self._guard = CallbackGuard(log)
         self._last_progress = time.monotonic()  # the last PUBACK, or when the first message went in flight
-        self._evicted_logged = self.outbox.evicted
-        self._pending_evicted = 0
-        self._evicted_report_at = 0.0
+        self._evictions = EvictionReport(self.outbox, log, EVICTION_REPORT_S)
         self._client = self._make_client()
 
     @property
@@ -237,40 +238,71 @@ class Publisher:
 
     # --- the sender thread ------------------------------------------------------------------
     def _send_loop(self) -> None:
-        cursor = 0
+        acked: list[int] = []
+        deleted_at = time.monotonic()
         while True:
             with self._cond:
                 self._cond.wait(0.2)
-            self._take_acks()
-            if self._stopping.is_set():
+            with self._send_lock:
+                acked += self._take_acks()  # frees room in the window now; the rows are deleted below
+                stopping = self._stopping.is_set()
+                if not stopping and self._may_send():
+                    self._send_round()
+            # Deleting what the broker already has is on nobody's path: batched (one transaction a tenth of a
+            # second, not one a PUBACK), so that the pipeline's put() seldom waits for the outbox's lock.
+            if acked and (stopping or time.monotonic() - deleted_at >= ACK_DELETE_S):
+                self.outbox.ack(acked)
+                acked, deleted_at = [], time.monotonic()
+            if stopping:
                 return
-            self._log_evictions()
-            if not self.connected.is_set():
-                self._last_progress = time.monotonic()
-                continue
-            if not self._inflight:
-                self._last_progress = time.monotonic()
-            elif time.monotonic() - self._last_progress > self.config.ack_timeout_s:
-                self._reconnect_stalled()
-                continue
-            if self._draining:
-                if self._inflight:
-                    continue
-                self._draining = False
-            room = self._room - len(self._inflight)
-            if room <= 0:
-                continue
-            for row in self.outbox.after(cursor, room):
-                payload = row.payload[:-1] + b',"pub_ts":' + f"{time.time():.6f}".encode() + b"}"
-                info = self._client.publish(row.topic, payload, qos=row.qos, retain=row.retain)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    log.warning("publish to %s failed (%s); will retry", row.topic, mqtt.error_string(info.rc))
-                    break  # not queued by paho: send it again next round
-                self._inflight[info.mid] = row.id
-                cursor = self.outbox.sent_upto = row.id
-                self._counts["sent"] += 1
-                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    break  # paho keeps it and re-sends after the reconnect
+
+    def _may_send(self) -> bool:
+        """The sender thread's checks before a round: connected, not stalled, not re-sending after a reconnect."""
+        self._evictions.log()
+        if not self.connected.is_set():
+            self._last_progress = time.monotonic()
+            return False
+        if not self._inflight:
+            self._last_progress = time.monotonic()
+        elif time.monotonic() - self._last_progress > self.config.ack_timeout_s:
+            self._reconnect_stalled()
+            return False
+        if self._draining:
+            if self._inflight:
+                return False
+            self._draining = False
+        return True
+
+    def _send_round(self) -> None:
+        """Hand what the window has room for to paho, oldest first (the caller holds ``_send_lock``)."""
+        room = self._room - len(self._inflight)
+        if room <= 0:
+            return
+        if not self._inflight:
+            self._last_progress = time.monotonic()  # the stall clock starts with the first message in flight
+        for row in self.outbox.after(self._cursor, room):
+            payload = row.payload[:-1] + b',"pub_ts":' + f"{time.time():.6f}".encode() + b"}"
+            info = self._client.publish(row.topic, payload, qos=row.qos, retain=row.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.warning("publish to %s failed (%s); will retry", row.topic, mqtt.error_string(info.rc))
+                break  # not queued by paho: send it again next round
+            self._inflight[info.mid] = row.id
+            self._cursor = self.outbox.sent_upto = row.id
+            self._counts["sent"] += 1
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                break  # paho keeps it and re-sends after the reconnect
+
+    def _send_or_wake(self) -> None:
+        """After a put: send from the calling thread when connected and no round is running (one thread hand-off
+        less on the way to the broker); otherwise the sender thread does it."""
+        if self.connected.is_set() and not self._draining and not self._stopping.is_set() \
+                and self._send_lock.acquire(blocking=False):
+            try:
+                self._send_round()
+            finally:
+                self._send_lock.release()
+        else:
+            self._wake()
 
     def _reconnect_stalled(self) -> None:
         """Connected, yet nothing acknowledged for ack_timeout_s: close the socket so that paho reconnects and re-sends."""
@@ -289,27 +321,13 @@ class Publisher:
         except OSError:
             pass
 
-    def _log_evictions(self, final: bool = False) -> None:
-        """Evictions are data lost: logged once per interval while they happen, and at exit."""
-        evicted = self.outbox.evicted
-        if evicted > self._evicted_logged:
-            self._pending_evicted += evicted - self._evicted_logged
-            self._evicted_logged = evicted
-        if not self._pending_evicted:
-            return
-        now = time.monotonic()
-        if not final and now - self._evicted_report_at < EVICTION_REPORT_S:
-            return
-        log.warning("outbox full (%d messages): %d oldest message(s) evicted%s (%d in all)", self.outbox.max_messages,
-                    self._pending_evicted, " since the last report" if self._evicted_report_at else "", evicted)
-        self._pending_evicted, self._evicted_report_at = 0, now
-
     @property
     def evicted(self) -> int:
         """Messages evicted from the full outbox, in all (persisted across restarts); still known after stop()."""
-        return self._evicted_logged
+        return self._evictions.seen
 
-    def _take_acks(self) -> None:
+    def _take_acks(self) -> list[int]:
+        """The outbox ids the broker acknowledged since the last call, taken out of the in-flight window."""
         done: list[int] = []
         while self._acks:
             mid, failed = self._acks.popleft()
@@ -320,7 +338,7 @@ class Publisher:
                 self._counts["rejected"] += 1
             self._counts["acked"] += 1
             done.append(row)
-        self.outbox.ack(done)
+        return done
 
     # --- what the pipeline calls -----------------------------------------------------------
     def publish_estimate(self, estimate: Estimate) -> int:
@@ -329,7 +347,7 @@ class Publisher:
             estimate.source, self.topics.estimate(estimate.source), estimate.payload(self.device_id),
             qos=self.config.qos.estimate,
         )
-        self._wake()
+        self._send_or_wake()
         return seq
 
     def publish_explanation(self, source: str, seq: int, payload: dict[str, Any]) -> int:
@@ -337,7 +355,7 @@ class Publisher:
         body = {"v": 1, "device": self.device_id, **payload}
         seq = self.outbox.put(f"{source}:explanation", self.topics.explanation(source), body,
                               qos=self.config.qos.estimate, seq=seq)
-        self._wake()
+        self._send_or_wake()
         return seq
 
     def publish_state(self, state: EmotionState) -> int:
@@ -346,7 +364,7 @@ class Publisher:
             "state", self.topics.state, state.payload(self.device_id), qos=self.config.qos.state, retain=True,
             replace_unsent=True,
         )
-        self._wake()
+        self._send_or_wake()
         return seq
 
     def publish_stats(self, stats: dict[str, Any]) -> bool:
@@ -427,5 +445,5 @@ class Publisher:
         self._client.disable_logger()  # paho's loop logs a spurious "not connected" error while it winds down
         self._client.disconnect()
         self._client.loop_stop()
-        self._log_evictions(final=True)
+        self._evictions.log(final=True)
         self.outbox.close()
