@@ -217,7 +217,7 @@ def _start_broker(tmp: Path) -> tuple[str, Any]:
 
 def measure_e2e(
     duration: float = 20.0, video: str | None = None, models: str | None = None, broker_url: str | None = None,
-    faces: bool = True, warmup: float = 2.0,
+    faces: bool = True, warmup: float = 2.0, face_model: str = "face",
 ) -> dict[str, Any]:
     """Run the bridge for ``duration`` seconds and return latency percentiles per source (see module doc)."""
     from edge.config import DeviceConfig
@@ -226,7 +226,7 @@ def measure_e2e(
     from edge.publish import Publisher
 
     root = models_dir(models)
-    wanted = {"eeg": "eeg", "speech": "speech"} | ({"face": "face"} if faces else {})
+    wanted = {"eeg": "eeg", "speech": "speech"} | ({face_model: face_model} if faces else {})
     missing = [m for m in wanted if not (root / m / "card.toml").exists()]
     if missing:
         raise EmoEdgeError(f"the e2e bench runs the shipped models; missing in {root}: {', '.join(missing)}")
@@ -243,7 +243,7 @@ def measure_e2e(
         {"name": "mic", "kind": "replay", "path": "speech_demo.wav", "model": "speech", "hop_s": 0.25},
     ]
     if faces:
-        sources.append({"name": "camera", "kind": "camera", "model": "face", "device": "bench", "detect_every": 5})
+        sources.append({"name": "camera", "kind": "camera", "model": face_model, "device": "bench", "detect_every": 5})
     config = DeviceConfig.model_validate({
         "device_id": "e2e",
         "mqtt": {"url": broker_url, "protocol": protocol, "outbox": {"path": str(tmp / "outbox.sqlite")},
@@ -313,6 +313,7 @@ def measure_e2e(
         rec1, est1, skip1, face1 = after[name]
         entry: dict[str, Any] = {
             "estimates": int(lat.size), **percentiles(lat),
+            "model": next(s["model"] for s in sources if s["name"] == name),
             "precision": (precisions[name] or {}).get("active"),
             "max_ms": round(float(lat.max()), 2) if lat.size else None,
             "lost": (max(seqs) + 1 - len(set(seqs))) if seqs else 0,
@@ -357,6 +358,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured (after a 2 s warm-up)")
     parser.add_argument("--video", help="faces from this video file (default: frames made here)")
     parser.add_argument("--no-faces", action="store_true", help="EEG and audio only")
+    parser.add_argument("--face-model", default="face", metavar="NAME",
+                        help="the camera's model folder under --models (default: face; face_fast runs one pass a face)")
     parser.add_argument("--models", help="model folder (default: models/ or EMOEDGE_MODELS)")
     parser.add_argument("--mqtt", help="an existing broker (default: start Mosquitto, else the embedded broker)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -371,7 +374,7 @@ def run_e2e(args: argparse.Namespace) -> int:
     """Entry point for ``emoedge bench e2e``."""
     baseline = load_e2e(args.compare) if args.compare else None  # a bad baseline fails before the 20 s run
     result = measure_e2e(duration=args.duration, video=args.video, models=args.models, broker_url=args.mqtt,
-                         faces=not args.no_faces)
+                         faces=not args.no_faces, face_model=args.face_model)
     text = format_result(result)
     print(json.dumps(result, indent=2) if args.json else text)
     out = Path(args.out) if args.out else None

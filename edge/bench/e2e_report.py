@@ -62,8 +62,7 @@ def format_result(result: dict[str, Any]) -> str:
     for name, e in result["sources"].items():
         note = (f"{e['frames_processed_fps']} of {e['frames_in_fps']} frames/s processed, {e['faces_per_s']} faces/s"
                 if name == "camera" else f"{e['samples_per_s']} samples/s")
-        if e.get("precision"):
-            note += f", {e['precision']}"
+        note += "".join(f", {e[k]}" for k in ("model", "precision") if e.get(k))
         lines.append(f"{name:<8} {e['estimates']:>9} {e['p50_ms']!s:>8} {e['p99_ms']!s:>8} {e['max_ms']!s:>8}  {note}")
     lines.append("")
     lines.append("per stage, p50 / p99 ms (publish = outbox + network):")
