@@ -170,6 +170,16 @@ def test_agreement_threshold_allows_sampling_noise_but_not_a_collapse() -> None:
     assert agreement_threshold(0.97, 3589) > 0.94 > 0.52  # the AVX2 face failure is far below
 
 
+def test_a_gate_sample_of_100_percent_allows_one_miss_in_32_but_not_three() -> None:
+    """Speech FP16 on an AVX2 machine: the gate saw 100% on 266 windows; 31 of 32 live windows agreed (a near
+    tie), which the old bar of 98% failed. The gate's own sample size now counts; a real collapse still fails."""
+    bar = agreement_threshold(1.0, 32, gate_n=266)
+    assert 30 / 32 < bar < 31 / 32
+    assert agreement_threshold(1.0, 32) == pytest.approx(0.98)  # no gate sample given (an FP32 engine): as before
+    assert agreement_threshold(0.97, 3589, gate_n=3589) == pytest.approx(0.95)  # the AVX2 INT8 collapse (0.52) fails
+    assert agreement_threshold(1.0, 5000, gate_n=5000) == pytest.approx(0.98)  # large samples: the 2-point floor
+
+
 def test_the_bridge_falls_back_to_fp32_and_says_why_in_stats_status_and_doctor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mosquitto: Mosquitto
 ) -> None:

@@ -63,6 +63,7 @@ class _Candidate:
     model: Model
     expected: float  # top-1 agreement with FP32 recorded where it was made (1.0 for an FP32 engine)
     runner: Runner | None = None
+    gate_n: int | None = None  # the samples the gate measured ``expected`` on (None: exact, an FP32 engine)
     label: str = ""
     sha256: str = ""  # of the artifact checked: the ONNX file, or the engine file
     identity: dict[str, str] = field(default_factory=dict)
@@ -117,7 +118,7 @@ class CheckedRunner(Runner):
                     self.problems[precision] = str(exc)
                     log.warning("%s: %s not used: %s", self.fp32.name, precision, exc)
                 continue
-            self._candidates.append(_Candidate(model, float(record.top1_agreement)))
+            self._candidates.append(_Candidate(model, float(record.top1_agreement), gate_n=record.n))
 
     # --- what is in use --------------------------------------------------------------------------
     @property
@@ -226,7 +227,7 @@ class CheckedRunner(Runner):
         return True
 
     def _verdict(self, cand: _Candidate, agreement: float, loss: float | None, n: int, data: str) -> Verdict:
-        threshold = agreement_threshold(cand.expected, n)
+        threshold = agreement_threshold(cand.expected, n, cand.gate_n)
         passed = agreement >= threshold
         reason = "" if passed else (
             f"agreement {agreement * 100:.1f}% is below {threshold * 100:.1f}% (the gate recorded "

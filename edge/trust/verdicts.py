@@ -147,9 +147,18 @@ def gate_record(card: ModelCard, precision: str, sha256: str) -> ArtifactRecord:
     )
 
 
-def agreement_threshold(expected: float, n: int) -> float:
-    """The lowest agreement on ``n`` samples consistent with ``expected``: three standard errors, at least 2 points."""
-    spread = 3.0 * math.sqrt(max(expected * (1.0 - expected), 1e-4) / max(n, 1))
+def agreement_threshold(expected: float, n: int, gate_n: int | None = None) -> float:
+    """The lowest agreement on ``n`` samples consistent with ``expected``: three standard errors, at least 2 points.
+
+    ``gate_n``: the samples ``expected`` was measured on, itself a sample. 100% on 266 windows does not mean
+    that no window ever disagrees (one in ~270 is as likely), and with 32 live windows a single disagreement
+    (96.9%) then failed a sound FP16 against a 98% bar on an AVX2 machine. With it, the disagreement rate is
+    at least one in ``gate_n + 2`` and both samples' errors count."""
+    if gate_n:
+        p = min(expected, 1.0 - 1.0 / (gate_n + 2))
+        spread = 3.0 * math.sqrt(p * (1.0 - p) * (1.0 / max(n, 1) + 1.0 / gate_n))
+    else:
+        spread = 3.0 * math.sqrt(max(expected * (1.0 - expected), 1e-4) / max(n, 1))
     return max(0.0, expected - max(MIN_MARGIN, spread))
 
 
