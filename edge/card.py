@@ -193,6 +193,9 @@ class GraphSpec(_Strict):
     parameters: int = Field(ge=0)
     flops: int | None = Field(default=None, ge=0, description="multiply-adds x 2 of one run (one token for a decoder)")
     params: dict[str, Any] = Field(default_factory=dict, description="e.g. vocabulary file, layers, heads, length cap")
+    artifacts: list[ArtifactRecord] = Field(
+        default_factory=list, description="this graph's FP16/INT8 files and their gates (edge.export.quantize_decoder)"
+    )
 
 
 class ModelCard(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ class SceneModel:
 
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
                  max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
-                 guidance: float | None = None, encoder: Any = None) -> None:
+                 guidance: float | None = None, encoder: Any = None, decoder_path: Path | None = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -54,6 +55,7 @@ class SceneModel:
         self.max_tokens = max_tokens if max_tokens is not None else int(p.get("max_tokens", 24))
         self.block_copies = block_copies
         self.decoder_precision = decoder_precision
+        self.decoder_path = decoder_path  # a decoder file to run instead of the card's (the quantization gate's candidate)
         self.guidance = guidance
         self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
         self._stack = ExitStack()
@@ -71,9 +73,11 @@ class SceneModel:
         if self.spec is not None:
             folder = self.model.folder
             p = self.spec.params
-            path = folder / artifact_name(self.spec.name, self.decoder_precision)
+            path = self.decoder_path or folder / artifact_name(self.spec.name, self.decoder_precision)
             if not path.is_file():
                 raise ModelError(f"{path}: the scene decoder is missing")
+            if self.decoder_path is None and self.decoder_precision != "fp32":
+                self._check_decoder_artifact(path)
             self.vocab = Vocab.load(folder / p.get("vocab", "vocab.txt"))
             hashes = load_hashes(folder / p.get("train_hashes", "train_hashes.npy")) if self.block_copies else set()
             self.decoder_runner = self._stack.enter_context(OnnxRuntimeRunner(path, threads=self.threads))
@@ -81,6 +85,19 @@ class SceneModel:
                                         int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam,
                                         guidance=self.guidance if self.guidance is not None else float(p.get("guidance", 0.0)))
         return self
+
+    def _check_decoder_artifact(self, path: Path) -> None:
+        """An FP16/INT8 decoder runs only as the file its gate passed (``emoedge quantize scene --graph decoder``)."""
+        from edge.card import sha256_file
+
+        assert self.spec is not None
+        record = next((a for a in self.spec.artifacts if a.precision == self.decoder_precision), None)
+        if record is None or not record.passed:
+            raise ModelError(f"{path}: no passed gate record for the {self.decoder_precision} decoder in "
+                             f"{self.model.card_path} (emoedge quantize {self.model.name} --graph decoder "
+                             f"--precision {self.decoder_precision} --data ...)")
+        if sha256_file(path) != record.sha256:
+            raise ModelError(f"{path}: sha256 differs from the gate's record in {self.model.card_path}; remake it")
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()

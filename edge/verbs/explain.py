@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--model", default="scene", help="model name or folder (default: scene)")
     parser.add_argument("--models", help="models folder")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--decoder-precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="the decoder file to run (FP16/INT8 only as gated: emoedge quantize scene --graph decoder)")
     parser.add_argument("--beam", type=int, help="beam width (default: the card's; 1 = greedy)")
     parser.add_argument("--max-tokens", type=int, help="length cap (default: the card's, 24)")
     parser.add_argument("--threads", type=int, default=1)
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, precision=args.precision, models=args.models)
     failed = 0
-    with SceneModel(model, threads=args.threads, beam=args.beam, max_tokens=args.max_tokens) as scene:
+    with SceneModel(model, threads=args.threads, beam=args.beam, max_tokens=args.max_tokens,
+                    decoder_precision=args.decoder_precision) as scene:
         for path in args.images:
             try:
                 image = load_image(path)

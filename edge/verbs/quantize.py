@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--calibration", help="calibration folder (default: calibration/, or EMOEDGE_CALIBRATION)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="the gate's result as one JSON object")
+    parser.add_argument("--graph", default=None, metavar="NAME",
+                        help="a model's second graph (scene: decoder), gated on whole explanations of --data's held-out "
+                             "images (token agreement, emotion consistency; edge.export.quantize_decoder)")
     parser.set_defaults(func=run)
 
 
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from edge.verbs.calibrate import recorded_command
 
     command = recorded_command("quantize", f"emoedge quantize {args.name} --precision {args.precision}")
+    if args.graph is not None:
+        return _run_graph(args, command)
     outcome = quantize_model(
         args.name, args.precision, method=args.method, op_types=args.op_types, data_dir=args.data, split=args.split, limit=args.limit,
         models=args.models, calibration=args.calibration, command=command, threads=args.threads,
@@ -63,4 +68,26 @@ def run(args: argparse.Namespace) -> int:
         if not outcome.kept_previous:
             print(f"refusal recorded in {outcome.model.card_path}", file=sys.stderr)
         outcome.raise_for_gate()
+    return 0
+
+
+def _run_graph(args: argparse.Namespace, command: str) -> int:
+    """``--graph decoder``: the scene decoder's FP16/INT8 through its text gate."""
+    from edge.errors import InputError
+    from edge.export.gate import GateFailed
+    from edge.export.quantize_decoder import quantize_decoder
+
+    if args.graph != "decoder":
+        raise InputError(f"--graph {args.graph}: only a scene model's 'decoder' has a gate of its own")
+    gate, record, path = quantize_decoder(args.name, args.precision, args.data, limit=args.limit, models=args.models,
+                                          threads=args.threads or 1, command=command)
+    if args.json:
+        print(json.dumps(record.model_dump(mode="json", exclude_none=True), indent=2))
+    else:
+        print(gate.describe(f"{args.precision} decoder of {args.name}"))
+        for fp32, other in gate.examples:
+            print(f"  fp32: {fp32}\n  {args.precision}: {other}")
+        print(f"wrote {path}" if path is not None else "refused: no file written; the refusal is in the card")
+    if not gate.passed:
+        raise GateFailed(f"the {args.precision} decoder of {args.name} did not pass its gate")
     return 0
