@@ -228,3 +228,40 @@ def test_pipeline_scene_source_shares_the_camera_and_explains_with_the_estimates
         assert done.wait(60), pipe.stats()
     for ts, payload in explained:
         assert ts in estimates and payload["source"] == "scene" and payload["text"] and payload["tokens"] <= 24
+
+
+def test_sharpening_the_conditioning_probabilities() -> None:
+    """sharpen p raises cond's emotion probabilities to p (renormalised) and leaves the rest of cond alone."""
+    from edge.scene.decode import SceneDecoder
+    from edge.scene.text import Vocab
+
+    seen: list[np.ndarray] = []
+
+    class Runner:
+        def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            seen.append(feed["cond"].copy())
+            n = feed["tokens"].shape[0]
+            logits = np.zeros((n, 1, 6), np.float32)
+            logits[:, :, 2] = 10.0  # EOS at once
+            past = np.zeros((n, 1, feed["past_key_0"].shape[2] + 1, 2), np.float32)
+            return {"logits": logits, "present_key_0": past, "present_value_0": past}
+
+    cond = np.r_[[0.4, 0.3, 0.1, 0.1, 0.05, 0.03, 0.02], [0.5, -0.5], np.ones(4)].astype(np.float32)
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "."])
+    SceneDecoder(Runner(), vocab, 1, 1, 2, min_tokens=0, sharpen=3.0).explain(cond)
+    want = cond[:7] ** 3 / np.sum(cond[:7] ** 3)
+    assert np.allclose(seen[0][0, :7], want, atol=1e-6) and np.allclose(seen[0][0, 7:], cond[7:])
+    seen.clear()
+    SceneDecoder(Runner(), vocab, 1, 1, 2, min_tokens=0).explain(cond)
+    assert np.allclose(seen[0][0], cond)
+
+
+@needs_model
+def test_arousal_stack_in_the_shipped_encoder() -> None:
+    """Where the training log records a written arousal stack, the encoder graph carries it (and only then)."""
+    import onnx
+
+    log = json.loads((SCENE / "training.json").read_text(encoding="utf-8"))
+    nodes = [n.name for n in onnx.load(str(SCENE / "encoder.onnx")).graph.node]
+    written = bool((log.get("arousal_stack") or {}).get("written"))
+    assert any(n.startswith("arousal_stack") for n in nodes) == written

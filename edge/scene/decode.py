@@ -53,7 +53,7 @@ class SceneDecoder:
 
     def __init__(self, runner: Any, vocab: Vocab, layers: int, heads: int, head_dim: int,
                  train_hashes: set[int] | None = None, max_tokens: int = MAX_TOKENS, beam: int = 1,
-                 min_tokens: int = 4, guidance: float = 0.0) -> None:
+                 min_tokens: int = 4, guidance: float = 0.0, sharpen: float = 1.0) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         self.runner, self.vocab = runner, vocab
@@ -62,6 +62,7 @@ class SceneDecoder:
         self.max_tokens, self.beam, self.min_tokens = max_tokens, max(1, beam), min_tokens
         self.end_ids = {vocab.ids[p] for p in ENDS if p in vocab.ids}
         self.guidance = guidance
+        self.sharpen = sharpen  # cond's emotion probabilities raised to this power (renormalised) before decoding
         # words that may not come twice in one sentence: all but short function words and punctuation
         self.once = np.array([len(t) > 3 and t.isalpha() for t in vocab.tokens])
 
@@ -104,6 +105,10 @@ class SceneDecoder:
     def explain(self, cond: np.ndarray) -> Explanation:
         """One explanation for one image's ``cond`` (shape (265,) or (1, 265))."""
         cond = np.asarray(cond, np.float32).reshape(1, -1)
+        if self.sharpen != 1.0:  # held-out images' probabilities are flatter than the training images' the decoder saw
+            cond = cond.copy()
+            p = np.maximum(cond[:, :7], 1e-12) ** self.sharpen
+            cond[:, :7] = p / p.sum(1, keepdims=True)
         k = self.beam
         past = [np.zeros((1, self.heads, 0, self.head_dim), np.float32) for _ in range(2 * self.layers)]
         beams: list[tuple[list[int], float]] = [([BOS], 0.0)]

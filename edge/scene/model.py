@@ -46,7 +46,8 @@ class SceneModel:
 
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
                  max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
-                 guidance: float | None = None, encoder: Any = None, decoder_path: Path | None = None) -> None:
+                 guidance: float | None = None, encoder: Any = None, sharpen: float | None = None,
+                 decoder_path: Path | None = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -57,6 +58,7 @@ class SceneModel:
         self.decoder_precision = decoder_precision
         self.decoder_path = decoder_path  # a decoder file to run instead of the card's (the quantization gate's candidate)
         self.guidance = guidance
+        self.sharpen = sharpen
         self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
         self._stack = ExitStack()
         self.encoder: Any = encoder  # an active runner of the encoder (the pipeline's checked one), else opened here
@@ -83,7 +85,8 @@ class SceneModel:
             self.decoder_runner = self._stack.enter_context(OnnxRuntimeRunner(path, threads=self.threads))
             self.decoder = SceneDecoder(self.decoder_runner, self.vocab, int(p["layers"]), int(p["heads"]),
                                         int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam,
-                                        guidance=self.guidance if self.guidance is not None else float(p.get("guidance", 0.0)))
+                                        guidance=self.guidance if self.guidance is not None else float(p.get("guidance", 0.0)),
+                                        sharpen=self.sharpen if self.sharpen is not None else float(p.get("sharpen", 1.0)))
         return self
 
     def _check_decoder_artifact(self, path: Path) -> None:

@@ -97,7 +97,9 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                f"{' (' + log['linear_probe']['note'] + ')' if log['linear_probe'].get('note') else ''}. "
                f"ORT vs torch max abs difference: "
                f"{exp['max_abs_diff']}. Decoder: {log.get('decoder_data')}; recipe {log.get('decoder_recipe')}; "
-               f"decoding guidance chosen on training images: {log.get('guidance')}."),
+               f"decoding guidance chosen on training images: {log.get('guidance')}."
+               + (f" Arousal stack (edge.zoo.scene.arousal_stack, --set stage=arousal): {log['arousal_stack']}."
+                  if log.get("arousal_stack") else "")),
         graphs=[GraphSpec.model_validate(g) for g in log.get("graphs", [])],
         explain=log.get("explain", {}),
     )
@@ -108,3 +110,40 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
         old = load_card(previous)
         card.metrics, card.artifacts, card.confidence, card.ood = old.metrics, old.artifacts, old.confidence, old.ood
     return write_card(card, out)
+
+
+def add_arousal_stack(path: Path, weight: Any, bias: float) -> None:
+    """Rewrite encoder.onnx so that its arousal is clip(w . [softmax(logits), va] + b, -1, 1) (valence unchanged):
+    a linear stack fitted on out-of-fold outputs (``edge.zoo.scene.arousal_stack``). Refuses a graph that has one."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edge.errors import ModelError
+
+    proto = onnx.load(str(path))
+    g = proto.graph
+    if any(n.name.startswith("arousal_stack") for n in g.node):
+        raise ModelError(f"{path}: already has an arousal stack (train the encoder again first)")
+    for node in g.node:
+        node.output[:] = ["va_raw" if o == "va" else o for o in node.output]
+        node.input[:] = ["va_raw" if i == "va" else i for i in node.input]
+    w = np.asarray(weight, np.float32).reshape(9, 1)
+    g.initializer.extend([numpy_helper.from_array(w, "arousal_stack_w"),
+                          numpy_helper.from_array(np.array([bias], np.float32), "arousal_stack_b"),
+                          numpy_helper.from_array(np.array([-1.0], np.float32)[0], "arousal_stack_lo"),
+                          numpy_helper.from_array(np.array([1.0], np.float32)[0], "arousal_stack_hi"),
+                          numpy_helper.from_array(np.array([0], np.int64), "arousal_stack_s0"),
+                          numpy_helper.from_array(np.array([1], np.int64), "arousal_stack_s1")])
+    n = "arousal_stack"
+    g.node.extend([
+        helper.make_node("Softmax", ["logits"], [f"{n}_p"], name=f"{n}_softmax", axis=1),
+        helper.make_node("Concat", [f"{n}_p", "va_raw"], [f"{n}_x"], name=f"{n}_concat", axis=1),
+        helper.make_node("MatMul", [f"{n}_x", f"{n}_w"], [f"{n}_m"], name=f"{n}_matmul"),
+        helper.make_node("Add", [f"{n}_m", f"{n}_b"], [f"{n}_a"], name=f"{n}_add"),
+        helper.make_node("Clip", [f"{n}_a", f"{n}_lo", f"{n}_hi"], [f"{n}_c"], name=f"{n}_clip"),
+        helper.make_node("Slice", ["va_raw", f"{n}_s0", f"{n}_s1", f"{n}_s1"], [f"{n}_v"], name=f"{n}_valence"),
+        helper.make_node("Concat", [f"{n}_v", f"{n}_c"], ["va"], name=f"{n}_va", axis=1),
+    ])
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))

@@ -21,7 +21,28 @@ DECODER_RECIPE: dict[str, Any] = {
     "dec_epochs": 12, "dec_batch": 48, "dec_lr": 2e-3, "vad_weight": 0.5, "contrastive_weight": 0.1,
     "dec_d": 192, "dec_layers": 3, "dec_heads": 4, "dec_ff": 576, "artemis_pairings": 2, "emo_drop": 0.25,
     "guidance_grid": "0,1,2,3",
+    "dec_oof": False,  # true: the decoder's image conditions, and the decoding choice, from out-of-fold encoder outputs
+    "sharpen_grid": "1",  # powers of the conditioning probabilities tried with each guidance (edge.scene.decode)
 }
+
+
+def train_conds(root: Path, out: Path, recipe: dict[str, Any], seed: int, log: dict[str, Any], e6_all: list[SceneItem],
+                oa_all: list[SceneItem]) -> np.ndarray | None:
+    """The conditions of the training images (Emotion6's then OASIS's train parts) with out-of-fold emotion
+    probabilities, valence and arousal, or None when the recipe does not ask for them."""
+    from edge.scene.data import is_held_out
+    from edge.zoo.scene import out_of_fold
+
+    if not recipe.get("dec_oof"):
+        return None
+    enc_recipe = dict(recipe, **{k: v for k, v in (log.get("recipe") or {}).items() if k in ("epochs", "folds", "lr", "va_weight")})
+    oof = out_of_fold(root, enc_recipe, seed)
+    idx = [i for i, it in enumerate(e6_all) if not is_held_out("emotion6", it.key)]
+    idx += [len(e6_all) + i for i, it in enumerate(oa_all) if not is_held_out("oasis", it.key)]
+    # the embedding stays the shipped encoder's: each fold's top has its own hidden basis, which the decoder never sees
+    train_items = [it for it in e6_all if not is_held_out("emotion6", it.key)] + [it for it in oa_all if not is_held_out("oasis", it.key)]
+    embedding = encoder_outputs(out / "encoder.onnx", train_items)["embedding"]
+    return condition(probs_of(oof["logits"][idx]), oof["va"][idx], embedding)
 
 
 def encoder_outputs(encoder_path: Path, items: list[SceneItem], show: bool = False) -> dict[str, np.ndarray]:
@@ -98,8 +119,10 @@ def train_decoder(root: Path, out: Path, recipe: dict[str, Any], seed: int, log:
     rng = np.random.default_rng(seed)
     e6_all, oa_all = read_emotion6(root / "emotion6_256"), read_oasis(root / "oasis_256")
     e6, oa = split("emotion6", e6_all, "train"), split("oasis", oa_all, "train")
-    enc = encoder_outputs(out / "encoder.onnx", e6 + oa, show)
-    conds = condition(probs_of(enc["logits"]), enc["va"], enc["embedding"])
+    conds = train_conds(root, out, recipe, seed, log, e6_all, oa_all)
+    if conds is None:
+        enc = encoder_outputs(out / "encoder.onnx", e6 + oa, show)
+        conds = condition(probs_of(enc["logits"]), enc["va"], enc["embedding"])
     e6_conds, oa_conds = conds[:len(e6)], conds[len(e6):]
     art = [(s, lab) for s, lab, _ in artemis_sentences(root / "artemis_text_1k" / "1k_batch.csv")]
     art = [(s, lab) for s, lab in art if 4 <= len(s.split()) <= MAX_TOKENS - 2]
@@ -165,30 +188,45 @@ def train_decoder(root: Path, out: Path, recipe: dict[str, Any], seed: int, log:
 
 
 def choose_guidance(root: Path, out: Path, recipe: dict[str, Any], seed: int, log: dict[str, Any], count: int = 120) -> float:
-    """The decoding guidance weight, chosen on training images (a seeded slice of Emotion6's and OASIS's train
-    parts, never the held-out ones) by the text scorer's agreement with the predicted emotion."""
+    """The decoding guidance weight (and the probabilities' sharpening power), chosen on training images (a seeded
+    slice of Emotion6's and OASIS's train parts, never the held-out ones) by the text scorer's agreement with the
+    predicted emotion. With ``dec_oof`` the images' conditions are their out-of-fold encoder outputs (what a
+    held-out image looks like to the decoder); otherwise the shipped encoder's."""
     from edge.card import load_model
     from edge.scene.model import SceneModel
     from edge.scene.textmetrics import distinct_n
 
     rng = np.random.default_rng(seed)
-    e6 = split("emotion6", read_emotion6(root / "emotion6_256"), "train")
-    oa = split("oasis", read_oasis(root / "oasis_256"), "train")
-    items = [e6[i] for i in rng.choice(len(e6), size=min(count, len(e6)), replace=False)]
-    items += [oa[i] for i in rng.choice(len(oa), size=min(count // 3, len(oa)), replace=False)]
+    e6_all, oa_all = read_emotion6(root / "emotion6_256"), read_oasis(root / "oasis_256")
+    e6, oa = split("emotion6", e6_all, "train"), split("oasis", oa_all, "train")
+    pick_e6 = rng.choice(len(e6), size=min(count, len(e6)), replace=False)
+    pick_oa = rng.choice(len(oa), size=min(count // 3, len(oa)), replace=False)
+    items = [e6[i] for i in pick_e6] + [oa[i] for i in pick_oa]
+    oof = train_conds(root, out, recipe, seed, log, e6_all, oa_all)
     scorer = TextEmotionScorer.load(out / "scorer.npz", Vocab.load(out / "vocab.txt"))
     table: dict[str, dict[str, float]] = {}
-    grid = [float(g) for g in str(recipe["guidance_grid"]).split(",") if g.strip()]
+    grid = [(float(g), float(p)) for g in str(recipe["guidance_grid"]).split(",") if g.strip()
+            for p in str(recipe.get("sharpen_grid", "1")).split(",") if p.strip()]
     model = load_model(out)
-    for g in grid:
-        with SceneModel(model, threads=1, guidance=g) as scene:
-            ests = [scene.estimate(load_image(it.path)) for it in items]
-            texts = [scene.explain(e).text for e in ests]
-        agree = float(np.mean(scorer.probabilities(texts).argmax(1) == np.array([e.probs.argmax() for e in ests])))
-        table[str(g)] = {"emotion_consistency": round(agree, 4), "distinct_2": round(distinct_n(texts), 4)}
-        print(f"guidance {g}: {table[str(g)]}", flush=True)
-    best = max(grid, key=lambda g: table[str(g)]["emotion_consistency"])
-    log["guidance"] = {"chosen": best, "on": f"{len(items)} training images (seed {seed})", "grid": table}
+    conds: Any = None
+    if oof is not None:
+        conds = np.concatenate([oof[pick_e6], oof[len(e6) + pick_oa]])
+    for g, p in grid:
+        with SceneModel(model, threads=1, guidance=g, sharpen=p) as scene:
+            if conds is None:
+                ests = [scene.estimate(load_image(it.path)) for it in items]
+                conds = np.stack([e.cond for e in ests])
+            assert scene.decoder is not None
+            texts = [scene.decoder.explain(c).text for c in conds]
+        agree = float(np.mean(scorer.probabilities(texts).argmax(1) == conds[:, :7].argmax(1)))
+        name = str(g) if p == 1.0 else f"{g}, sharpen {p}"
+        table[name] = {"emotion_consistency": round(agree, 4), "distinct_2": round(distinct_n(texts), 4)}
+        print(f"guidance {name}: {table[name]}", flush=True)
+    best = max(grid, key=lambda gp: table[str(gp[0]) if gp[1] == 1.0 else f"{gp[0]}, sharpen {gp[1]}"]["emotion_consistency"])
+    log["guidance"] = {"chosen": best[0], "sharpen": best[1], "on": f"{len(items)} training images (seed {seed})"
+                       + (", out-of-fold encoder outputs" if oof is not None else ""), "grid": table}
     for spec in log.get("graphs", []):
-        spec["params"]["guidance"] = best
-    return best
+        spec["params"]["guidance"] = best[0]
+        if best[1] != 1.0:
+            spec["params"]["sharpen"] = best[1]
+    return best[0]
