@@ -44,9 +44,9 @@ def scene_copy(tmp_path: Path) -> tuple[Path, Path]:
 def test_fp16_decoder_passes_and_a_damaged_one_is_refused_without_replacing_it(
         scene_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     copy, folder = scene_copy
-    gate, record, path = qd.quantize_decoder(copy, "fp16", folder, limit=12, threads=1)
+    gate, record, path = qd.quantize_decoder(copy, "fp16", folder, threads=1)  # the whole held-out split, as shipped
     assert gate.passed and path == copy / "decoder.fp16.onnx" and path.is_file()
-    assert gate.token_agreement >= qd.MIN_TOKEN_AGREEMENT and gate.n == 12
+    assert gate.token_agreement >= qd.MIN_TOKEN_AGREEMENT and gate.n > 300
     graph = load_card(copy / "card.toml").graphs[0]
     assert [a.precision for a in graph.artifacts] == ["fp16"] and graph.artifacts[0].sha256 == sha256_file(path)
     passed_sha = sha256_file(path)
@@ -70,7 +70,7 @@ def test_fp16_decoder_passes_and_a_damaged_one_is_refused_without_replacing_it(
         noisy.unlink()
 
     monkeypatch.setattr(qd, "make_candidate", damaged)
-    gate, record, path = qd.quantize_decoder(copy, "fp16", folder, limit=12, threads=1)
+    gate, record, path = qd.quantize_decoder(copy, "fp16", folder, limit=40, threads=1)
     assert not gate.passed and path is None and gate.token_agreement < qd.MIN_TOKEN_AGREEMENT
     # the file that passed before stays, with its record
     assert sha256_file(copy / "decoder.fp16.onnx") == passed_sha
@@ -78,7 +78,8 @@ def test_fp16_decoder_passes_and_a_damaged_one_is_refused_without_replacing_it(
     assert not list(copy.glob(".decoder*"))  # no candidate left behind
 
 
-def test_a_gated_decoder_runs_and_an_unrecorded_one_is_refused(scene_copy: tuple[Path, Path]) -> None:
+def test_a_gated_decoder_runs_and_an_unrecorded_one_is_refused(scene_copy: tuple[Path, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.card import load_model
     from edge.errors import ModelError
     from edge.scene.model import SceneModel
@@ -90,7 +91,8 @@ def test_a_gated_decoder_runs_and_an_unrecorded_one_is_refused(scene_copy: tuple
     shutil.copy(copy / "decoder.onnx", copy / "decoder.fp16.onnx")  # a file no gate passed
     with pytest.raises(ModelError, match="no passed gate record"):
         SceneModel(model, decoder_precision="fp16").__enter__()
-    qd.quantize_decoder(copy, "fp16", folder, limit=8, threads=1)
+    monkeypatch.setattr(qd, "MIN_TOKEN_AGREEMENT", 0.5)  # this test is about the runtime, not the gate's bar
+    assert qd.quantize_decoder(copy, "fp16", folder, limit=16, threads=1)[0].passed
     frame = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     with SceneModel(load_model(copy), decoder_precision="fp16") as scene:
         assert scene.explain(scene.estimate(frame)).tokens
