@@ -72,11 +72,12 @@ __all__ = [
 MAX_PARAMETERS = 60_000
 # The recipe of `emoedge train face` (student) and `emoedge train face-teacher`; --epochs/--batch-size/--lr
 # override the first three, --set the others. alpha and temperature only apply when a teacher is given;
-# init is the exported student to warm-start from ('none': random weights), relative to the project.
+# init is the exported student to warm-start from ('none': random weights), relative to the project; ema is
+# the decay of the moving average of the weights that is validated and exported (0: the weights themselves).
 RECIPE: dict[str, Any] = {"epochs": 14, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
                           "smoothing": 0.1, "weight_power": 0.5, "weight_decay": 0.01, "mirror_average": False,
                           "widths": (16, 32, 64, 128), "extra": 1, "pool_early": True, "separable_stem": False,
-                          "init": "models/face/model.onnx"}
+                          "init": "models/face/model.onnx", "ema": 0.0}
 TEACHER_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 60, "batch_size": 128, "lr": 2e-3, "alpha": 0.5,
                                   "weight_decay": 0.05, "mirror_average": True, "init": "none"}
 WARM_START_IMAGES = 2048  # training images that set the warm student's BatchNorm statistics
@@ -231,7 +232,10 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
             + f"Trained on {device}. Recipe: {recipe['epochs']} epochs (best epoch {best['epoch']}, by validation "
             f"accuracy), batch {recipe['batch_size']}, AdamW lr {recipe['lr']} one-cycle, weight decay "
             f"{recipe['weight_decay']}, label smoothing {recipe['smoothing']}, class weights "
-            f"(1/count)^{recipe['weight_power']}, augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
+            f"(1/count)^{recipe['weight_power']}, "
+            + (f"exponential moving average of the weights (decay {recipe['ema']}, validated and exported), "
+               if float(recipe.get("ema") or 0.0) > 0.0 else "")
+            + "augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
             "brightness-contrast" + shape
             + (f"; distillation alpha {recipe['alpha']} T {recipe['temperature']} from the teachers' mean logits on "
                "the unaugmented (or mirrored) training images" if teachers else "")
