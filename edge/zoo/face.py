@@ -19,6 +19,7 @@ ONNX (outputs ``logits`` and ``embedding``) and described in ``card.toml``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,13 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     if not teacher_model and parameters > MAX_PARAMETERS:
         raise InputError(f"face student has {parameters} parameters, more than the {MAX_PARAMETERS} allowed")
     warm = None if teacher_model else init_path(recipe)
+    warm_digest = ""
     if warm is not None and isinstance(model, FaceStudent):
         rows = np.random.default_rng(seed).choice(len(y_train), min(WARM_START_IMAGES, len(y_train)), replace=False)
         copied = init_from_onnx(model, warm, to_tensor(x_train_u8[np.sort(rows)]))
-        print(f"warm start: {len(copied)} weight tensors from {_teacher_name(warm)}")
+        # the file's digest goes into the card: a run that writes where it started from overwrites that file
+        warm_digest = hashlib.sha256(warm.read_bytes()).hexdigest()
+        print(f"warm start: {len(copied)} weight tensors from {_teacher_name(warm)} (sha256 {warm_digest})")
     example = to_tensor(x_val_u8[:8])
 
     def _export(best: dict[str, Any], epochs_done: int, final: bool = False) -> float:
@@ -158,7 +162,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
         seconds = time.perf_counter() - started
         write_card(face_card(name, recipe, parameters, int(export_model.embedding_size), teachers, best, diffs,
                              seconds, seed, device, len(y_train), len(y_val), train_root, val_root, epochs_done,
-                             final, warm=warm, step_note=f" Stopped after {max_steps} steps (--max-steps)." if max_steps else ""),
+                             final, warm=warm, warm_sha256=warm_digest, step_note=f" Stopped after {max_steps} steps (--max-steps)." if max_steps else ""),
                    out)
         return seconds
 
@@ -181,7 +185,7 @@ def _teacher_name(path: Path) -> str:
 def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size: int, teachers: list[Path],
               best: dict[str, Any], diffs: dict[str, float], seconds: float, seed: int, device: str, n_train: int,
               n_val: int, train_root: Path, val_root: Path, epochs_done: int, final: bool,
-              warm: Path | None = None, step_note: str = "") -> dict[str, Any]:
+              warm: Path | None = None, step_note: str = "", warm_sha256: str = "") -> dict[str, Any]:
     """The card of a face model (student or teacher) as ``edge.card.ModelCard`` fields."""
     teacher_model = name == "face-teacher"
     mirror = recipe["mirror_average"] and not teacher_model
@@ -191,7 +195,8 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
         f". Student: widths {'/'.join(str(w) for w in recipe['widths'])}, {recipe['extra']} extra block(s) at "
         f"12x12, {'separable' if recipe['separable_stem'] else 'full'} strided stem convolution, max-pool "
         + ("between the two separable convolutions of a block" if recipe["pool_early"] else "at the end of a block")
-        + (f"; warm-started from {_teacher_name(warm)}" if warm is not None else ""))
+        + (f"; warm-started from {_teacher_name(warm)}" if warm is not None else "")
+        + (f" (the file of sha256 {warm_sha256})" if warm is not None and warm_sha256 else ""))
     return {
         "name": name,
         "version": "1.0.0",
