@@ -138,3 +138,18 @@ def test_weight_average_follows_the_weights_and_copies_counters() -> None:
     assert not torch.equal(average.model[0].weight, start)
     assert int(average.model[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 50
     assert not average.model[0].weight.requires_grad
+
+
+def test_augment_strength_zero_leaves_only_the_flip() -> None:
+    import torch
+
+    from edge.zoo.face import augment
+
+    x = torch.rand(4, 1, 48, 48) * 2 - 1
+    flip = torch.tensor([False, True, False, True])
+    out = augment(x, torch.Generator().manual_seed(3), flip, strength=0.0)
+    expected = torch.where(flip.view(4, 1, 1, 1), x.flip(-1), x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    gentle = augment(x, torch.Generator().manual_seed(3), flip, strength=0.3)
+    full = augment(x, torch.Generator().manual_seed(3), flip)
+    assert (gentle - expected).abs().mean() < (full - expected).abs().mean()

@@ -74,11 +74,13 @@ MAX_PARAMETERS = 60_000
 # The recipe of `emoedge train face` (student) and `emoedge train face-teacher`; --epochs/--batch-size/--lr
 # override the first three, --set the others. alpha and temperature only apply when a teacher is given;
 # init is the exported student to warm-start from ('none': random weights), relative to the project; ema is
-# the decay of the moving average of the weights that is validated and exported (0: the weights themselves).
+# the decay of the moving average of the weights that is validated and exported (0: the weights themselves);
+# augment scales the augmentation's ranges (1: as below, 0: flip only).
 RECIPE: dict[str, Any] = {"epochs": 14, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
                           "smoothing": 0.1, "weight_power": 0.5, "weight_decay": 0.01, "mirror_average": False,
                           "widths": (16, 32, 64, 128), "extra": 1, "pool_early": True, "separable_stem": False,
-                          "init": "models/face/model.onnx", "ema": 0.0}
+                          "init": "models/face/model.onnx", "ema": 0.0,
+                          "augment": 1.0}
 TEACHER_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 60, "batch_size": 128, "lr": 2e-3, "alpha": 0.5,
                                   "weight_decay": 0.05, "mirror_average": True, "init": "none"}
 WARM_START_IMAGES = 2048  # training images that set the warm student's BatchNorm statistics
@@ -182,6 +184,14 @@ def _teacher_name(path: Path) -> str:
     return folder.relative_to(PROJECT_ROOT).as_posix() if folder.is_relative_to(PROJECT_ROOT) else folder.as_posix()
 
 
+def _augmentation(strength: float) -> str:
+    """The card's words for the augmentation at ``strength`` (the ranges of ``edge.zoo.face_data.augment``)."""
+    if strength == 1.0:
+        return "augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / brightness-contrast"
+    return (f"augmentation at {strength:g} of the full ranges (shift {10 * strength:g}% / scale +-{0.1 * strength:g} / "
+            f"rotation {10 * strength:g} deg / flip / brightness +-{0.25 * strength:g}, contrast +-{0.3 * strength:g})")
+
+
 def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size: int, teachers: list[Path],
               best: dict[str, Any], diffs: dict[str, float], seconds: float, seed: int, device: str, n_train: int,
               n_val: int, train_root: Path, val_root: Path, epochs_done: int, final: bool,
@@ -240,8 +250,7 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
             f"(1/count)^{recipe['weight_power']}, "
             + (f"exponential moving average of the weights (decay {recipe['ema']}, validated and exported), "
                if float(recipe.get("ema") or 0.0) > 0.0 else "")
-            + "augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
-            "brightness-contrast" + shape
+            + _augmentation(float(recipe.get("augment", 1.0))) + shape
             + (f"; distillation alpha {recipe['alpha']} T {recipe['temperature']} from the teachers' mean logits on "
                "the unaugmented (or mirrored) training images" if teachers else "")
             + (". The graph averages the embedding of the face and of its mirror image (test-time flip; "

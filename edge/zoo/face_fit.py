@@ -110,7 +110,7 @@ def fit(
             idx = order[b * batch_size : (b + 1) * batch_size]
             flip = flips[idx]
             idx_d = idx.to(device)
-            xb = augment(x_train[idx_d], generator, flip).contiguous(memory_format=torch.channels_last)
+            xb = augment(x_train[idx_d], generator, flip, float(recipe.get("augment", 1.0))).contiguous(memory_format=torch.channels_last)
             t = soft_t[flip.long().to(device), idx_d] if soft_t is not None else None
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
                 logits, _ = model(xb)
