@@ -45,6 +45,7 @@ def test_tiny_distilled_training_run(data_dir: Path, tmp_path: Path) -> None:
     assert "it/s" in done.stderr or "s/it" in done.stderr  # the progress bar
     model = load_model(out)
     assert model.card.parameters <= 60_000 and model.card.training.teacher
+    assert model.card.name == "out"  # a student's card is named after its folder
     assert "--max-steps 3" in (model.card.training.command or "")
     with OnnxRuntimeRunner(model.path) as runner:
         result = runner.infer({"face": np.zeros((2, 1, 48, 48), np.float32)})

@@ -162,7 +162,8 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
 
             store_weights_int8(out / "model.onnx", out / "model.onnx")
         seconds = time.perf_counter() - started
-        write_card(face_card(name, recipe, parameters, int(export_model.embedding_size), teachers, best, diffs,
+        # a student's card is named after its folder (models/face, models/face_fast), the name emoedge resolves
+        write_card(face_card(name if teacher_model else out.resolve().name, recipe, parameters, int(export_model.embedding_size), teachers, best, diffs,
                              seconds, seed, device, len(y_train), len(y_val), train_root, val_root, epochs_done,
                              final, warm=warm, warm_sha256=warm_digest, step_note=f" Stopped after {max_steps} steps (--max-steps)." if max_steps else ""),
                    out)
@@ -197,7 +198,7 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
               n_val: int, train_root: Path, val_root: Path, epochs_done: int, final: bool,
               warm: Path | None = None, step_note: str = "", warm_sha256: str = "") -> dict[str, Any]:
     """The card of a face model (student or teacher) as ``edge.card.ModelCard`` fields."""
-    teacher_model = name == "face-teacher"
+    teacher_model = name == "face-teacher"  # a student's name is its folder's
     mirror = recipe["mirror_average"] and not teacher_model
     architecture = ("a narrow ResNet-18 (teacher for the face student; not meant for devices)" if teacher_model
                     else "an Xception-style CNN" + ("" if mirror else " (one pass per face)"))
