@@ -45,6 +45,7 @@ def test_tiny_distilled_training_run(data_dir: Path, tmp_path: Path) -> None:
     assert "it/s" in done.stderr or "s/it" in done.stderr  # the progress bar
     model = load_model(out)
     assert model.card.parameters <= 60_000 and model.card.training.teacher
+    assert model.card.name == "out"  # a student's card is named after its folder
     assert "--max-steps 3" in (model.card.training.command or "")
     with OnnxRuntimeRunner(model.path) as runner:
         result = runner.infer({"face": np.zeros((2, 1, 48, 48), np.float32)})
@@ -117,3 +118,39 @@ def test_tiny_teacher_then_student_distilled_from_it(data_dir: Path, tmp_path: P
     bad = subprocess.run([sys.executable, "-m", "edge", "train", "face", "--out", str(student), "--set", "alpha=high",
                           *common], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "alpha takes a float, not 'high'" in bad.stderr
+
+
+def test_weight_average_follows_the_weights_and_copies_counters() -> None:
+    import torch
+    from torch import nn
+
+    from edge.zoo.face_fit import WeightAverage
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    for _ in range(50):  # past the ramp, the average keeps half of itself per step
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model.train()(torch.randn(4, 1, 8, 8))
+        average.update(model)
+    gap = (model[0].weight - average.model[0].weight).detach()
+    assert torch.allclose(gap, torch.ones_like(gap), atol=1e-4)  # a constant drift of 1 per step, decay 0.5: lags by 1
+    assert not torch.equal(average.model[0].weight, start)
+    assert int(average.model[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 50
+    assert not average.model[0].weight.requires_grad
+
+
+def test_augment_strength_zero_leaves_only_the_flip() -> None:
+    import torch
+
+    from edge.zoo.face import augment
+
+    x = torch.rand(4, 1, 48, 48) * 2 - 1
+    flip = torch.tensor([False, True, False, True])
+    out = augment(x, torch.Generator().manual_seed(3), flip, strength=0.0)
+    expected = torch.where(flip.view(4, 1, 1, 1), x.flip(-1), x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    gentle = augment(x, torch.Generator().manual_seed(3), flip, strength=0.3)
+    full = augment(x, torch.Generator().manual_seed(3), flip)
+    assert (gentle - expected).abs().mean() < (full - expected).abs().mean()

@@ -19,6 +19,7 @@ ONNX (outputs ``logits`` and ``embedding``) and described in ``card.toml``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,14 @@ __all__ = [
 MAX_PARAMETERS = 60_000
 # The recipe of `emoedge train face` (student) and `emoedge train face-teacher`; --epochs/--batch-size/--lr
 # override the first three, --set the others. alpha and temperature only apply when a teacher is given;
-# init is the exported student to warm-start from ('none': random weights), relative to the project.
+# init is the exported student to warm-start from ('none': random weights), relative to the project; ema is
+# the decay of the moving average of the weights that is validated and exported (0: the weights themselves);
+# augment scales the augmentation's ranges (1: as below, 0: flip only).
 RECIPE: dict[str, Any] = {"epochs": 14, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
                           "smoothing": 0.1, "weight_power": 0.5, "weight_decay": 0.01, "mirror_average": False,
                           "widths": (16, 32, 64, 128), "extra": 1, "pool_early": True, "separable_stem": False,
-                          "init": "models/face/model.onnx"}
+                          "init": "models/face/model.onnx", "ema": 0.0,
+                          "augment": 1.0}
 TEACHER_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 60, "batch_size": 128, "lr": 2e-3, "alpha": 0.5,
                                   "weight_decay": 0.05, "mirror_average": True, "init": "none"}
 WARM_START_IMAGES = 2048  # training images that set the warm student's BatchNorm statistics
@@ -136,10 +140,13 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     if not teacher_model and parameters > MAX_PARAMETERS:
         raise InputError(f"face student has {parameters} parameters, more than the {MAX_PARAMETERS} allowed")
     warm = None if teacher_model else init_path(recipe)
+    warm_digest = ""
     if warm is not None and isinstance(model, FaceStudent):
         rows = np.random.default_rng(seed).choice(len(y_train), min(WARM_START_IMAGES, len(y_train)), replace=False)
         copied = init_from_onnx(model, warm, to_tensor(x_train_u8[np.sort(rows)]))
-        print(f"warm start: {len(copied)} weight tensors from {_teacher_name(warm)}")
+        # the file's digest goes into the card: a run that writes where it started from overwrites that file
+        warm_digest = hashlib.sha256(warm.read_bytes()).hexdigest()
+        print(f"warm start: {len(copied)} weight tensors from {_teacher_name(warm)} (sha256 {warm_digest})")
     example = to_tensor(x_val_u8[:8])
 
     def _export(best: dict[str, Any], epochs_done: int, final: bool = False) -> float:
@@ -155,9 +162,10 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
 
             store_weights_int8(out / "model.onnx", out / "model.onnx")
         seconds = time.perf_counter() - started
-        write_card(face_card(name, recipe, parameters, int(export_model.embedding_size), teachers, best, diffs,
+        # a student's card is named after its folder (models/face, models/face_fast), the name emoedge resolves
+        write_card(face_card(name if teacher_model else out.resolve().name, recipe, parameters, int(export_model.embedding_size), teachers, best, diffs,
                              seconds, seed, device, len(y_train), len(y_val), train_root, val_root, epochs_done,
-                             final, warm=warm, step_note=f" Stopped after {max_steps} steps (--max-steps)." if max_steps else ""),
+                             final, warm=warm, warm_sha256=warm_digest, step_note=f" Stopped after {max_steps} steps (--max-steps)." if max_steps else ""),
                    out)
         return seconds
 
@@ -177,12 +185,20 @@ def _teacher_name(path: Path) -> str:
     return folder.relative_to(PROJECT_ROOT).as_posix() if folder.is_relative_to(PROJECT_ROOT) else folder.as_posix()
 
 
+def _augmentation(strength: float) -> str:
+    """The card's words for the augmentation at ``strength`` (the ranges of ``edge.zoo.face_data.augment``)."""
+    if strength == 1.0:
+        return "augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / brightness-contrast"
+    return (f"augmentation at {strength:g} of the full ranges (shift {10 * strength:g}% / scale +-{0.1 * strength:g} / "
+            f"rotation {10 * strength:g} deg / flip / brightness +-{0.25 * strength:g}, contrast +-{0.3 * strength:g})")
+
+
 def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size: int, teachers: list[Path],
               best: dict[str, Any], diffs: dict[str, float], seconds: float, seed: int, device: str, n_train: int,
               n_val: int, train_root: Path, val_root: Path, epochs_done: int, final: bool,
-              warm: Path | None = None, step_note: str = "") -> dict[str, Any]:
+              warm: Path | None = None, step_note: str = "", warm_sha256: str = "") -> dict[str, Any]:
     """The card of a face model (student or teacher) as ``edge.card.ModelCard`` fields."""
-    teacher_model = name == "face-teacher"
+    teacher_model = name == "face-teacher"  # a student's name is its folder's
     mirror = recipe["mirror_average"] and not teacher_model
     architecture = ("a narrow ResNet-18 (teacher for the face student; not meant for devices)" if teacher_model
                     else "an Xception-style CNN" + ("" if mirror else " (one pass per face)"))
@@ -190,7 +206,8 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
         f". Student: widths {'/'.join(str(w) for w in recipe['widths'])}, {recipe['extra']} extra block(s) at "
         f"12x12, {'separable' if recipe['separable_stem'] else 'full'} strided stem convolution, max-pool "
         + ("between the two separable convolutions of a block" if recipe["pool_early"] else "at the end of a block")
-        + (f"; warm-started from {_teacher_name(warm)}" if warm is not None else ""))
+        + (f"; warm-started from {_teacher_name(warm)}" if warm is not None else "")
+        + (f" (the file of sha256 {warm_sha256})" if warm is not None and warm_sha256 else ""))
     return {
         "name": name,
         "version": "1.0.0",
@@ -231,8 +248,10 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
             + f"Trained on {device}. Recipe: {recipe['epochs']} epochs (best epoch {best['epoch']}, by validation "
             f"accuracy), batch {recipe['batch_size']}, AdamW lr {recipe['lr']} one-cycle, weight decay "
             f"{recipe['weight_decay']}, label smoothing {recipe['smoothing']}, class weights "
-            f"(1/count)^{recipe['weight_power']}, augmentation shift 10% / scale 0.9-1.1 / rotation 10 deg / flip / "
-            "brightness-contrast" + shape
+            f"(1/count)^{recipe['weight_power']}, "
+            + (f"exponential moving average of the weights (decay {recipe['ema']}, validated and exported), "
+               if float(recipe.get("ema") or 0.0) > 0.0 else "")
+            + _augmentation(float(recipe.get("augment", 1.0))) + shape
             + (f"; distillation alpha {recipe['alpha']} T {recipe['temperature']} from the teachers' mean logits on "
                "the unaugmented (or mirrored) training images" if teachers else "")
             + (". The graph averages the embedding of the face and of its mirror image (test-time flip; "

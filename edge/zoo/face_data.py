@@ -63,17 +63,24 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().mul_(2.0 / 255.0).sub_(1.0).unsqueeze(1)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, flip: torch.Tensor) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, flip: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     """Random affine (shift +-10%, scale 0.9-1.1, rotation +-10 deg, flip given) and brightness/contrast.
 
     The random numbers come from the (CPU) ``generator`` whatever ``x``'s device, so a seed means the same
-    augmentation on a CPU and on a GPU.
+    augmentation on a CPU and on a GPU. ``strength`` scales every range (0: flip only), for a gentler last
+    pass of a small student whose validation images are never shifted or rotated; the same numbers are drawn.
     """
     n = x.shape[0]
-    u = lambda lo, hi: torch.empty(n).uniform_(lo, hi, generator=generator).to(x.device)  # noqa: E731
+
+    def u(lo: float, hi: float, centre: float = 0.0) -> torch.Tensor:
+        """Uniform in [lo, hi] shrunk towards ``centre`` by ``strength`` (the range itself at 1, bit for bit)."""
+        if strength != 1.0:
+            lo, hi = centre + (lo - centre) * strength, centre + (hi - centre) * strength
+        return torch.empty(n).uniform_(lo, hi, generator=generator).to(x.device)
+
     flip = flip.to(x.device)
     angle = u(-10.0, 10.0) * math.pi / 180.0
-    scale = u(0.9, 1.1)
+    scale = u(0.9, 1.1, centre=1.0)
     sign = 1.0 - 2.0 * flip.float()
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([
@@ -82,7 +89,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: torch.Tensor) -> 
     ], dim=1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = u(0.7, 1.3).view(n, 1, 1, 1)
+    contrast = u(0.7, 1.3, centre=1.0).view(n, 1, 1, 1)
     brightness = u(-0.25, 0.25).view(n, 1, 1, 1)
     return (x * contrast + brightness).clamp_(-1.0, 1.0)
 
