@@ -100,7 +100,7 @@ def out_of_fold(root: Path, recipe: dict[str, Any], seed: int, show: bool = Fals
         for name, value in zip(("logits", "va", "embedding"), predict_top(top, cache, fold), strict=True):
             out[name][fold] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **out)
+    np.savez(path, logits=out["logits"], va=out["va"], embedding=out["embedding"])
     return out
 
 
