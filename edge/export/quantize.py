@@ -147,16 +147,7 @@ def quantize_model(
             per_head={h: {k: round(float(v), 6) for k, v in d.items()} for h, d in gate.per_head.items()} if len(gate.per_head) > 1 else {},
             note=gate.note or (None if gate.passed else f"refused: {_worst(gate)}"),
         )
-        kept_previous = False
-        if gate.passed:
-            os.replace(candidate, final)
-        else:
-            previous = next((a for a in card.artifacts if a.precision == precision and a.passed), None)
-            kept_previous = previous is not None and final.is_file() and sha256_file(final) == previous.sha256
-        if gate.passed or not kept_previous:
-            fresh = load_card(model.card_path)  # re-read: touch only the artifacts part
-            fresh.artifacts = [a for a in fresh.artifacts if a.precision != precision] + [record]
-            save_card(fresh, model.card_path)
+        kept_previous = land_candidate(candidate, final, record, model.card_path, card.artifacts)
     finally:
         candidate.unlink(missing_ok=True)
     details = ""
@@ -166,3 +157,26 @@ def quantize_model(
         details = f"INT8 ({method}, {op_types} operators): quantized {ops}; left in float: {left}"
     return QuantizeOutcome(precision, model, gate, record, final if gate.passed else None, kept_previous, details)
 
+
+def land_candidate(candidate: Path, final: Path, record: ArtifactRecord, card_path: Path,
+                   artifacts: list[ArtifactRecord], graph: str | None = None) -> bool:
+    """Put a gated file in place and its record in the card (``graph``'s artifacts for a many-graph card).
+
+    A refusal is recorded too, except where a file of that precision passed before and is still the one on
+    disk: a refusal never replaces a file that passed. Returns whether that previous file was kept.
+    """
+    kept_previous = False
+    if record.passed:
+        os.replace(candidate, final)
+    else:
+        previous = next((a for a in artifacts if a.precision == record.precision and a.passed), None)
+        kept_previous = previous is not None and final.is_file() and sha256_file(final) == previous.sha256
+    if record.passed or not kept_previous:
+        fresh = load_card(card_path)  # re-read: touch only the artifacts part
+        if graph is None:
+            fresh.artifacts = [a for a in fresh.artifacts if a.precision != record.precision] + [record]
+        for spec in fresh.graphs if graph is not None else []:
+            if spec.name == graph:
+                spec.artifacts = [a for a in spec.artifacts if a.precision != record.precision] + [record]
+        save_card(fresh, card_path)
+    return kept_previous

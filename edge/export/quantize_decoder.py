@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import ArtifactRecord, Model, artifact_name, load_card, load_model, save_card, sha256_file
+from edge.card import ArtifactRecord, Model, artifact_name, load_model, sha256_file
 from edge.errors import InputError, ModelError
+from edge.export.quantize import land_candidate
 
 MIN_TOKEN_AGREEMENT = 0.90  # mean per-image token agreement with the FP32 decoder
 INT8_DECODER_RECIPE = "dynamic: MatMul weights int8 symmetric per-channel 7-bit (reduce_range), activations uint8 per call"
@@ -82,6 +83,7 @@ def gate_decoder(model: Model, candidate: Path, data_dir: Path, limit: int | Non
     from edge.scene.decode import condition
     from edge.scene.model import SceneModel
     from edge.scene.scorer import TextEmotionScorer
+    from edge.scene.textmetrics import emotion_consistency
 
     data = load_split(model.card, data_dir, "validation", limit=limit, seed=0)
     if len(data) == 0:
@@ -106,8 +108,7 @@ def gate_decoder(model: Model, candidate: Path, data_dir: Path, limit: int | Non
             ms[which] = float(np.median(times) * 1e3)
             scorer = TextEmotionScorer.load(model.folder / scene.spec.params.get("scorer", "scorer.npz"), scene.vocab)
     assert scorer is not None
-    predicted = probs.argmax(1)
-    consistency = {k: float(np.mean(scorer.probabilities(v).argmax(1) == predicted)) for k, v in texts.items()}
+    consistency = {k: emotion_consistency(scorer, v, probs) for k, v in texts.items()}
     agreement = float(np.mean([token_agreement(a, b) for a, b in zip(tokens["fp32"], tokens["candidate"], strict=True)]))
     allowance = float(model.card.quantization.max_loss_points)
     loss = (consistency["fp32"] - consistency["candidate"]) * 100.0
@@ -152,16 +153,7 @@ def quantize_decoder(name_or_path: str | os.PathLike[str], precision: str, data_
             + ("" if gate.passed else f"; refused (needs token agreement >= {MIN_TOKEN_AGREEMENT:g} and a loss within "
                "the allowance)"),
         )
-        previous = next((a for a in spec.artifacts if a.precision == precision and a.passed), None)
-        keep_previous = not gate.passed and previous is not None and final.is_file() and sha256_file(final) == previous.sha256
-        if gate.passed:
-            os.replace(candidate, final)
-        if not keep_previous:  # a refusal never replaces a file that passed before (as ``emoedge quantize``)
-            fresh = load_card(model.card_path)
-            for graph in fresh.graphs:
-                if graph.name == spec.name:
-                    graph.artifacts = [a for a in graph.artifacts if a.precision != precision] + [record]
-            save_card(fresh, model.card_path)
+        land_candidate(candidate, final, record, model.card_path, spec.artifacts, graph=spec.name)
     finally:
         candidate.unlink(missing_ok=True)
     return gate, record, final if gate.passed else None

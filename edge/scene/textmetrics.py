@@ -86,12 +86,17 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def emotion_consistency(scorer: TextEmotionScorer, texts: list[str], probs: np.ndarray) -> float:
+    """Share of explanations whose text-emotion score agrees with the image's predicted (dominant) emotion."""
+    return float(np.mean(scorer.probabilities(texts).argmax(1) == probs.argmax(1)))
+
+
 def text_scores(texts: list[str], probs: np.ndarray, va: np.ndarray, scorer: TextEmotionScorer, copied: list[bool],
                 lexicon_path: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(texts)}
     if not texts:
         return out
-    out["emotion_consistency"] = float(np.mean(scorer.probabilities(texts).argmax(1) == probs.argmax(1)))
+    out["emotion_consistency"] = emotion_consistency(scorer, texts, probs)
     if lexicon_path is not None and lexicon_path.is_file():
         lex = read_lexicon(lexicon_path)
         vads = [text_vad(t, lex) for t in texts]

@@ -66,7 +66,24 @@ class XceptionBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
-class FaceStudent(nn.Module):
+class PooledHead(nn.Module):
+    """What the student and the teacher share after their own ``stem`` and ``blocks``: the global average
+    pool is the embedding (what OOD statistics and adaptation read), then dropout and a linear head."""
+
+    stem: nn.Module
+    blocks: nn.Module
+
+    def _init_head(self, width: int, n_classes: int, dropout: float) -> None:
+        self.embedding_size = width
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.blocks(self.stem(x)).mean(dim=(2, 3))
+        return self.head(self.dropout(embedding)), embedding
+
+
+class FaceStudent(PooledHead):
     """Xception-style CNN for 48x48 gray faces: returns (logits, embedding).
 
     A two-convolution stem halves the resolution early (the 48x48 layers dominate CPU time), then
@@ -91,13 +108,7 @@ class FaceStudent(nn.Module):
             if i == 0:
                 blocks += [XceptionBlock(cout, cout, downsample=False) for _ in range(extra)]
         self.blocks = nn.Sequential(*blocks)
-        self.embedding_size = widths[-1]
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(widths[-1], n_classes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.blocks(self.stem(x)).mean(dim=(2, 3))
-        return self.head(self.dropout(embedding)), embedding
+        self._init_head(widths[-1], n_classes, dropout)
 
 
 class MirrorAverage(nn.Module):
@@ -136,7 +147,7 @@ class ResidualBlock(nn.Module):
         return F.relu(self.main(x) + self.shortcut(x))
 
 
-class FaceTeacher(nn.Module):
+class FaceTeacher(PooledHead):
     """A narrow ResNet-18 for 48x48 gray faces (about 2.8M parameters): the teacher the student is distilled from.
 
     It is trained here (``emoedge train face-teacher``, minutes on a GPU) because the mini-Xception teachers
@@ -155,13 +166,7 @@ class FaceTeacher(nn.Module):
                 layers.append(ResidualBlock(cin, width, stride=2 if i > 0 and j == 0 else 1))
                 cin = width
         self.blocks = nn.Sequential(*layers)
-        self.embedding_size = widths[-1]
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(widths[-1], n_classes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.blocks(self.stem(x)).mean(dim=(2, 3))
-        return self.head(self.dropout(embedding)), embedding
+        self._init_head(widths[-1], n_classes, dropout)
 
 
 def init_from_onnx(model: FaceStudent, onnx_path: Path, images: torch.Tensor, batch: int = 256) -> list[str]:
