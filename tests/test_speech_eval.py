@@ -96,6 +96,23 @@ def test_speaker_ids_belong_to_their_corpus(tmp_path: Path, speech_model: Path) 
     assert S.load_split(card, ravdess, "train").extra["groups"] == ["ravdess:3"]
 
 
+def test_two_corpora_are_one_validation_set(tmp_path: Path, speech_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--data A,B``: a model of several corpora is calibrated and scored on the held-out speakers of each at once."""
+    card = load_card(speech_model / "card.toml")
+    first, second = tmp_path / "first", tmp_path / "second"
+    rows = _foreign_corpus(first, flac=False) + _foreign_corpus(second, flac=False)
+    a, b = S.load_split(card, first, "validation"), S.load_split(card, second, "validation")
+    both = S.load_split(card, f"{first},{second}", "validation")  # type: ignore[arg-type]  # the CLI passes a string
+    assert len(both.labels) == len(rows) and len(both) == len(a) + len(b)
+    assert both.extra["clips"] == len(rows) and int(both.extra["owner"].max()) == len(rows) - 1
+    assert np.array_equal(both.extra["owner"][len(a):], b.extra["owner"] + a.extra["clips"])
+    assert set(both.extra["groups"]) == {"first:3", "first:16", "second:3", "second:16"}  # speakers stay in their corpus
+    assert both.description.startswith("first+second: first: split validation")
+    assert main(["eval", str(speech_model), "--data", f"{first},{second}", "--fit-temperature", "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == len(rows) and result["fit"]["folds"] == 4  # cross-fitted over both corpora's speakers
+
+
 def test_eval_on_a_folder_of_wav_and_flac_with_restricted_labels_and_calibration(
     tmp_path: Path, speech_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

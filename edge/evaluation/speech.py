@@ -115,6 +115,10 @@ def speaker_of(row: dict[str, str]) -> str | None:
 def load_split(
     card: ModelCard, data_dir: Path, split: str, limit: int | None = None, seed: int = 0, mode: str | None = None
 ) -> LabelledSet:
+    folders = [f.strip() for f in str(data_dir).split(",") if f.strip()]
+    if len(folders) > 1:  # a model of several corpora: its held-out speakers of each, as one set
+        return concat_sets([load_split(card, Path(f), split, limit, seed, mode) for f in folders],
+                           [Path(f).name for f in folders])
     mode = mode or "default"
     if mode not in MODES:
         raise ConfigError(f"speech eval: unknown --mode '{mode}' (expected one of {', '.join(MODES)})")
@@ -182,6 +186,27 @@ def load_split(
             # per clip: the speaker (corpus:id) and file: groups for cross-fitting, persons for `eval --adapt`
             "groups": [speakers[i] for i in wanted], "persons": [speakers[i] for i in wanted],
             "files": [rows[i]["file"] for i in wanted],
+        },
+    )
+
+
+def concat_sets(sets: list[LabelledSet], names: list[str]) -> LabelledSet:
+    """Several folders' splits as one (``--data A,B``): clips, labels and speakers side by side, each corpus's
+    classes in ``present``, so that calibration and its cross-fitting see every held-out speaker at once."""
+    offsets = np.cumsum([0] + [int(s.extra["clips"]) for s in sets[:-1]])
+    inputs = {k: np.concatenate([s.inputs[k] for s in sets]) for k in sets[0].inputs}
+    return LabelledSet(
+        inputs=inputs,
+        labels=np.concatenate([np.asarray(s.labels) for s in sets]),
+        skipped=sum(s.skipped for s in sets),
+        description="+".join(names) + ": " + "; ".join(s.description for s in sets),
+        extra={
+            "mode": sets[0].extra["mode"],
+            "owner": np.concatenate([s.extra["owner"] + off for s, off in zip(sets, offsets, strict=True)]),
+            "clips": sum(int(s.extra["clips"]) for s in sets),
+            "present": sorted(set().union(*(s.extra["present"] for s in sets))),
+            **{k: [v for s in sets for v in s.extra[k]] for k in ("groups", "persons")},
+            "files": [f"{name}/{f}" for s, name in zip(sets, names, strict=True) for f in s.extra["files"]],
         },
     )
 

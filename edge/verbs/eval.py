@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
         "  emoedge eval speech --data ../shared/data/ased_speech_16k --restrict-to-data-labels\n"
         "  emoedge eval speech --data ../shared/data/ravdess_speech_16k --fit-temperature --write-card\n"
         "  emoedge eval speech --data ../shared/data/ravdess_speech_16k --fit-ood --ood OUTLIERS --write-card\n"
+        "  emoedge eval speech_multi --data ../shared/data/ravdess_speech_16k,../shared/data/ased_speech_16k --fit-temperature\n"
         "\n"
         "Every run reports the headline balanced accuracy (unweighted average recall) and, for models with\n"
         "logits, ece (15 bins) and mean_confidence with the card's temperatures (what a device publishes),\n"
@@ -29,7 +30,9 @@ def register(sub: Any) -> None:
         "python -m edge.evaluation.outliers MODALITY OUTLIERS).",
     )
     parser.add_argument("name", help="model name or folder")
-    parser.add_argument("--data", required=True, help="data folder in the layout of the matching shared data set")
+    parser.add_argument("--data", required=True,
+                        help="data folder in the layout of the matching shared data set; speech: DIR,DIR scores the "
+                             "held-out speakers of several corpora as one set (a model trained on them)")
     parser.add_argument("--split", default="validation", help="which split of DIR (default: validation)")
     parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
