@@ -163,20 +163,24 @@ def test_eval_scene_json_keys() -> None:
 
 @needs_model
 def test_decoder_engine_profile_covers_the_cache() -> None:
-    """The TensorRT build request for the decoder spans the beam and the whole cache (built only where TensorRT is)."""
+    """The TensorRT build request for the decoder spans the beam (twice over with the card's guidance: every
+    hypothesis runs again without the emotion part of cond) and the whole cache."""
     from edge.card import load_model
     from edge.export.scene_engine import decoder_build_request, profile_covers
 
-    request = decoder_build_request(load_model(SCENE), beam=3, max_tokens=24)
+    request = decoder_build_request(load_model(SCENE), beam=3, max_tokens=24)  # the card's guidance, 3.0
     shapes = {name: (lo, opt, hi) for name, lo, opt, hi in request.shapes}
-    assert shapes["tokens"][0] == (1, 1) and shapes["tokens"][2][0] == 3
+    assert shapes["tokens"][0] == (1, 1) and shapes["tokens"][2][0] == 6
     lo, _, hi = shapes["past_key_0"]
-    assert lo[2] == 0 and hi[2] >= 24 and hi[0] == 3
-    profile_covers(request, beam=3, max_tokens=24)
+    assert lo[2] == 0 and hi[2] >= 24 and hi[0] == 6
+    profile_covers(request.shapes, beam=3, max_tokens=24, guidance=3.0)
     with pytest.raises(InputError, match="cache of"):
-        profile_covers(request, beam=3, max_tokens=40)
-    with pytest.raises(InputError, match="beam"):
-        profile_covers(request, beam=5, max_tokens=24)
+        profile_covers(request.shapes, beam=3, max_tokens=40, guidance=3.0)
+    with pytest.raises(InputError, match="beam 5 with guidance"):
+        profile_covers(request.shapes, beam=5, max_tokens=24, guidance=3.0)
+    unguided = decoder_build_request(load_model(SCENE), beam=3, max_tokens=24, guidance=0.0)
+    with pytest.raises(InputError, match="allows batch 3, beam 3 with guidance"):
+        profile_covers(unguided.shapes, beam=3, max_tokens=24, guidance=3.0)
 
 
 @needs_model

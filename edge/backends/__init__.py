@@ -50,17 +50,20 @@ def choose_backend(
             missing = "no CUDA GPU found"
         else:
             cache = engine_cache_dir(engine_cache)
-            engine = find_engine(cache, model.name, model.sha256, trt_version, gpus[0].name, model.precision)
+            graph = model.card.graph
+            engine = find_engine(cache, model.name, model.sha256, trt_version, gpus[0].name, model.precision, graph)
             if engine is None:
                 from edge.backends.engine_cache import EngineKey, other_builds, staleness_reasons
 
-                wanted = EngineKey(model.name, model.sha256, trt_version, gpus[0].name, model.precision)
-                stale = sorted({"; ".join(staleness_reasons(m.key, wanted)) for m in other_builds(cache, model.name, model.precision)} - {""})
+                wanted = EngineKey(model.name, model.sha256, trt_version, gpus[0].name, model.precision, graph=graph)
+                others = other_builds(cache, model.name, model.precision, graph)
+                stale = sorted({"; ".join(staleness_reasons(m.key, wanted)) for m in others} - {""})
                 missing = (
                     f"no {model.precision} engine for {model.name} (sha256 {model.sha256[:12]}) built with "
                     f"TensorRT {trt_version} on {gpus[0].name} in {cache}"
                     + (f" (cached ones do not fit: {' | '.join(stale)})" if stale else "")
-                    + f"; build one with emoedge build {model.name} --precision {model.precision}"
+                    + f"; build one with emoedge build {model.name}"
+                    + (f" --graph {graph}" if model.card.graphs else "") + f" --precision {model.precision}"
                 )
     if missing is None:
         return BackendChoice("tensorrt", f"TensorRT {trt_version} with a cached engine", engine)

@@ -1,9 +1,10 @@
 """Names and manifests of cached TensorRT engines (in the style of jetson-inference's engine cache).
 
-An engine belongs to one model file, one TensorRT version, one GPU, one precision and one batch
-profile, so the file name says all of these, and a JSON manifest beside the plain engine file records
-them with the model's sha256. The runtime uses this module to find an engine without importing
-TensorRT's builder; ``edge.export.build`` writes them.
+An engine belongs to one graph file of a model (``model.onnx``; the scene model's ``encoder.onnx`` and
+``decoder.onnx``), one TensorRT version, one GPU, one precision and one profile (batch, and for a
+decoder the key/value cache length), so the file name says all of these, and a JSON manifest beside the
+plain engine file records them with the graph file's sha256. The runtime uses this module to find an
+engine without importing TensorRT's builder; ``edge.export.build`` writes them.
 
 Cache layout (``EMOEDGE_CACHE/engines/``)::
 
@@ -48,13 +49,17 @@ class EngineKey:
     opt_batch: int = 1
     max_batch: int = 1
     dla_core: int | None = None
+    graph: str = "model"  # the graph's file stem; ``model_sha256`` is that graph file's sha256
+    max_tokens: int | None = None  # a decoder's profile: the length cap it was built for (edge.export.scene_engine)
 
     @property
     def stem(self) -> str:
         dla = f"-dla{self.dla_core}" if self.dla_core is not None else ""
+        graph = f"-{slug(self.graph)}" if self.graph != "model" else ""
+        cap = f"-t{self.max_tokens}" if self.max_tokens is not None else ""
         return (
-            f"{slug(self.model)}-{self.model_sha256[:16]}-trt{slug(self.trt_version)}-{slug(self.gpu)}"
-            f"-{self.precision}-b{self.min_batch}-{self.opt_batch}-{self.max_batch}{dla}"
+            f"{slug(self.model)}{graph}-{self.model_sha256[:16]}-trt{slug(self.trt_version)}-{slug(self.gpu)}"
+            f"-{self.precision}-b{self.min_batch}-{self.opt_batch}-{self.max_batch}{cap}{dla}"
         )
 
     @property
@@ -70,17 +75,19 @@ class EngineKey:
         return self.stem + ".lock"
 
     def same_slot(self, other: EngineKey) -> bool:
-        """Built for the same model name, precision, profile and DLA core (what a rebuild would replace)."""
-        return (self.model, self.precision, self.min_batch, self.opt_batch, self.max_batch, self.dla_core) == (
-            other.model, other.precision, other.min_batch, other.opt_batch, other.max_batch, other.dla_core
-        )
+        """Built for the same model name, graph, precision, profile and DLA core (what a rebuild would replace)."""
+        return self._slot() == other._slot()
+
+    def _slot(self) -> tuple[object, ...]:
+        return (self.model, self.graph, self.precision, self.min_batch, self.opt_batch, self.max_batch,
+                self.max_tokens, self.dla_core)
 
 
 def staleness_reasons(cached: EngineKey, wanted: EngineKey) -> list[str]:
     """Why an engine built for ``cached`` cannot serve ``wanted`` (empty when it can)."""
     reasons = []
     if cached.model_sha256 != wanted.model_sha256:
-        reasons.append(f"model file changed (sha256 {cached.model_sha256[:12]} -> {wanted.model_sha256[:12]})")
+        reasons.append(f"{cached.graph} file changed (sha256 {cached.model_sha256[:12]} -> {wanted.model_sha256[:12]})")
     if cached.trt_version != wanted.trt_version:
         reasons.append(f"TensorRT version changed ({cached.trt_version} -> {wanted.trt_version})")
     if cached.gpu != wanted.gpu:
@@ -166,30 +173,41 @@ def read_manifests(cache: Path) -> list[tuple[Path, EngineManifest]]:
     return out
 
 
-def find_engine(
-    cache: Path, model: str, model_sha256: str, trt_version: str, gpu: str, precision: str
-) -> Path | None:
-    """The usable engine for this model file, TensorRT and GPU, or None.
+def usable_engines(
+    cache: Path, model: str, model_sha256: str, trt_version: str, gpu: str, precision: str, graph: str = "model"
+) -> list[tuple[Path, EngineManifest]]:
+    """The usable engines (path and manifest) of this graph file, TensorRT and GPU, whatever their profile.
 
     Engines that failed their accuracy gate, whose file is gone or does not match its recorded sha256,
     are never returned (the last with a warning saying why).
     """
+    found = []
     for manifest_path, manifest in read_manifests(cache):
         k = manifest.key
-        if (k.model, k.model_sha256, k.trt_version, k.gpu, k.precision) != (
-            model, model_sha256, trt_version, gpu, precision
+        if (k.model, k.graph, k.model_sha256, k.trt_version, k.gpu, k.precision) != (
+            model, graph, model_sha256, trt_version, gpu, precision
         ):
             continue
         problem = engine_problem(manifest_path, manifest)
         if problem is None:
-            return manifest_path.with_suffix(".engine")
-        if manifest.status == "ok":
+            found.append((manifest_path.with_suffix(".engine"), manifest))
+        elif manifest.status == "ok":
+            rebuild = f"{model} --graph {graph}" if graph != "model" else model
             log.warning("engine %s not used: %s; rebuild it with emoedge build %s --precision %s",
-                        manifest_path.with_suffix(".engine"), problem, model, precision)
-    return None
+                        manifest_path.with_suffix(".engine"), problem, rebuild, precision)
+    return found
 
 
-def other_builds(cache: Path, model: str, precision: str) -> list[EngineManifest]:
-    """Manifests of usable engines of this model and precision built for another model file, TensorRT or GPU:
+def find_engine(
+    cache: Path, model: str, model_sha256: str, trt_version: str, gpu: str, precision: str, graph: str = "model"
+) -> Path | None:
+    """The usable engine for this graph file, TensorRT and GPU, or None (``usable_engines`` says which are)."""
+    found = usable_engines(cache, model, model_sha256, trt_version, gpu, precision, graph)
+    return found[0][0] if found else None
+
+
+def other_builds(cache: Path, model: str, precision: str, graph: str = "model") -> list[EngineManifest]:
+    """Manifests of usable engines of this graph and precision built for another graph file, TensorRT or GPU:
     what a user is told about when no engine fits this machine."""
-    return [m for _, m in read_manifests(cache) if m.key.model == model and m.key.precision == precision and m.status == "ok"]
+    return [m for _, m in read_manifests(cache)
+            if (m.key.model, m.key.graph, m.key.precision, m.status) == (model, graph, precision, "ok")]

@@ -48,6 +48,8 @@ def prepare(config_path: str, dry_run: bool = False) -> list[str]:
             lines.append(f"{name} ({settings.precision}): engine in the cache, TensorRT {trt_version}")
             continue
         cmd = [emoedge, "build", name, "--precision", settings.precision, "--max-batch", str(settings.max_batch)]
+        if model.card.graphs:  # the graph the source's runner runs (scene: the encoder; the decoder runs on ONNX Runtime)
+            cmd += ["--graph", model.card.graph]
         if dry_run:
             lines.append(f"{name}: would run {' '.join(cmd)}")
             continue

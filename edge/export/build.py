@@ -1,16 +1,22 @@
-"""``emoedge build``: a TensorRT engine for one model artifact, in the device-keyed cache, gated.
+"""``emoedge build``: a TensorRT engine for one graph of a model, in the device-keyed cache, gated.
 
-The steps, under a lock file per engine (so two processes never build the same engine at once):
+A model has one graph (``model.onnx``), or, like the scene model, a main graph (``encoder.onnx``) and
+further graphs in its card (``[[graphs]]``: ``decoder.onnx``); ``--graph`` says which to build. The steps,
+under a lock file per engine (so two processes never build the same engine at once):
 
-1. a cached engine for exactly this model file, TensorRT, GPU, precision and profile is reused,
+1. a cached engine for exactly this graph file, TensorRT, GPU, precision and profile is reused,
    unless its file is missing or corrupt (sha256 in its manifest);
-2. engines of the same model, precision and profile built for another model file, TensorRT or GPU
+2. engines of the same graph, precision and profile built for another graph file, TensorRT or GPU
    are stale: they are removed, with a log line saying why, and rebuilt;
 3. the builder (``edge.export.engine``, the only TensorRT calls) makes the engine, with the timing
-   cache of this TensorRT and GPU kept in the cache folder across builds;
-4. the engine's top-1 predictions on the calibration samples are compared with ONNX Runtime FP32;
-   it may disagree with FP32 by no more than the artifact itself does on ONNX Runtime, plus the card's
-   allowance. An engine that fails is moved to ``rejected/`` (manifest status "rejected") and never used.
+   cache of this TensorRT and GPU kept in the cache folder across builds. A one-input graph gets a batch
+   profile; a decoder gets one covering its key/value cache (``edge.export.scene_engine``);
+4. the engine is compared with ONNX Runtime FP32. A graph with class scores: top-1 predictions on the
+   calibration samples (or on the held-out split of ``--data``); it may disagree with FP32 by no more than
+   the artifact itself does on ONNX Runtime, plus the card's allowance. A decoder: whole explanations of
+   the held-out images of ``--data`` against the FP32 decoder (``quantize_decoder.gate_decoder``: token
+   agreement and emotion consistency). An engine that fails is moved to ``rejected/`` (manifest status
+   "rejected") and never used.
 
 The builder and the engine runner are parameters so that everything around TensorRT runs, and is
 tested, on machines without it.
@@ -40,11 +46,13 @@ from edge.backends.engine_cache import (
     slug,
     staleness_reasons,
 )
-from edge.card import artifact_name, load_model, sha256_file
-from edge.errors import BackendUnavailable, ModelError
+from edge.card import ModelCard, artifact_name, load_card, load_model, resolve_model_folder, sha256_file
+from edge.errors import BackendUnavailable, InputError, ModelError
 from edge.export.calibrate import load_calibration_set
 from edge.export.engine import BuildRequest
 from edge.export.gate import GateResult, judge, run_batches, top1_agreement
+from edge.export.quantize_decoder import DecoderGate, gate_decoder
+from edge.export.scene_engine import decoder_build_request, decoder_spec, decoding_profile
 from edge.paths import calibration_dir
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,7 @@ class BuildOutcome:
     engine: Path
     manifest: EngineManifest
     reasons: list[str] = field(default_factory=list)  # why it was (re)built
-    gate: GateResult | None = None
+    gate: GateResult | DecoderGate | None = None
 
 
 def timing_cache_path(cache: Path, trt_version: str, gpu: str) -> Path:
@@ -71,18 +79,38 @@ def _remove(manifest_path: Path) -> None:
     manifest_path.unlink(missing_ok=True)
 
 
-def _real_builder() -> tuple[Builder, EngineOpener, str, str]:
-    """TensorRT's builder and runner, this machine's TensorRT version and GPU; or BackendUnavailable saying why not."""
+def tensorrt_runtime() -> tuple[EngineOpener, str, str]:
+    """TensorRT's engine runner, this machine's TensorRT version and GPU; or BackendUnavailable saying why not."""
     from edge.backends import probe
     from edge.backends.tensorrt import TensorRTRunner, require_tensorrt
-    from edge.export.engine import build_serialized_engine
 
     require_tensorrt()
     version = probe.tensorrt_version()
     gpu = probe.gpu_key()
     if version is None or gpu is None:
         raise BackendUnavailable("TensorRT imports but no CUDA GPU was found (pycuda and nvidia-smi see none)")
-    return build_serialized_engine, TensorRTRunner, version, gpu
+    return TensorRTRunner, version, gpu
+
+
+def _real_builder() -> tuple[Builder, EngineOpener, str, str]:
+    """TensorRT's builder and runner, this machine's TensorRT version and GPU; or BackendUnavailable saying why not."""
+    from edge.export.engine import build_serialized_engine
+
+    opener, version, gpu = tensorrt_runtime()
+    return build_serialized_engine, opener, version, gpu
+
+
+def graph_to_build(card: ModelCard, graph: str | None) -> str:
+    """The graph ``--graph`` names, or the card's only one; a card with several needs ``--graph``."""
+    names = [card.graph] + [g.name for g in card.graphs]
+    if graph is None:
+        if len(names) == 1:
+            return names[0]
+        raise ModelError(f"model '{card.name}' has {len(names)} graphs ({', '.join(names)}): say which to build, "
+                         f"e.g. emoedge build {card.name} --graph {names[0]} (each graph gets its own engine)")
+    if graph not in names:
+        raise ModelError(f"model '{card.name}' has no graph '{graph}' (its graphs: {', '.join(names)})")
+    return graph
 
 
 def gate_engine(
@@ -102,7 +130,7 @@ def gate_engine(
     )
 
 
-def _gate_new_engine(card: Any, calib: Any, batches: list[dict[str, Any]], fp32_path: Path, artifact_path: Path,
+def _gate_new_engine(card: Any, batches: list[dict[str, Any]], data: str, fp32_path: Path, artifact_path: Path,
                      precision: str, engine_path: Path, open_engine: EngineOpener) -> GateResult:
     from edge.backends.ort import OnnxRuntimeRunner
 
@@ -112,19 +140,21 @@ def _gate_new_engine(card: Any, calib: Any, batches: list[dict[str, Any]], fp32_
             if artifact_runner is not None:
                 artifact_runner.activate()
             with open_engine(engine_path) as engine:
-                return gate_engine(
-                    card, batches, fp32, artifact_runner, engine, card.quantization.max_loss_points,
-                    data=f"calibration/{card.name} ({len(calib)} samples)",
-                )
+                return gate_engine(card, batches, fp32, artifact_runner, engine, card.quantization.max_loss_points, data)
         finally:
             if artifact_runner is not None:
                 artifact_runner.deactivate()
 
 
+def _batches(inputs: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    n = int(next(iter(inputs.values())).shape[0])
+    return [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
+
+
 def build_engine(
     name_or_path: str | os.PathLike[str],
     precision: str = "fp32",
-    max_batch: int = 8,
+    max_batch: int | None = None,
     opt_batch: int | None = None,
     workspace_mb: int | None = None,
     dla_core: int | None = None,
@@ -137,27 +167,81 @@ def build_engine(
     trt_version: str | None = None,
     gpu: str | None = None,
     lock_timeout: float = LOCK_TIMEOUT_S,
+    graph: str | None = None,
+    beam: int | None = None,
+    max_tokens: int | None = None,
+    data: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    threads: int = 1,
 ) -> BuildOutcome:
-    """Build (or reuse) the engine of one model artifact; see the module docstring for the steps."""
+    """Build (or reuse) the engine of one graph at one precision; see the module docstring for the steps.
 
+    ``max_batch``/``opt_batch`` shape a one-input graph's profile (default 8); ``beam``/``max_tokens`` a
+    decoder's (default: the card's). ``data``/``limit``: the held-out images the gate runs on (a decoder's
+    gate needs them; other graphs use the calibration samples without them).
+    """
+
+    if dla_core is not None and precision == "fp32":
+        raise ModelError("a DLA core runs FP16 or INT8 only: build with --precision fp16 or int8 for --dla")
+    folder = resolve_model_folder(name_or_path, models)
+    card = load_card(folder / "card.toml")
+    graph = graph_to_build(card, graph)
+    is_decoder = graph != card.graph
+    if is_decoder:
+        if graph != "decoder":
+            raise ModelError(f"graph '{graph}' of '{card.name}': emoedge build knows the profiles of a main graph "
+                             "and of a decoder only")
+        if max_batch is not None or opt_batch is not None:
+            raise ModelError("a decoder's batch is its beam (twice over with guidance): give --beam, not --max-batch")
+        if data is None:
+            raise InputError("the decoder engine's gate decodes held-out images: give --data (a folder like "
+                             "emotion6_256)")
+    elif beam is not None or max_tokens is not None:
+        raise ModelError(f"--beam and --max-tokens shape a decoder's profile; graph '{graph}' takes --max-batch")
+    if data is not None and not Path(data).is_dir():
+        raise InputError(f"--data {data}: no such folder")
+    max_batch = max_batch or 8
     if max_batch < 1:
         raise ModelError(f"--max-batch must be at least 1 (got {max_batch})")
     opt = opt_batch or max_batch
     if not 1 <= opt <= max_batch:
         raise ModelError(f"the optimal batch {opt} must lie in 1..{max_batch}")
-    if dla_core is not None and precision == "fp32":
-        raise ModelError("a DLA core runs FP16 or INT8 only: build with --precision fp16 or int8 for --dla")
     if builder is None or open_engine is None or trt_version is None or gpu is None:
         real_builder, real_opener, real_version, real_gpu = _real_builder()
         builder, open_engine = builder or real_builder, open_engine or real_opener
         trt_version, gpu = trt_version or real_version, gpu or real_gpu
-    model = load_model(name_or_path, precision, models=models)
-    fp32_path = model.folder / artifact_name(model.card.graph, "fp32")
-    card = model.card
-    calib = load_calibration_set(calibration_dir(calibration) / card.name, card)
     root = engine_cache_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
-    key = EngineKey(model.name, model.sha256, trt_version, gpu, precision, 1, opt, max_batch, dla_core)
+    timing = timing_cache_path(root, trt_version, gpu)
+    batches: list[dict[str, Any]] = []
+    gate_data = ""
+    cap: int | None = None
+    if is_decoder:
+        model = load_model(folder, "fp32")  # the card checked against the encoder; the decoder file is the request's
+        request = decoder_build_request(model, precision, beam, max_tokens, workspace_mb=workspace_mb,
+                                        timing_cache=timing, dla_core=dla_core)
+        cap = decoding_profile(decoder_spec(model), beam, max_tokens)[1]
+        graph_sha = sha256_file(request.onnx_path)
+    else:
+        model = load_model(folder, precision)
+        request = BuildRequest(
+            onnx_path=model.path, precision=precision, min_batch=1, opt_batch=opt, max_batch=max_batch,
+            workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing,
+        )
+        graph_sha = model.sha256
+        if data is not None:
+            from edge.evaluation import load_split
+
+            held_out = load_split(card, Path(data), "validation", limit=limit)
+            if len(held_out) == 0:
+                raise InputError(f"{data}: no held-out samples to compare the engine with FP32 on")
+            batches, gate_data = _batches(held_out.inputs, min(max_batch, 32)), held_out.description
+        else:
+            calib = load_calibration_set(calibration_dir(calibration) / card.name, card)
+            batches, gate_data = calib.batches(min(max_batch, 32)), f"calibration/{card.name} ({len(calib)} samples)"
+    fp32_path = folder / artifact_name(graph, "fp32")
+    key = EngineKey(card.name, graph_sha, trt_version, gpu, precision, request.min_batch, request.opt_batch,
+                    request.max_batch, dla_core, graph=graph, max_tokens=cap)
     manifest_path = root / key.manifest_name
     engine_path = root / key.engine_name
 
@@ -197,12 +281,8 @@ def build_engine(
                     _remove(other_path)
         if reasons:
             log.warning("rebuilding %s: %s", key.engine_name, "; ".join(reasons))
-        log.warning("building %s from %s (this can take minutes on a Jetson)", key.engine_name, model.path.name)
+        log.warning("building %s from %s (this can take minutes on a Jetson)", key.engine_name, request.onnx_path.name)
 
-        request = BuildRequest(
-            onnx_path=model.path, precision=precision, min_batch=1, opt_batch=opt, max_batch=max_batch,
-            workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing_cache_path(root, trt_version, gpu),
-        )
         start = time.perf_counter()
         blob, info = builder(request)
         seconds = time.perf_counter() - start
@@ -210,23 +290,29 @@ def build_engine(
         tmp.write_bytes(blob)
         tmp.replace(engine_path)
 
-        batch = min(max_batch, 32)
-        batches = calib.batches(batch)
+        gate: GateResult | DecoderGate
         try:
-            gate = _gate_new_engine(card, calib, batches, fp32_path, model.path, precision, engine_path, open_engine)
+            if is_decoder:
+                assert data is not None
+                with open_engine(engine_path) as engine:
+                    gate = gate_decoder(model, engine, Path(data), limit, threads, beam=beam, max_tokens=cap)
+            else:
+                gate = _gate_new_engine(card, batches, gate_data, fp32_path, request.onnx_path, precision, engine_path,
+                                        open_engine)
         except BaseException:
             engine_path.unlink(missing_ok=True)  # an engine that cannot even be checked is never left behind
             raise
         manifest = EngineManifest(
-            key=key, onnx_file=model.path.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            key=key, onnx_file=request.onnx_path.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             build_seconds=round(seconds, 3), status="ok" if gate.passed else "rejected",
             gate=asdict(gate),
             engine_sha256=sha256_file(engine_path), builder=info, rebuilt_because=reasons,
         )
-        from edge.trust import record_engine_verdict
+        if isinstance(gate, GateResult):  # the runtime's device check of the graph it runs (a decoder has none)
+            from edge.trust import record_engine_verdict
 
-        record_engine_verdict(card.name, precision, engine_path, trt_version, gpu, gate.top1_agreement, gate.fp32,
-                              gate.n, gate.data, cache=cache)  # the device check of this engine, done here
+            record_engine_verdict(card.name, precision, engine_path, trt_version, gpu, gate.top1_agreement, gate.fp32,
+                                  gate.n, gate.data, cache=cache)
         if gate.passed:
             manifest.write(manifest_path)
             return BuildOutcome("built", engine_path, manifest, reasons, gate)

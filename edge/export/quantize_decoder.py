@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.backends.base import Runner
 from edge.card import ArtifactRecord, Model, artifact_name, load_model, sha256_file
 from edge.errors import InputError, ModelError
 from edge.export.quantize import land_candidate
@@ -75,8 +76,11 @@ def make_candidate(src: Path, dst: Path, precision: str) -> None:
         raise InputError(f"--precision must be fp16 or int8 (got '{precision}')")
 
 
-def gate_decoder(model: Model, candidate: Path, data_dir: Path, limit: int | None, threads: int) -> DecoderGate:
-    """Decode the held-out images of ``data_dir`` with the FP32 decoder and with ``candidate``; compare the text."""
+def gate_decoder(model: Model, candidate: Path | Runner, data_dir: Path, limit: int | None, threads: int,
+                 beam: int | None = None, max_tokens: int | None = None) -> DecoderGate:
+    """Decode the held-out images of ``data_dir`` with the FP32 decoder and with ``candidate`` (a decoder file, or an
+    active runner of one: a TensorRT engine), with the card's decoding settings or ``beam``/``max_tokens``;
+    compare the text."""
     import time
 
     from edge.evaluation.scene import encode, load_split, softmax
@@ -92,8 +96,10 @@ def gate_decoder(model: Model, candidate: Path, data_dir: Path, limit: int | Non
     tokens: dict[str, list[list[int]]] = {}
     ms: dict[str, float] = {}
     probs, conds, scorer = np.zeros((0, 7)), np.zeros((0, 0), np.float32), None
-    for which, path in (("fp32", None), ("candidate", candidate)):
-        with SceneModel(model, threads=threads, decoder_path=path) as scene:
+    for which, decoder in (("fp32", None), ("candidate", candidate)):
+        path, runner = (decoder, None) if not isinstance(decoder, Runner) else (None, decoder)
+        with SceneModel(model, threads=threads, beam=beam, max_tokens=max_tokens, decoder_path=path,
+                        decoder_runner=runner) as scene:
             if which == "fp32":
                 raw = encode(scene.encoder, data.inputs["image"])
                 probs = softmax(raw["logits"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from edge.features.scene import DEFAULT_SIZE, scene_input
 from edge.scene.data import EMOTIONS
 from edge.scene.decode import Explanation, SceneDecoder, condition
 from edge.scene.text import Vocab, load_hashes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,12 +45,15 @@ def decoder_spec(model: Model) -> GraphSpec:
 
 class SceneModel:
     """Context manager holding both runners. ``precision`` applies to the encoder; the decoder runs FP32
-    unless ``decoder_precision`` names another artifact (decoder.fp16.onnx)."""
+    unless ``decoder_precision`` names another artifact (decoder.fp16.onnx). ``backend`` applies to both:
+    with ``tensorrt`` the decoder runs the cached engine of its file (``emoedge build scene --graph decoder``),
+    whose profile must hold the beam and length cap (an InputError before decoding otherwise); with ``auto``
+    that engine where one fits, else ONNX Runtime."""
 
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
                  max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
                  guidance: float | None = None, encoder: Any = None, sharpen: float | None = None,
-                 decoder_path: Path | None = None) -> None:
+                 decoder_path: Path | None = None, decoder_runner: Any = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -62,13 +68,12 @@ class SceneModel:
         self.size = int(model.card.features.params.get("size", DEFAULT_SIZE))
         self._stack = ExitStack()
         self.encoder: Any = encoder  # an active runner of the encoder (the pipeline's checked one), else opened here
-        self.decoder_runner: Any = None
+        self.decoder_runner: Any = decoder_runner  # an active runner of a decoder (an engine under test), else opened here
         self.decoder: SceneDecoder | None = None
         self.vocab: Vocab | None = None
 
     def __enter__(self) -> SceneModel:
         from edge.backends import open_runner
-        from edge.backends.ort import OnnxRuntimeRunner
 
         if self.encoder is None:
             self.encoder = self._stack.enter_context(open_runner(self.model, backend=self.backend, threads=self.threads))
@@ -82,12 +87,30 @@ class SceneModel:
                 self._check_decoder_artifact(path)
             self.vocab = Vocab.load(folder / p.get("vocab", "vocab.txt"))
             hashes = load_hashes(folder / p.get("train_hashes", "train_hashes.npy")) if self.block_copies else set()
-            self.decoder_runner = self._stack.enter_context(OnnxRuntimeRunner(path, threads=self.threads))
+            guidance = self.guidance if self.guidance is not None else float(p.get("guidance", 0.0))
+            if self.decoder_runner is None:
+                self.decoder_runner = self._stack.enter_context(self._open_decoder(path, guidance))
             self.decoder = SceneDecoder(self.decoder_runner, self.vocab, int(p["layers"]), int(p["heads"]),
                                         int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam,
-                                        guidance=self.guidance if self.guidance is not None else float(p.get("guidance", 0.0)),
+                                        guidance=guidance,
                                         sharpen=self.sharpen if self.sharpen is not None else float(p.get("sharpen", 1.0)))
         return self
+
+    def _open_decoder(self, path: Path, guidance: float) -> Any:
+        """ONNX Runtime on ``path``, or (``backend`` tensorrt or auto) the decoder's engine, its profile checked."""
+        from edge.backends.ort import OnnxRuntimeRunner
+        from edge.errors import BackendUnavailable, InputError
+
+        if self.backend != "onnxruntime" and self.decoder_path is None:
+            from edge.export.scene_engine import open_decoder_engine
+
+            try:
+                return open_decoder_engine(self.model, self.decoder_precision, self.beam, self.max_tokens, guidance)
+            except (BackendUnavailable, InputError) as exc:
+                if self.backend == "tensorrt":
+                    raise
+                log.info("scene decoder: TensorRT not used: %s", exc)
+        return OnnxRuntimeRunner(path, threads=self.threads)
 
     def _check_decoder_artifact(self, path: Path) -> None:
         """An FP16/INT8 decoder runs only as the file its gate passed (``emoedge quantize scene --graph decoder``)."""
