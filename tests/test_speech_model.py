@@ -152,3 +152,46 @@ def test_training_can_start_from_the_shipped_model() -> None:
     assert mean.shape == std.shape == (64,)
     with pytest.raises(Exception, match="cannot read the model to start from"):
         load_onnx_weights(SpeechCNN(), folder / "card.toml")
+
+
+def test_blending_a_fine_tuned_model_with_its_start(tmp_path: Path) -> None:
+    """``tools/blend_weights.py``: every weight is the alpha-mix of the two files, the result runs, and a model
+    with other input statistics is refused (its weights would read other inputs)."""
+    import importlib.util
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from edge.backends.ort import OnnxRuntimeRunner
+    from edge.card import load_card, save_card
+    from edge.errors import ConfigError
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("blend_weights", root / "tools" / "blend_weights.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    start, tuned = root / "models" / "speech", tmp_path / "tuned"
+    shutil.copytree(start, tuned, ignore=shutil.ignore_patterns("*.fp16.onnx", "*.int8.onnx"))
+    proto = onnx.load(str(tuned / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for t in proto.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if np.issubdtype(w.dtype, np.floating):
+            t.CopyFrom(numpy_helper.from_array((w + 0.1 * rng.standard_normal(w.shape)).astype(w.dtype), t.name))
+    onnx.save(proto, str(tuned / "model.onnx"))
+    out = tool.blend(start, tuned, 0.25, tmp_path / "blend")
+    weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(f / "model.onnx")).graph.initializer}
+               for f in (start, tuned, out)]
+    name = "head.weight"
+    np.testing.assert_allclose(weights[2][name], 0.75 * weights[0][name] + 0.25 * weights[1][name], rtol=1e-6, atol=1e-7)
+    assert "blended" in (load_card(out / "card.toml").notes or "") and not load_card(out / "card.toml").metrics
+    with OnnxRuntimeRunner(out / "model.onnx", threads=1) as runner:
+        logits = runner.infer({"logmel": rng.standard_normal((2, 1, 64, 301)).astype(np.float32)})["logits"]
+    assert logits.shape == (2, 8) and np.isfinite(logits).all()
+    card = load_card(tuned / "card.toml")
+    card.features.params["loudness_norm"] = not card.features.params.get("loudness_norm", False)
+    save_card(card, tuned / "card.toml")
+    with pytest.raises(ConfigError, match="different input statistics"):
+        tool.blend(start, tuned, 0.5, tmp_path / "refused")
