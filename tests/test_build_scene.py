@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ import onnx
 import pytest
 from test_engine_cache import FakeTensorRTBuilder, ort_engine
 
-from edge.backends.base import Runner, TensorMeta
 from edge.backends.engine_cache import find_engine
 from edge.backends.ort import OnnxRuntimeRunner
 from edge.card import load_model, sha256_file
@@ -35,31 +34,13 @@ TRT, GPU = "10.3.0", "Orin (nvgpu)"
 LIMIT = 8  # held-out images per gate: enough to see a broken engine, quick on a shared CPU
 
 
-class ShiftedLogitsEngine(Runner):
+class ShiftedLogitsEngine(OnnxRuntimeRunner):
     """Stands in for a decoder engine built wrong: ONNX Runtime on the file, every logit moved one token over."""
 
     backend = "tensorrt (stand-in)"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.inner = OnnxRuntimeRunner(path)
-
-    @property
-    def inputs(self) -> Sequence[TensorMeta]:
-        return self.inner.inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorMeta]:
-        return self.inner.outputs
-
-    def _activate(self) -> None:
-        self.inner.activate()
-
-    def _deactivate(self) -> None:
-        self.inner.deactivate()
-
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.inner.infer(feed)
+        out = super()._infer(feed)
         out["logits"] = np.roll(out["logits"], 1, axis=-1)
         return out
 
