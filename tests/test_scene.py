@@ -140,6 +140,13 @@ def test_explain_verb_on_drawn_and_bad_images(tmp_path: Path) -> None:
         assert r["explanation"]["tokens"] <= 24
     errors = {Path(r["file"]).name: r["error"] for r in rows if "error" in r}
     assert "not a readable image" in errors["notes.jpg"] and "truncated" in errors["cut.jpg"]
+    # --backend: auto falls back to ONNX Runtime without engines; tensorrt without TensorRT says so and stops
+    auto = subprocess.run([sys.executable, "-m", "edge.cli", "explain", files[0], "--backend", "auto", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert auto.returncode == 0 and json.loads(auto.stdout)["explanation"]["text"] == ok[0]["explanation"]["text"]
+    trt = subprocess.run([sys.executable, "-m", "edge.cli", "explain", files[0], "--backend", "tensorrt"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert trt.returncode not in (0, 1) and "TensorRT" in trt.stderr and not trt.stdout
 
 
 @pytest.mark.data

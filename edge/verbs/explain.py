@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from edge.kinds import BACKENDS
 from edge.verbs import add_verb
 
 
@@ -15,6 +16,7 @@ def register(sub: Any) -> None:
         sub, "explain", "the scene model on image files: emotion, valence/arousal and a one-sentence explanation",
         "  emoedge explain photo.jpg\n"
         "  emoedge explain a.jpg b.png --json --beam 1\n"
+        "  emoedge explain photo.jpg --backend tensorrt   # on a Jetson, after emoedge build scene --graph ...\n"
         "\n"
         "A file that is not a usable image (not an image, truncated, too small, too large) is reported and\n"
         "skipped; the exit status is 1 when any file was refused.",
@@ -23,6 +25,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--model", default="scene", help="model name or folder (default: scene)")
     parser.add_argument("--models", help="models folder")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
+                        help="both graphs; tensorrt runs the engines of emoedge build scene --graph encoder|decoder, "
+                             "auto those that fit, else ONNX Runtime (default: onnxruntime)")
     parser.add_argument("--decoder-precision", default="fp32", choices=["fp32", "fp16", "int8"],
                         help="the decoder file to run (FP16/INT8 only as gated: emoedge quantize scene --graph decoder)")
     parser.add_argument("--beam", type=int, help="beam width (default: the card's; 1 = greedy)")
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, precision=args.precision, models=args.models)
     failed = 0
-    with SceneModel(model, threads=args.threads, beam=args.beam, max_tokens=args.max_tokens,
+    with SceneModel(model, backend=args.backend, threads=args.threads, beam=args.beam, max_tokens=args.max_tokens,
                     decoder_precision=args.decoder_precision) as scene:
         for path in args.images:
             try:
