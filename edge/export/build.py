@@ -48,7 +48,7 @@ from edge.backends.engine_cache import (
 )
 from edge.card import ModelCard, artifact_name, load_card, load_model, resolve_model_folder, sha256_file
 from edge.errors import BackendUnavailable, InputError, ModelError
-from edge.export.calibrate import load_calibration_set
+from edge.export.calibrate import load_calibration_set, split_batches
 from edge.export.engine import BuildRequest
 from edge.export.gate import GateResult, judge, run_batches, top1_agreement
 from edge.export.quantize_decoder import DecoderGate, gate_decoder
@@ -146,11 +146,6 @@ def _gate_new_engine(card: Any, batches: list[dict[str, Any]], data: str, fp32_p
                 artifact_runner.deactivate()
 
 
-def _batches(inputs: dict[str, Any], size: int) -> list[dict[str, Any]]:
-    n = int(next(iter(inputs.values())).shape[0])
-    return [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, n, size)]
-
-
 def build_engine(
     name_or_path: str | os.PathLike[str],
     precision: str = "fp32",
@@ -235,7 +230,7 @@ def build_engine(
             held_out = load_split(card, Path(data), "validation", limit=limit)
             if len(held_out) == 0:
                 raise InputError(f"{data}: no held-out samples to compare the engine with FP32 on")
-            batches, gate_data = _batches(held_out.inputs, min(max_batch, 32)), held_out.description
+            batches, gate_data = split_batches(held_out.inputs, min(max_batch, 32)), held_out.description
         else:
             calib = load_calibration_set(calibration_dir(calibration) / card.name, card)
             batches, gate_data = calib.batches(min(max_batch, 32)), f"calibration/{card.name} ({len(calib)} samples)"

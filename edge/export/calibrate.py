@@ -55,8 +55,13 @@ class CalibrationSet:
         return int(next(iter(self.inputs.values())).shape[0])
 
     def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
-        n = len(self)
-        return [{k: v[i : i + batch_size] for k, v in self.inputs.items()} for i in range(0, n, batch_size)]
+        return split_batches(self.inputs, batch_size)
+
+
+def split_batches(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Model inputs (each [N, ...]) cut into feeds of at most ``batch_size`` samples, in order."""
+    n = int(next(iter(inputs.values())).shape[0])
+    return [{k: v[i : i + batch_size] for k, v in inputs.items()} for i in range(0, n, batch_size)]
 
 
 # --- drawing -------------------------------------------------------------------------------------
