@@ -195,3 +195,42 @@ def test_blending_a_fine_tuned_model_with_its_start(tmp_path: Path) -> None:
     save_card(card, tuned / "card.toml")
     with pytest.raises(ConfigError, match="different input statistics"):
         tool.blend(start, tuned, 0.5, tmp_path / "refused")
+
+
+def test_distillation_pulls_the_student_towards_its_teacher() -> None:
+    """``--set distil_from=models/speech``: on the clips marked for distillation the student learns the teacher's
+    softened predictions (after the same steps from the same start, its predictions are closer to the teacher's
+    with the term than without it); a teacher that reads other inputs is refused."""
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    from edge.errors import ConfigError
+    from edge.zoo.speech import RECIPE, eval_windows, fit, init_statistics, load_teacher
+
+    folder = MODELS / "speech"
+    mean, std, loud = init_statistics(folder)
+    rng = np.random.default_rng(0)
+    # log-mel-like clips: the population mean plus noise, 2-4 s long
+    mels = [(mean[:, None] + std[:, None] * rng.standard_normal((64, int(rng.integers(200, 400))))).astype(np.float32)
+            for _ in range(48)]
+    labels = rng.integers(0, 8, size=len(mels))
+    actors = np.repeat(np.arange(1, 5), len(mels) // 4)
+    args = argparse.Namespace(max_steps=24, no_progress=True)
+    x = torch.from_numpy(eval_windows(mels[:16], mean, std, loud)[0])
+    teacher = load_teacher(folder, dict(RECIPE), mean, std, loud)
+    with torch.no_grad():
+        target = torch.softmax(teacher(x)[0], 1)
+
+    def kl_to_teacher(weight: float) -> float:
+        recipe = dict(RECIPE, distil_from=str(folder), distil_weight=weight, lr=3e-3, batch_size=16)
+        torch.manual_seed(0)
+        student, steps = fit(mels, labels, actors, mean, std, args, recipe, seed=0, distil=np.ones(len(mels), bool))
+        assert steps == 24
+        with torch.no_grad():
+            logp = torch.log_softmax(student(x)[0], 1)
+        return float((target * (target.clamp_min(1e-8).log() - logp)).sum(1).mean())
+
+    with_term, without = kl_to_teacher(5.0), kl_to_teacher(0.0)
+    assert with_term < 0.6 * without, (with_term, without)
+    with pytest.raises(ConfigError, match="input statistics"):
+        load_teacher(folder, dict(RECIPE), mean + 1.0, std, loud)

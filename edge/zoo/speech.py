@@ -64,6 +64,12 @@ RECIPE: dict[str, Any] = {
     # a trained speech model folder (card.toml + model.onnx, same widths) to start from: its weights, its input
     # statistics and loudness setting (so that its inputs do not move); its folded BatchNorm stays frozen
     "init": "",
+    # a trained speech model folder whose softened predictions on the --data corpus's clips are distilled into
+    # the model while it learns the extra corpora (so that learning them does not unlearn the first corpus);
+    # it must share the trained model's widths and input statistics (start from it with init)
+    "distil_from": "",
+    "distil_weight": 1.0,  # weight of the distillation term beside the cross-entropy
+    "distil_temperature": 2.0,
 }
 
 
@@ -218,18 +224,36 @@ def init_statistics(folder: Path) -> tuple[np.ndarray, np.ndarray, bool]:
             bool(params.get("loudness_norm", False)))
 
 
+def load_teacher(folder: Path, recipe: dict[str, Any], mean: np.ndarray, std: np.ndarray, loudness_norm: bool) -> SpeechCNN:
+    """The model ``folder`` (an exported SpeechCNN) as a frozen torch teacher; it must read the same inputs."""
+    t_mean, t_std, t_loud = init_statistics(folder)
+    if not (np.allclose(t_mean, mean) and np.allclose(t_std, std)) or t_loud != loudness_norm:
+        raise ConfigError(f"distil_from {folder}: its input statistics or loudness setting differ from the trained "
+                          "model's; start from it (init) so that both read the same inputs")
+    teacher = SpeechCNN(widths=recipe["widths"], dropout=0.0)
+    load_onnx_weights(teacher, folder / "model.onnx")
+    return teacher.eval()
+
+
 def fit(
     mels: list[np.ndarray], labels: np.ndarray, actors: np.ndarray, mean: np.ndarray, std: np.ndarray,
     args: argparse.Namespace, recipe: dict[str, Any], seed: int, device: str = "cpu", masks: np.ndarray | None = None,
+    distil: np.ndarray | None = None,
 ) -> tuple[SpeechCNN, int]:
     """Train a SpeechCNN by ``recipe`` on ``device``; the model comes back on the CPU in eval mode.
 
     ``masks`` (clips x classes, True where the clip's corpus has the class) restrict each clip's softmax and
-    label smoothing to its corpus's classes."""
+    label smoothing to its corpus's classes. ``distil`` (clips, True where the teacher ``distil_from`` knows
+    the clip's corpus) adds the teacher's softened predictions on those clips as a second target."""
     model = SpeechCNN(widths=recipe["widths"], dropout=recipe["dropout"])
     if recipe["init"]:
         load_onnx_weights(model, Path(recipe["init"]) / "model.onnx")
     model = model.to(device)
+    teacher = None
+    if recipe["distil_from"]:
+        teacher = load_teacher(Path(recipe["distil_from"]), recipe, mean, std, bool(recipe["loudness_norm"])).to(device)
+        distil_all = torch.from_numpy(distil if distil is not None else np.ones(len(mels), dtype=bool))
+    temperature, distil_weight = float(recipe["distil_temperature"]), float(recipe["distil_weight"])
     batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
@@ -263,6 +287,14 @@ def fit(
             logits, _ = model(x.to(device))
             logits = logits.masked_fill(mask.to(device) == 0, -1e4)  # a class the corpus lacks: no gradient to it
             loss = -(y.to(device) * torch.log_softmax(logits, 1)).sum(1).mean()
+            if teacher is not None:
+                taught = distil_all[idx].to(device)
+                if bool(taught.any()):
+                    with torch.no_grad():
+                        target = torch.softmax(teacher(x.to(device))[0][taught] / temperature, 1)
+                    student = torch.log_softmax(logits[taught] / temperature, 1)
+                    kd = (target * (torch.log(target.clamp_min(1e-8)) - student)).sum(1).sum() / len(idx)
+                    loss = loss + distil_weight * temperature**2 * kd
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -312,7 +344,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
         mean, std = F.bin_statistics([F.normalise_loudness(m) for m in tr_mels] if loud else tr_mels)
     start = time.perf_counter()
     model, steps = fit(tr_mels, labels[idx], actors[idx], mean, std, args, recipe, seed,
-                       getattr(args, "device", None) or "cpu", masks=masks[idx])
+                       getattr(args, "device", None) or "cpu", masks=masks[idx], distil=corpus[idx] == 0)
     seconds = time.perf_counter() - start
     n_params = count_parameters(model)
     print(f"parameters: {n_params}; {steps} optimiser steps in {seconds:.0f} s")
