@@ -58,7 +58,8 @@ RECIPE: dict[str, Any] = {
     # more corpora (comma-separated folders with labels.csv) trained on beside --data, each with a mask of the
     # classes it has, so that a corpus without "calm" never teaches "this is not calm"
     "extra_data": "",
-    "holdout_every": 5,  # of an extra corpus's speakers (sorted), every this many is held out for validation
+    "holdout_every": 5,  # of an extra corpus's speakers (sorted), every this many is held out for validation ...
+    "holdout_fold": -1,  # ... starting at this one (0 .. holdout_every-1, the folds of a leave-speakers-out check; -1: the last)
     "device_aug_p": 0.0,  # chance of each device augmentation (EQ, band-limit, reverb, noise, codec) per window
     "loudness_norm": False,  # normalise each window's loudness (edge.features.speech.normalise_loudness)
     # a trained speech model folder (card.toml + model.onnx, same widths) to start from: its weights, its input
@@ -322,7 +323,11 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     for c, extra in enumerate(folders[1:], start=1):
         m2, l2, a2, k2 = load_corpus(extra, args, offset=100_000 * c)
         speakers = sorted(set(k2), key=lambda k: (len(k), k))
-        held = set(speakers[recipe["holdout_every"] - 1 :: recipe["holdout_every"]]) if recipe["holdout_every"] else set()
+        every, fold = int(recipe["holdout_every"]), int(recipe["holdout_fold"])
+        fold = every - 1 if fold == -1 else fold
+        if every and not 0 <= fold < every:
+            raise ConfigError(f"speech: holdout_fold {fold} is not one of 0..{every - 1} (holdout_every {every})")
+        held = set(speakers[fold::every]) if every else set()
         mels += m2
         labels = np.concatenate([labels, l2])
         actors = np.concatenate([actors, a2])
@@ -363,6 +368,10 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
     print(f"exported {out / 'model.onnx'}: ONNX Runtime matches torch (max abs diff {worst:.2e})")
     recipe_note = (f"Trained on {getattr(args, 'device', None) or 'cpu'}. Recipe: "
                    + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in recipe.items()) + ". ")
+    for key in ("init", "distil_from"):  # the folder may be replaced by this model: name the file's content
+        if recipe[key]:
+            digest = hashlib.sha256((Path(recipe[key]) / "model.onnx").read_bytes()).hexdigest()
+            recipe_note += f"{key}: {Path(recipe[key]) / 'model.onnx'} of sha256 {digest[:16]} (before this training). "
     train_keys = sorted({keys[i] for i in idx}, key=lambda k: (k.split(":")[0], len(k), k))
     write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx][corpus[idx] == 0].tolist())),
                int(model.head.in_features), worst, recipe_note, folders=folders, train_speakers=train_keys,
@@ -381,7 +390,10 @@ def write_card(
         name="speech",
         version="1.0.0",
         modality="speech",
-        description="The 8 RAVDESS emotions from 3 s of 16 kHz speech: a small CNN over a 64-band log-mel spectrogram.",
+        description="The 8 RAVDESS emotions from 3 s of 16 kHz speech"
+        + (f", trained on {len(folders)} corpora ({', '.join(f.name for f in folders)}) with a per-corpus class mask"
+           if folders and len(folders) > 1 else "")
+        + ": a small CNN over a 64-band log-mel spectrogram.",
         labels=list(EMOTIONS),
         inputs=[
             TensorSpec(
