@@ -253,7 +253,7 @@ def fit(
     teacher = None
     if recipe["distil_from"]:
         teacher = load_teacher(Path(recipe["distil_from"]), recipe, mean, std, bool(recipe["loudness_norm"])).to(device)
-        distil_all = torch.from_numpy(distil if distil is not None else np.ones(len(mels), dtype=bool))
+    distil_all = torch.from_numpy(distil if distil is not None else np.ones(len(mels), dtype=bool))
     temperature, distil_weight = float(recipe["distil_temperature"]), float(recipe["distil_weight"])
     batch, epochs = recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = (len(mels) + batch - 1) // batch
