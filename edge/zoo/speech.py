@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.card import sha256_file
 from edge.errors import ConfigError
 from edge.evaluation.speech import read_labels, speaker_key, speaker_of
 from edge.features import speech as F
@@ -285,16 +286,17 @@ def fit(
                 y = lam * y + (1 - lam) * y[perm]
             mask = mask_all[idx].float()
             y = y * (1 - smoothing) + smoothing * mask / mask.sum(1, keepdim=True)
-            logits, _ = model(x.to(device))
+            x = x.to(device)
+            logits, _ = model(x)
             logits = logits.masked_fill(mask.to(device) == 0, -1e4)  # a class the corpus lacks: no gradient to it
             loss = -(y.to(device) * torch.log_softmax(logits, 1)).sum(1).mean()
             if teacher is not None:
                 taught = distil_all[idx].to(device)
                 if bool(taught.any()):
                     with torch.no_grad():
-                        target = torch.softmax(teacher(x.to(device))[0][taught] / temperature, 1)
+                        target = torch.softmax(teacher(x)[0][taught] / temperature, 1)
                     student = torch.log_softmax(logits[taught] / temperature, 1)
-                    kd = (target * (torch.log(target.clamp_min(1e-8)) - student)).sum(1).sum() / len(idx)
+                    kd = nn.functional.kl_div(student, target, reduction="sum") / len(idx)
                     loss = loss + distil_weight * temperature**2 * kd
             opt.zero_grad()
             loss.backward()
@@ -370,7 +372,7 @@ def train(data: str | None, out: Path | None, args: argparse.Namespace) -> Path:
                    + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in recipe.items()) + ". ")
     for key in ("init", "distil_from"):  # the folder may be replaced by this model: name the file's content
         if recipe[key]:
-            digest = hashlib.sha256((Path(recipe[key]) / "model.onnx").read_bytes()).hexdigest()
+            digest = sha256_file(Path(recipe[key]) / "model.onnx")
             recipe_note += f"{key}: {Path(recipe[key]) / 'model.onnx'} of sha256 {digest[:16]} (before this training). "
     train_keys = sorted({keys[i] for i in idx}, key=lambda k: (k.split(":")[0], len(k), k))
     write_card(out, n_params, seed, seconds, steps, mean, std, folder, sorted(set(actors[idx][corpus[idx] == 0].tolist())),
