@@ -162,3 +162,46 @@ def flat(value: object, prefix: str = "") -> dict[str, float]:
             out.update(flat(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): float(value)}  # type: ignore[arg-type]
+
+
+def test_shipped_model_is_calibrated_and_flags_made_up_artefacts(tmp_path: Path) -> None:
+    """The card's temperatures reach the runtime, and a fresh set of made-up artefact windows (seed 2,
+    never used to fit or choose) is told apart from held-out DASPS windows by the card's OOD statistics."""
+    import json
+
+    from edge.card import load_model
+    from edge.evaluation.outliers import raw_eeg_outliers
+    from edge.paths import data_dir
+    from edge.pipeline.readout import OutputReader
+
+    card = load_model(ROOT / "models" / "histn").card
+    assert card.confidence is not None and card.ood is not None
+    reader = OutputReader(card)
+    assert set(reader.temperatures) == {"valence_logits", "arousal_logits"}
+    assert all(t != 1.0 for t in reader.temperatures.values())
+    data = data_dir() / "dasps"
+    if not data.is_dir():
+        pytest.skip("the shared DASPS folder is not here (set EMOEDGE_DATA)")
+    assert raw_eeg_outliers(tmp_path / "outliers", n=60, seed=2) == {"noise": 60, "blinks": 60, "muscle": 60}
+    proc = subprocess.run([sys.executable, "-m", "edge", "eval", "histn", "--data", str(data), "--ood",
+                           str(tmp_path / "outliers"), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ood_auroc"] >= 0.9 and result["ood_flagged"]["inliers"] <= 0.1
+    for key in ("valence", "arousal"):
+        assert result[key]["temperature"] == pytest.approx(reader.temperatures[f"{key}_logits"])
+        assert result[key]["ece"] < result[key]["uncalibrated"]["ece"] + 1e-9
+
+
+def test_outlier_windows_of_the_wrong_shape_are_refused_by_name(tmp_path: Path) -> None:
+    from edge.card import load_model
+    from edge.errors import InputError
+    from edge.evaluation.histn import load_outliers
+
+    card = load_model(ROOT / "models" / "histn").card
+    (tmp_path / "noise").mkdir()
+    np.save(tmp_path / "noise" / "bad.npy", np.zeros((4, 14, 64), np.float32))
+    with pytest.raises(InputError, match=r"bad\.npy.*\[N, 14, 128\]"):
+        load_outliers(card, tmp_path)
+    with pytest.raises(InputError, match="no outliers"):
+        load_outliers(card, tmp_path / "missing")

@@ -22,17 +22,11 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError
-from edge.evaluation import LabelledSet
+from edge.evaluation import Head, LabelledSet, infer_outputs
 from edge.evaluation.ordinal import derived_views as ordinal_views
 from edge.evaluation.ordinal import ordinal_metrics
 
 TARGETS = ("valence", "arousal")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def derived_views(valence_p: np.ndarray, arousal_p: np.ndarray) -> dict[str, np.ndarray]:
@@ -135,22 +129,58 @@ def load_split(
         inputs={card.inputs[0].name: w.x},
         labels={"valence": dasps.rating_level(w.valence), "arousal": dasps.rating_level(w.arousal)},
         description=description,
-        extra={"mode": "first-minute", "valence_rating": w.valence, "arousal_rating": w.arousal, "subjects": w.subject},
+        extra={"mode": "first-minute", "valence_rating": w.valence, "arousal_rating": w.arousal, "subjects": w.subject,
+               "groups": np.asarray(w.subject).tolist()},  # per subject: the folds of cross-fitted calibration
     )
 
 
-def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256) -> dict[str, Any]:
-    name = card.inputs[0].name
-    x = data.inputs[name]
-    outs: dict[str, list[np.ndarray]] = {"valence_logits": [], "arousal_logits": []}
-    for start in range(0, len(x), batch):
-        result = runner.infer({name: x[start : start + batch]})
-        for key in outs:
-            outs[key].append(result[key])
-    vp = softmax(np.concatenate(outs["valence_logits"]))
-    ap = softmax(np.concatenate(outs["arousal_logits"]))
+def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> list[Head]:
+    """The valence and arousal level logits with their level labels: what ``emoedge eval`` calibrates
+    (``--fit-temperature``, cross-fitted by subject) and scores for confidence (``ece``)."""
+    from edge.zoo.dasps import LEVEL_NAMES
+
+    labels = data.labels
+    assert isinstance(labels, dict)
+    return [Head(f"{key}_logits", raw[f"{key}_logits"], labels[key], list(LEVEL_NAMES), key) for key in TARGETS]
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256,
+             raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Level, binary and anxious metrics from the level probabilities the runtime publishes (the card's
+    temperatures applied, ``edge.confidence.probabilities``)."""
+    from edge.confidence import probabilities
+
+    raw = raw if raw is not None else infer_outputs(runner, card, data, batch)
+    vp = probabilities(raw["valence_logits"], card.temperature("valence_logits"))
+    ap = probabilities(raw["arousal_logits"], card.temperature("arousal_logits"))
     e = data.extra
-    return pooled_and_per_subject(vp, ap, e["valence_rating"], e["arousal_rating"], e["subjects"])
+    result = pooled_and_per_subject(vp, ap, e["valence_rating"], e["arousal_rating"], e["subjects"])
+    result["skipped"] = data.skipped
+    return result
+
+
+def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
+    """Model-ready windows (``[N, electrodes, samples]``, after the front end) from ``folder/<kind>/*.npy``,
+    per kind (``python -m edge.evaluation.outliers eeg-raw``)."""
+    from edge.errors import InputError
+
+    root = Path(folder)
+    shape = tuple(int(d) for d in card.inputs[0].shape[1:])
+    out: dict[str, LabelledSet] = {}
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(kind.glob("*.npy"))
+        if not files:
+            continue
+        arrays = [np.load(f) for f in files]
+        for f, a in zip(files, arrays, strict=True):
+            if tuple(a.shape[1:]) != shape:
+                raise InputError(f"{f}: outlier windows of shape {tuple(a.shape)}; the model reads [N, {shape[0]}, {shape[1]}]")
+        rows = np.concatenate(arrays).astype(np.float32)
+        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
+                                     description=f"{kind} ({len(rows)} windows)")
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with .npy windows of shape [N, {shape[0]}, {shape[1]}])")
+    return out
 
 
 def format_block(title: str, m: dict[str, Any]) -> str:

@@ -10,7 +10,13 @@ under OUT, in the model's input format, for ``emoedge eval NAME --data DIR --ood
 * face (48x48 gray PNG): ``noise`` (white, blurred and salt-and-pepper noise), ``shapes`` (random
   rectangles, ellipses and lines) and ``patterns`` (stripes, checkerboards, gradients);
 * eeg (``.npy`` rows of the model's 160 z-scored band powers): ``noise`` (three times the spread of
-  real rows) and ``saturated`` (a few electrodes pinned high in every band, as a loose contact does).
+  real rows) and ``saturated`` (a few electrodes pinned high in every band, as a loose contact does);
+* eeg-raw (``.npy`` 1-s windows ``[N, 14, 128]`` as the HiSTN front end hands them to the model: band-passed,
+  z-scored by the wearer's first minute, clipped at +-6): ``noise`` (broadband, three times the spread),
+  ``blinks`` (large slow eye-movement and blink artefacts on the frontal electrodes, which the training
+  data had removed) and ``muscle`` (bursts of 20-45 Hz muscle activity on the temporal electrodes, as
+  jaw clenching gives). Flat and railed channels never reach the model: ``edge.features.eeg_raw`` flags
+  them, feeds them as zeros and scales the confidence down.
 
 Everything is generated from a seed; nothing comes from a data set.
 """
@@ -204,14 +210,53 @@ def eeg_outliers(out: Path, n: int = 200, seed: int = 0, features: int = 160) ->
     return {"noise": n, "saturated": n}
 
 
+RAW_EEG_FRONTAL = (0, 1, 12, 13)  # AF3, F7, F8, AF4 in the Emotiv order of edge.zoo.dasps.ELECTRODES
+RAW_EEG_TEMPORAL = (3, 4, 9, 10)  # FC5, T7, T8, FC6
+
+
+def _eeg_like(rng: np.random.Generator, n: int, channels: int, samples: int, rate: int,
+              band: tuple[float, float] = (4.0, 45.0), tilt: float = 0.5) -> np.ndarray:
+    """Unit-spread band-limited noise with a 1/f^tilt amplitude spectrum, shaped like normalised EEG."""
+    spectrum = np.fft.rfft(rng.standard_normal((n, channels, samples)), axis=-1)
+    f = np.fft.rfftfreq(samples, 1 / rate)
+    spectrum *= np.where((f >= band[0]) & (f <= band[1]), np.maximum(f, 1.0) ** -tilt, 0.0)
+    x = np.fft.irfft(spectrum, n=samples, axis=-1)
+    return x / x.std(axis=-1, keepdims=True)
+
+
+def raw_eeg_outliers(out: Path, n: int = 200, seed: int = 0, channels: int = 14, samples: int = 128,
+                     rate: int = 128, clip: float = 6.0) -> dict[str, int]:
+    """Write ``noise``, ``blinks`` and ``muscle`` folders of ``.npy`` windows under ``out``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    noise = 3.0 * rng.standard_normal((n, channels, samples))
+    blinks = _eeg_like(rng, n, channels, samples, rate)
+    for window in blinks:
+        centre, width = rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.15)
+        blink = rng.uniform(4, 10) * np.exp(-0.5 * ((t - centre) / width) ** 2)
+        drift = rng.uniform(1, 3) * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t + rng.uniform(0, 2 * np.pi))
+        window[list(RAW_EEG_FRONTAL)] += blink + drift
+    muscle = _eeg_like(rng, n, channels, samples, rate)
+    bursts = _eeg_like(rng, n, len(RAW_EEG_TEMPORAL), samples, rate, band=(20.0, 45.0), tilt=0.0)
+    for window, burst in zip(muscle, bursts, strict=True):
+        centre, width = rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3)
+        window[list(RAW_EEG_TEMPORAL)] += rng.uniform(2, 5) * burst * np.exp(-0.5 * ((t - centre) / width) ** 2)
+    written = {}
+    for kind, windows in (("noise", noise), ("blinks", blinks), ("muscle", muscle)):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        np.save(out / kind / f"{kind}.npy", np.clip(windows, -clip, clip).astype(np.float32))
+        written[kind] = n
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("modality", choices=["speech", "face", "eeg"])
+    parser.add_argument("modality", choices=["speech", "face", "eeg", "eeg-raw"])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, face and eeg 200)")
+    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, the others 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    make = {"speech": speech_outliers, "face": face_outliers, "eeg": eeg_outliers}[args.modality]
+    make = {"speech": speech_outliers, "face": face_outliers, "eeg": eeg_outliers, "eeg-raw": raw_eeg_outliers}[args.modality]
     counts = make(args.out, n=args.n or (40 if args.modality == "speech" else 200), seed=args.seed)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
