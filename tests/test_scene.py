@@ -276,3 +276,32 @@ def test_arousal_stack_in_the_shipped_encoder() -> None:
     nodes = [n.name for n in onnx.load(str(SCENE / "encoder.onnx")).graph.node]
     written = bool((log.get("arousal_stack") or {}).get("written"))
     assert any(n.startswith("arousal_stack") for n in nodes) == written
+
+
+@needs_model
+def test_the_estimate_is_calibrated_and_a_camera_showing_no_scene_reads_unknown(tmp_path: Path) -> None:
+    """The card's temperature reaches the published probabilities, the drawn demo scenes pass the OOD gate,
+    and made-up non-scenes (a fresh seed, never used to fit) mostly do not."""
+    from edge.backends import open_runner
+    from edge.card import load_model
+    from edge.evaluation.outliers import scene_outliers
+    from edge.evaluation.scene import load_outliers
+    from edge.fusion import UNKNOWN
+    from edge.pipeline.readout import OutputReader
+    from edge.scene.demo import demo_scenes
+
+    model = load_model(SCENE)
+    reader = OutputReader(model.card)
+    assert model.card.confidence is not None and reader.temperatures["logits"] != 1.0
+    assert scene_outliers(tmp_path, n=8, seed=2) == {"noise": 8, "patterns": 8, "blank": 8}
+    sets = load_outliers(model.card, tmp_path)
+    demo = np.stack([scene_input(image, 224) for image in demo_scenes(4)])
+    with open_runner(model, threads=1) as runner:
+        shown = reader.read(runner.infer({"image": demo}))
+        flagged = {kind: [r.label == UNKNOWN for r in reader.read(runner.infer(s.inputs))] for kind, s in sets.items()}
+        raw = runner.infer({"image": demo[:1]})
+    assert all(r.label != UNKNOWN and r.ood is not None and r.ood < 1.0 for r in shown)
+    assert np.mean(flagged["noise"]) >= 0.75 and np.mean(flagged["blank"]) >= 0.75
+    logits = np.asarray(raw["logits"][0], np.float64) / reader.temperatures["logits"]
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert list(shown[0].probs.values()) == pytest.approx(expected.tolist(), abs=1e-6)

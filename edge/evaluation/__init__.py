@@ -77,6 +77,11 @@ def infer_outputs(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def batch_of(module: Any) -> int:
+    """Samples per model call in eval: the evaluator's ``INFER_BATCH`` (large inputs), else 256."""
+    return int(getattr(module, "INFER_BATCH", 256))
+
+
 def evaluator_for(card: ModelCard) -> Any:
     """The evaluation module that loads data into this card's model inputs: the one its feature recipe names."""
     from edge.errors import ModelError
@@ -106,9 +111,10 @@ def _per_item(values: np.ndarray, data: LabelledSet) -> np.ndarray:
     return values if owner is None else values[np.asarray(owner)]
 
 
-def _class_ids(heads: list[Head]) -> np.ndarray:
-    """One class id per sample that joins every head's label (EEG: the valence x arousal quadrant)."""
-    ids = np.zeros(len(heads[0].labels), dtype=np.int64)
+def _class_ids(heads: list[Head], data: LabelledSet) -> np.ndarray:
+    """One class id per sample that joins every head's label (EEG: the valence x arousal quadrant; one class
+    for data without labelled heads)."""
+    ids = np.zeros(len(heads[0].labels) if heads else len(data), dtype=np.int64)
     for head in heads:
         ids = ids * len(head.names) + np.asarray(head.labels, dtype=np.int64)
     return ids
@@ -138,8 +144,8 @@ def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: Lab
     owner = data.extra.get("owner")
     if owner is not None:
         owner = np.asarray(owner)
-        score = np.bincount(owner, weights=item, minlength=len(heads[0].labels)) / np.maximum(
-            np.bincount(owner, minlength=len(heads[0].labels)), 1)
+        samples = len(heads[0].labels) if heads else len(data)
+        score = np.bincount(owner, weights=item, minlength=samples) / np.maximum(np.bincount(owner, minlength=samples), 1)
     else:
         score = item
     keep = score <= 1.0
@@ -207,7 +213,7 @@ def confidence_report(
     if not hasattr(module, "load_outliers"):
         raise ConfigError(f"model '{card.name}': its evaluator cannot read outliers (no load_outliers())")
     sets = module.load_outliers(card, outliers, mode=mode)
-    outlier_embeddings = {kind: infer_outputs(runner, card, s)["embedding"] for kind, s in sets.items()}
+    outlier_embeddings = {kind: infer_outputs(runner, card, s, batch_of(module))["embedding"] for kind, s in sets.items()}
     selection: list[dict[str, Any]] = []
     described: list[str] = []
     if fit_ood:
@@ -217,9 +223,9 @@ def confidence_report(
             if train.description == data.description:
                 raise ConfigError(f"--fit-ood: the train split of {folder} is the evaluated split itself; give the "
                                   "data set's root (with train/ and validation/)")
-            raw_train = infer_outputs(runner, card, train)
+            raw_train = infer_outputs(runner, card, train, batch_of(module))
             embeddings.append(raw_train["embedding"])
-            class_parts.append(_per_item(_class_ids(module.heads(card, train, raw_train)), train))
+            class_parts.append(_per_item(_class_ids(module.heads(card, train, raw_train), train), train))
             described.append(train.description)
         raw_train = {"embedding": np.concatenate(embeddings)}
         classes = np.concatenate(class_parts)

@@ -9,6 +9,9 @@ under OUT, in the model's input format, for ``emoedge eval NAME --data DIR --ood
   clip is en-us eSpeak NG and stays out of the threshold's data);
 * face (48x48 gray PNG): ``noise`` (white, blurred and salt-and-pepper noise), ``shapes`` (random
   rectangles, ellipses and lines) and ``patterns`` (stripes, checkerboards, gradients);
+* scene (256x256 colour PNG, what a camera shows when it shows no scene): ``noise`` (colour and blurred
+  noise, as a dark sensor's gain gives), ``patterns`` (stripes, checkerboards, gradients and shapes in
+  random tints: test cards, screens) and ``blank`` (a nearly uniform colour: a covered lens, a wall);
 * eeg (``.npy`` rows of the model's 160 z-scored band powers): ``noise`` (three times the spread of
   real rows) and ``saturated`` (a few electrodes pinned high in every band, as a loose contact does);
 * eeg-raw (``.npy`` 1-s windows ``[N, 14, 128]`` as the HiSTN front end hands them to the model: band-passed,
@@ -194,6 +197,32 @@ def face_outliers(out: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
     return {k: n for k in ("noise", "shapes", "patterns")}
 
 
+def scene_outlier(rng: np.random.Generator, kind: str, size: int = 256) -> np.ndarray:
+    """One non-scene colour image (BGR uint8, size x size) of a kind: noise, patterns or blank."""
+    if kind == "noise":
+        return np.stack([face_outlier(rng, "noise", size) for _ in range(3)], axis=-1)
+    if kind == "patterns":
+        gray = face_outlier(rng, "patterns" if rng.random() < 0.6 else "shapes", size).astype(np.float64)
+        low, high = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        return np.asarray(low + (high - low) * (gray[..., None] / 255.0), dtype=np.uint8)
+    colour = rng.integers(0, 256, 3).astype(np.float64)
+    img = colour + rng.normal(0, rng.uniform(0.5, 4), (size, size, 3))
+    return np.asarray(np.clip(img, 0, 255), dtype=np.uint8)
+
+
+def scene_outliers(out: Path, n: int = 100, seed: int = 0) -> dict[str, int]:
+    """Write ``noise``, ``patterns`` and ``blank`` PNG folders under ``out``; returns counts."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    kinds = ("noise", "patterns", "blank")
+    for kind in kinds:
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(out / kind / f"{kind}_{i:04d}.png"), scene_outlier(rng, kind))
+    return {k: n for k in kinds}
+
+
 def eeg_outliers(out: Path, n: int = 200, seed: int = 0, features: int = 160) -> dict[str, int]:
     """Write ``noise`` and ``saturated`` folders of ``.npy`` rows (z-scored band powers) under ``out``."""
     rng = np.random.default_rng(seed)
@@ -251,13 +280,14 @@ def raw_eeg_outliers(out: Path, n: int = 200, seed: int = 0, channels: int = 14,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("modality", choices=["speech", "face", "eeg", "eeg-raw"])
+    parser.add_argument("modality", choices=["speech", "face", "scene", "eeg", "eeg-raw"])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, the others 200)")
+    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, scene 100, the others 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    make = {"speech": speech_outliers, "face": face_outliers, "eeg": eeg_outliers, "eeg-raw": raw_eeg_outliers}[args.modality]
-    counts = make(args.out, n=args.n or (40 if args.modality == "speech" else 200), seed=args.seed)
+    make = {"speech": speech_outliers, "face": face_outliers, "scene": scene_outliers, "eeg": eeg_outliers,
+            "eeg-raw": raw_eeg_outliers}[args.modality]
+    counts = make(args.out, n=args.n or {"speech": 40, "scene": 100}.get(args.modality, 200), seed=args.seed)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 

@@ -4,7 +4,9 @@ Split "validation" is the held-out images of the training run (``edge.scene.data
 the seed and fraction the card records), "train" the rest, "all" every image. Metrics: dominant-
 emotion accuracy and KL(data || model) where the folder has emotion distributions, valence and
 arousal Pearson r and MAE on the folder's own rating scale, and (when the card has a decoder)
-the explanation metrics of ``edge.scene.textmetrics``.
+the explanation metrics of ``edge.scene.textmetrics``. On an Emotion6-style folder the dominant emotion
+is also the label that calibration (``ece``, ``--fit-temperature``) is measured against; an OASIS-style
+folder has no emotion labels, so it gets the OOD figures (``--ood``) but no calibration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.card import ModelCard
-from edge.evaluation import LabelledSet
+from edge.evaluation import Head, LabelledSet
 from edge.features.scene import DEFAULT_SIZE, load_image, scene_input
 from edge.scene.data import from_unit, read, split
 
@@ -77,8 +79,37 @@ def emotion_metrics(logits: np.ndarray, va: np.ndarray, labels: dict[str, np.nda
     return out
 
 
-def evaluate(runner: Any, card: ModelCard, data: LabelledSet) -> dict[str, Any]:
-    raw = encode(runner, data.inputs["image"])
+INFER_BATCH = 16  # images per encoder call in ``emoedge eval`` (a 224-px batch of 256 would take gigabytes)
+
+
+def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> list[Head]:
+    """The emotion logits against the dominant emotion of the folder's distributions (Emotion6-style folders;
+    none for a folder without emotion ratings)."""
+    if "emotion" not in data.extra["targets"]:
+        return []
+    return [Head("logits", raw["logits"], np.asarray(data.labels, np.int64), list(card.labels))]
+
+
+def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
+    """Unlabelled images of ``folder/<kind>/`` as encoder inputs, per kind (``python -m edge.evaluation.outliers scene``)."""
+    from edge.errors import InputError
+    from edge.evaluation.face import IMAGE_SUFFIXES
+
+    size = int(card.features.params.get("size", DEFAULT_SIZE))
+    root = Path(folder)
+    out: dict[str, LabelledSet] = {}
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(f for f in kind.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            out[kind.name] = LabelledSet(inputs={"image": np.stack([scene_input(load_image(f), size) for f in files])},
+                                         labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} images)")
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with images: noise/, patterns/, ...)")
+    return out
+
+
+def evaluate(runner: Any, card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    raw = raw if raw is not None else encode(runner, data.inputs["image"])
     result = emotion_metrics(raw["logits"], raw["va"], data.extra["targets"], data.extra["dataset"])
     result["dataset"] = data.extra["dataset"]
     folder = Path(getattr(runner, "model_path", "")).parent

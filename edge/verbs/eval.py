@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.backends import open_runner
     from edge.card import ConfidenceRecord, MetricRecord, OodRecord, load_model, save_card
     from edge.errors import ConfigError
-    from edge.evaluation import confidence_report, evaluator_for, infer_outputs
+    from edge.evaluation import batch_of, confidence_report, evaluator_for, infer_outputs
     from edge.pipeline.readout import label_heads
 
     model = load_model(args.name, precision=args.precision, models=args.models)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             result = adapt_module.evaluate_adapted(runner, model, data, args.adapt)
             extra = {}
         elif hasattr(module, "heads"):
-            raw = infer_outputs(runner, model.card, data)
+            raw = infer_outputs(runner, model.card, data, batch_of(module))
             result = module.evaluate(runner, model.card, data, raw=raw)
             extra = confidence_report(
                 runner, model.card, module, data, raw, result, restrict=args.restrict_to_data_labels,
@@ -138,9 +138,9 @@ def _dataset(description: str) -> str:
 
 def _print_confidence(result: dict[str, Any]) -> None:
     """The calibration, restricted and out-of-distribution figures that the modality's table leaves out."""
-    blocks = [(None, result)] + [(k, v) for k, v in result.items() if isinstance(v, dict) and "temperature" in v]
+    blocks = [(None, result)] + [(k, v) for k, v in result.items() if isinstance(v, dict)]
     for key, m in blocks:
-        if "temperature" not in m:
+        if "temperature" not in m or "ece" not in m:  # a calibrated head's block (not, say, decoding settings)
             continue
         name = f"{key}: " if key else ""
         un = m.get("uncalibrated", {})
