@@ -171,6 +171,13 @@ def test_fit_ood_writes_statistics_that_flag_noise(tmp_path: Path, speech_model:
     again = json.loads(capsys.readouterr().out)
     assert again["ood_auroc"] == pytest.approx(result["ood_auroc"], abs=0.02)
     assert again["ood_flagged"]["noise"] >= 0.5
+    # --ood-inliers: another folder's held-out split joins the threshold's inliers (and the card says so)
+    assert main([*argv, "--ood-inliers", str(data)]) == 2 and "only applies with --fit-ood" in capsys.readouterr().err
+    assert main([*argv, "--fit-ood", "--ood-inliers", str(data), "--write-card"]) == 0
+    capsys.readouterr()
+    pooled = load_card(speech_model / "card.toml").ood
+    assert pooled is not None and pooled.data.count("ravdess_like") >= 3  # statistics + threshold on two held-out sets
+    assert pooled.threshold == pytest.approx(card.ood.threshold, rel=0.2)  # the same samples twice: the same 95%
 
 
 def test_loudness_normalisation_is_the_same_in_eval_and_at_run_time() -> None:

@@ -162,7 +162,7 @@ def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: Lab
 def confidence_report(
     runner: Any, card: ModelCard, module: Any, data: LabelledSet, raw: dict[str, np.ndarray], result: dict[str, Any],
     restrict: bool = False, fit_temperature: bool = False, outliers: str | None = None, fit_ood: bool = False,
-    train_data: str | None = None, mode: str | None = None,
+    train_data: str | None = None, mode: str | None = None, more_inliers: str | None = None, split: str = "validation",
 ) -> dict[str, Any]:
     """Add calibration (and, as asked, restricted, fitted and out-of-distribution) figures to ``result``.
 
@@ -216,6 +216,15 @@ def confidence_report(
     outlier_embeddings = {kind: infer_outputs(runner, card, s, batch_of(module))["embedding"] for kind, s in sets.items()}
     selection: list[dict[str, Any]] = []
     described: list[str] = []
+    inlier_embeddings = raw["embedding"]  # the held-out samples the threshold keeps 95% of
+    threshold_data = data.description
+    if fit_ood and more_inliers:
+        parts = [inlier_embeddings]
+        for folder in more_inliers.split(","):
+            extra_set = module.load_split(card, folder.strip(), split, mode=mode)
+            parts.append(infer_outputs(runner, card, extra_set, batch_of(module))["embedding"])
+            threshold_data += f" + {extra_set.description}"
+        inlier_embeddings = np.concatenate(parts)
     if fit_ood:
         embeddings, class_parts = [], []
         for folder in str(train_data).split(","):  # the train splits of one or more corpora
@@ -232,7 +241,7 @@ def confidence_report(
         best: tuple[tuple[float, float], dict[str, Any]] | None = None
         for transform, minor, major in C.OOD_CANDIDATES:  # chosen by the worst kind's AUROC, then the mean
             candidate = C.fit_mahalanobis(raw_train["embedding"], classes, minor=minor, major=major, transform=transform)
-            inlier = C.mahalanobis(raw["embedding"], candidate)
+            inlier = C.mahalanobis(inlier_embeddings, candidate)
             aucs = [C.auroc(inlier, C.mahalanobis(e, candidate)) for e in outlier_embeddings.values()]
             key = (min(aucs), float(np.mean(aucs)))
             selection.append({"transform": transform, "minor": minor, "major": major, "worst_auroc": key[0],
@@ -245,8 +254,8 @@ def confidence_report(
         for key in ("mean", "projection", "centres"):
             value = np.asarray(stats[key])
             stats[key] = np.array([float(f"{v:.6g}") for v in value.ravel()]).reshape(value.shape)
+        threshold = C.choose_threshold(C.mahalanobis(inlier_embeddings, stats), MAX_FALSE_REJECTION)
         inlier = C.mahalanobis(raw["embedding"], stats)
-        threshold = C.choose_threshold(inlier, MAX_FALSE_REJECTION)
     else:
         if card.ood is None:
             raise ConfigError(f"model '{card.name}': its card has no [ood] statistics; fit them with --fit-ood")
@@ -267,7 +276,7 @@ def confidence_report(
             "mean": OodRecord.encode(stats["mean"]),
             "projection": [OodRecord.encode(r) for r in stats["projection"]],
             "centres": [OodRecord.encode(r) for r in stats["centres"]], "classes": stats["classes"],
-            "data": f"statistics: {' + '.join(described)}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {data.description} "
+            "data": f"statistics: {' + '.join(described)}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {threshold_data} "
                     f"below it; outliers: {Path(outliers).name} ({', '.join(sets)})",
             "values": {**{k: result[k] for k in ("ood_auroc", "ood_auroc_by_kind", "ood_flagged", "ood_n")},
                        "selection": selection},

@@ -58,6 +58,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--ood-train", metavar="DIR[,DIR]",
                         help="with --fit-ood: the folders whose train splits give the statistics (default: --data), "
                         "for a model trained on several corpora")
+    parser.add_argument("--ood-inliers", metavar="DIR[,DIR]",
+                        help="with --fit-ood: more folders whose held-out split joins this one as the inliers the "
+                        "threshold (and the choice of statistics) is set on, for a model trained on several corpora "
+                        "whose evaluator reads one folder at a time (scene: Emotion6 and OASIS)")
     parser.set_defaults(func=run)
 
 
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"model '{model.name}': its evaluator has no logits to calibrate or score (no heads())")
     if args.fit_ood and not args.ood:
         raise ConfigError("--fit-ood needs --ood OUTLIER_DIR (made-up outliers to report the detection rate on)")
+    if args.ood_inliers and not args.fit_ood:
+        raise ConfigError("--ood-inliers only applies with --fit-ood (it sets the threshold's inliers)")
     data = module.load_split(model.card, args.data, args.split, limit=args.limit, mode=args.mode)
     with open_runner(model, backend=args.backend, threads=args.threads) as runner:
         if args.adapt is not None:
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 runner, model.card, module, data, raw, result, restrict=args.restrict_to_data_labels,
                 fit_temperature=args.fit_temperature, outliers=args.ood, fit_ood=args.fit_ood,
                 train_data=(args.ood_train or args.data) if args.fit_ood else None, mode=args.mode,
+                more_inliers=args.ood_inliers, split=args.split,
             )
         else:
             result = module.evaluate(runner, model.card, data)
