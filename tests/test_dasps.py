@@ -142,7 +142,9 @@ def test_tiny_train_then_eval_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for target in ("valence", "arousal"):
-        assert set(result[target]) == {"levels", "binary"}
+        # the level metrics, and the level probabilities' calibration (``emoedge eval``'s confidence report)
+        assert set(result[target]) >= {"levels", "binary", "ece", "mean_confidence", "ece_floor", "temperature"}
+        assert result[target]["temperature"] == 1.0  # a freshly trained card has no [confidence] yet
         assert set(result[target]["levels"]) == {"accuracy", "weighted_f1", "balanced_accuracy", "top2_accuracy", "tri_p", "seq2hr"}
         assert set(result[target]["binary"]) == {"accuracy", "balanced_accuracy"}
     assert set(result["anxious"]) == {"balanced_accuracy"}
