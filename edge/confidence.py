@@ -164,7 +164,8 @@ def restricted(logits: np.ndarray, keep: Sequence[int]) -> np.ndarray:
 # --- out-of-distribution ------------------------------------------------------------------------
 TRANSFORMS = ("none", "l2")
 # (transform, minor axes, major axes) that ``emoedge eval --fit-ood`` chooses among, by the outliers given
-OOD_CANDIDATES = [(t, minor, major) for t in TRANSFORMS for minor, major in ((32, 0), (0, 32), (32, 32))]
+# (64 axes: a face detector's false positives, real non-face crops, stand out only along more of them)
+OOD_CANDIDATES = [(t, minor, major) for t in TRANSFORMS for minor, major in ((32, 0), (0, 32), (32, 32), (64, 0), (0, 64))]
 
 
 def transform_embedding(embeddings: np.ndarray, transform: str) -> np.ndarray:

@@ -9,6 +9,10 @@ under OUT, in the model's input format, for ``emoedge eval NAME --data DIR --ood
   clip is en-us eSpeak NG and stays out of the threshold's data);
 * face (48x48 gray PNG): ``noise`` (white, blurred and salt-and-pepper noise), ``shapes`` (random
   rectangles, ellipses and lines) and ``patterns`` (stripes, checkerboards, gradients);
+* face-crops (48x48 gray PNG, from real photographs without people: ``--data`` an OASIS-style folder, whose
+  Object, Scenery and Animal images are read and never copied anywhere but ``OUT``): ``detector_hits``
+  (what the runtime's face detector finds in them, cropped as the runtime crops: the non-faces a camera
+  source would hand the face model) and ``random_crops`` (square crops of 15-60% of the shorter side);
 * scene (256x256 colour PNG, what a camera shows when it shows no scene): ``noise`` (colour and blurred
   noise, as a dark sensor's gain gives), ``patterns`` (stripes, checkerboards, gradients and shapes in
   random tints: test cards, screens) and ``blank`` (a nearly uniform colour: a covered lens, a wall);
@@ -197,6 +201,58 @@ def face_outliers(out: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
     return {k: n for k in ("noise", "shapes", "patterns")}
 
 
+FACELESS_CATEGORIES = ("Object", "Scenery", "Animal")
+
+
+def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
+    """Write ``detector_hits`` and ``random_crops`` PNG folders of real non-face crops under ``out``.
+
+    The images are an OASIS-style folder's (``oasis_labels.csv`` with ``file`` and ``category``) of the
+    categories without people; each is upscaled to 512 px (a camera frame's scale) for the detector. The
+    seed's parity picks one half of the photographs (by a hash of the file name), so that a selection set
+    (seed 0) and a report set (seed 1) never share a photograph.
+    """
+    import csv
+    import zlib
+
+    import cv2
+
+    from edge.errors import InputError
+    from edge.features.face import crop_face, detect_faces, load_image
+
+    table = Path(data) / "oasis_labels.csv"
+    if not table.is_file():
+        raise InputError(f"{data}: no oasis_labels.csv (face-crops reads an OASIS-style folder of photographs)")
+    with table.open(newline="", encoding="utf-8") as f:
+        files = sorted(Path(data) / row["file"] for row in csv.DictReader(f) if row.get("category") in FACELESS_CATEGORIES
+                       and zlib.crc32(row["file"].encode()) % 2 == seed % 2)
+    if not files:
+        raise InputError(f"{table}: no images of the categories {', '.join(FACELESS_CATEGORIES)}")
+    rng = np.random.default_rng(seed)
+    rng.shuffle(files)  # type: ignore[arg-type]
+    hits: list[np.ndarray] = []
+    crops: list[np.ndarray] = []
+    for path in files:
+        gray = load_image(path)
+        gray = gray if gray.ndim == 2 else cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY)
+        frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
+        if len(hits) < n:
+            hits += [crop_face(frame, box) for box in detect_faces(frame)][: n - len(hits)]
+        if len(crops) < n:
+            side = int(rng.uniform(0.15, 0.6) * min(frame.shape))
+            y, x = int(rng.integers(0, frame.shape[0] - side + 1)), int(rng.integers(0, frame.shape[1] - side + 1))
+            crops.append(cv2.resize(frame[y:y + side, x:x + side], (48, 48), interpolation=cv2.INTER_AREA))
+        if len(hits) >= n and len(crops) >= n:
+            break
+    written = {}
+    for kind, images in (("detector_hits", hits), ("random_crops", crops)):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            cv2.imwrite(str(out / kind / f"{kind}_{i:04d}.png"), image)
+        written[kind] = len(images)
+    return written
+
+
 def scene_outlier(rng: np.random.Generator, kind: str, size: int = 256) -> np.ndarray:
     """One non-scene colour image (BGR uint8, size x size) of a kind: noise, patterns or blank."""
     if kind == "noise":
@@ -280,14 +336,21 @@ def raw_eeg_outliers(out: Path, n: int = 200, seed: int = 0, channels: int = 14,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("modality", choices=["speech", "face", "scene", "eeg", "eeg-raw"])
+    parser.add_argument("modality", choices=["speech", "face", "face-crops", "scene", "eeg", "eeg-raw"])
+    parser.add_argument("--data", type=Path, help="face-crops: an OASIS-style folder of photographs (oasis_labels.csv)")
     parser.add_argument("out", type=Path)
     parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, scene 100, the others 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    make = {"speech": speech_outliers, "face": face_outliers, "scene": scene_outliers, "eeg": eeg_outliers,
-            "eeg-raw": raw_eeg_outliers}[args.modality]
-    counts = make(args.out, n=args.n or {"speech": 40, "scene": 100}.get(args.modality, 200), seed=args.seed)
+    n = args.n or {"speech": 40, "scene": 100}.get(args.modality, 200)
+    if args.modality == "face-crops":
+        if args.data is None:
+            parser.error("face-crops needs --data (an OASIS-style folder of photographs)")
+        counts = face_crop_outliers(args.out, args.data, n=n, seed=args.seed)
+    else:
+        make = {"speech": speech_outliers, "face": face_outliers, "scene": scene_outliers, "eeg": eeg_outliers,
+                "eeg-raw": raw_eeg_outliers}[args.modality]
+        counts = make(args.out, n=n, seed=args.seed)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
