@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -239,6 +240,44 @@ def test_pipeline_scene_source_shares_the_camera_and_explains_with_the_estimates
         assert done.wait(60), pipe.stats()
     for ts, payload in explained:
         assert ts in estimates and payload["source"] == "scene" and payload["text"] and payload["tokens"] <= 24
+
+
+@needs_model
+def test_a_covered_lens_reads_unknown_and_is_not_explained(tmp_path: Path) -> None:
+    """A camera sending black frames (a covered lens; the OOD gate alone lets black through, near the data
+    sets' night photographs): the scene source publishes 'unknown' with no weight, and no explanation."""
+    import threading
+
+    from edge.config import DeviceConfig
+    from edge.features.scene import shows_no_scene
+    from edge.fusion import UNKNOWN
+    from edge.pipeline import Pipeline
+
+    video = str(tmp_path / "covered.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 4.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(8):  # black, with a dark sensor's faint noise
+        writer.write(np.clip(rng.normal(3, 1, (240, 320, 3)), 0, 255).astype(np.uint8))
+    writer.release()
+    assert not shows_no_scene(scene_input(drawn_scene("sunset"), 224))  # the demo's drawn scenes are scenes
+    config = DeviceConfig.model_validate({
+        "device_id": "t", "backend": {"threads": 1}, "models": {"scene": {"path": str(SCENE)}},
+        "sources": [{"name": "scene", "kind": "replay", "model": "scene", "path": video, "loop": True, "hop_s": 0.25}]})
+    estimates: list = []
+    explained: list = []
+    two = threading.Event()
+
+    def on_estimate(est) -> None:  # type: ignore[no-untyped-def]
+        estimates.append(est)
+        if len(estimates) >= 3:
+            two.set()
+
+    with Pipeline(config, on_estimate=on_estimate, on_explanation=lambda e, p: explained.append(p)) as pipe:
+        assert two.wait(60), pipe.stats()
+        time.sleep(0.3)  # an explanation would follow its estimate at once
+        stats = pipe.stats()["sources"]["scene"]
+    assert all(e.label == UNKNOWN and e.confidence == 0.0 for e in estimates) and not explained
+    assert stats["unexplained_unknown"] >= 3 and stats["explanations"] == 0
 
 
 def test_sharpening_the_conditioning_probabilities() -> None:

@@ -99,6 +99,16 @@ def is_grayscale(image: np.ndarray) -> bool:
     return bool(image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])))
 
 
+MIN_CONTRAST = 4.0  # gray levels (0-255): the least spread of a frame that shows a scene (real photos: 7 and up)
+
+
+def shows_no_scene(item: np.ndarray) -> bool:
+    """Whether an encoder input (``scene_input``'s ``(3, size, size)``) is (almost) one flat colour: a covered
+    lens, a dark room, a camera sending a blank picture. The OOD gate misses some of these (a black frame
+    sits near the data sets' night photographs), so the scene path calls them ``unknown`` outright."""
+    return float(np.asarray(item, np.float32).mean(axis=0).std()) < MIN_CONTRAST
+
+
 def scene_input(image: np.ndarray, size: int = DEFAULT_SIZE, flip: bool = False) -> np.ndarray:
     """The encoder's input ``(3, size, size)`` float32 RGB in [0, 255] from a BGR (or gray) uint8 frame."""
     if image.ndim == 2:

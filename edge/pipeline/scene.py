@@ -1,7 +1,7 @@
 """The scene path of a video source whose model has a decoder (``models/scene``): one frame every
 ``interval_s`` (the source's ``hop_s``; the newest frame wins), the encoder through the source's checked
 runner, the estimate published at once, then the explanation on ``<source>/explanation`` with the
-estimate's ``seq``. A frame whose estimate or explanation fails is skipped and counted like any window."""
+estimate's ``seq`` (none for an estimate the OOD gate calls ``unknown``). A frame whose estimate or explanation fails is skipped and counted like any window."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 
 from edge.card import Model
 from edge.estimate import Estimate
-from edge.features.scene import scene_input
+from edge.features.scene import scene_input, shows_no_scene
+from edge.fusion import UNKNOWN
 from edge.pipeline.stats import Lap
 from edge.scene.model import SceneEstimate, SceneModel
 
@@ -58,6 +59,8 @@ def scene_loop(worker: SourceWorker) -> None:
             outputs = run.runner.infer({run.runner.inputs[0].name: item})
             lap.mark("infer")
             reading = run.reader.read(outputs)[0]
+            if shows_no_scene(item[0]):  # a flat frame: no reading, no weight, no explanation
+                reading = reading._replace(label=UNKNOWN, confidence=0.0)
             lap.mark("fusion")
         except Exception as exc:  # noqa: BLE001 - one bad frame is skipped and counted
             worker.skip(1, exc)
@@ -68,6 +71,9 @@ def scene_loop(worker: SourceWorker) -> None:
                        {**lap.waited(sample.host_time, ready), **lap.ms}, ood=reading.ood)
         worker.emit(run, [est], est)  # the estimate goes out before the explanation is written
         if worker.explain is None or not run.enabled:
+            continue
+        if reading.label == UNKNOWN:  # no scene the model knows (a covered lens, noise): nothing to explain
+            run.unexplained_unknown += 1
             continue
         try:
             logits = np.asarray(outputs["logits"][0], np.float64)

@@ -67,6 +67,7 @@ class SourceRun:
     scene: Any = None  # the scene model's decoder side (edge.scene.model.SceneModel) when the card has a decoder
     scene_interval: float = 3.0  # seconds between two frames the scene path takes
     explained: int = 0
+    unexplained_unknown: int = 0  # scene frames whose estimate was 'unknown' (out of distribution): not explained
     taps: list[Any] = field(default_factory=list)  # sources sharing this camera (FrameTap.offer gets every frame)
     reading_done: threading.Event = field(default_factory=threading.Event)
     last_rate: tuple[float, int, int] = (0.0, 0, 0)  # (time, received, estimates) at the last stats
@@ -119,6 +120,7 @@ class SourceRun:
             entry["signal"] = jsonable(signal())
         if self.scene is not None:
             entry["frames"], entry["explanations"] = self.frames, self.explained
+            entry["unexplained_unknown"] = self.unexplained_unknown
         if self.tracker is not None:
             entry["faces"] = self.faces
             entry["frames"] = self.frames
