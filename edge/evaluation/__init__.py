@@ -77,6 +77,24 @@ def infer_outputs(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def outlier_files(folder: str | Path, suffixes: set[str] | tuple[str, ...], expected: str,
+                  recursive: bool = False) -> dict[str, list[Path]]:
+    """The files of each kind of outlier (``folder/<kind>/``) whose suffix is one of ``suffixes``, sorted, kinds
+    without any left out: what every evaluator's ``load_outliers`` reads. An InputError saying what was
+    ``expected`` when no kind has a file."""
+    from edge.errors import InputError
+
+    root = Path(folder)
+    out: dict[str, list[Path]] = {}
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(f for f in (kind.rglob("*") if recursive else kind.iterdir()) if f.suffix.lower() in suffixes)
+        if files:
+            out[kind.name] = files
+    if not out:
+        raise InputError(f"{root}: no outliers (expected one folder per kind with {expected})")
+    return out
+
+
 def batch_of(module: Any) -> int:
     """Samples per model call in eval: the evaluator's ``INFER_BATCH`` (large inputs), else 256."""
     return int(getattr(module, "INFER_BATCH", 256))

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError, ModelError
-from edge.evaluation import Head, LabelledSet, infer_outputs
+from edge.evaluation import Head, LabelledSet, infer_outputs, outlier_files
 from edge.evaluation.metrics import classification_metrics
 from edge.features.eeg import load_deap_features, standardise
 
@@ -139,20 +139,13 @@ def evaluate(runner: Any, card: ModelCard, data: LabelledSet, batch: int = 256, 
 
 def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
     """Rows of model inputs (z-scored band powers) from ``folder/<kind>/*.npy``, per kind."""
-    from edge.errors import InputError
-
-    root = Path(folder)
     width = int(card.inputs[0].shape[-1])
+    kinds = outlier_files(folder, (".npy",), f".npy rows of {width} features")
     out: dict[str, LabelledSet] = {}
-    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        files = sorted(kind.glob("*.npy"))
-        if not files:
-            continue
+    for kind, files in kinds.items():
         rows = np.concatenate([np.load(f).reshape(-1, width) for f in files]).astype(np.float32)
-        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
-                                     description=f"{kind} ({len(rows)} rows)")
-    if not out:
-        raise InputError(f"{root}: no outliers (expected one folder per kind with .npy rows of {width} features)")
+        out[kind] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
+                                description=f"{Path(folder) / kind} ({len(rows)} rows)")
     return out
 
 

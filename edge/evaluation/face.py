@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import InputError
-from edge.evaluation import Head, LabelledSet, infer_outputs
+from edge.evaluation import Head, LabelledSet, infer_outputs, outlier_files
 from edge.evaluation.metrics import classification_metrics
 from edge.features.face import DEFAULT_SIZE, load_image, normalise, resize_gray
 
@@ -119,16 +119,10 @@ def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) 
     """Unlabelled images of ``folder/<kind>/`` as model inputs (resized gray, normalised), per kind."""
     spec = card.inputs[0]
     size = int(spec.shape[-1]) if isinstance(spec.shape[-1], int) else DEFAULT_SIZE
-    root = Path(folder)
-    out: dict[str, LabelledSet] = {}
-    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        files = sorted(f for f in kind.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            out[kind.name] = LabelledSet(inputs={spec.name: normalise(read_images(files, size))[:, None]},
-                                         labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} images)")
-    if not out:
-        raise InputError(f"{root}: no outliers (expected one folder per kind with images: noise/, shapes/, ...)")
-    return out
+    kinds = outlier_files(folder, IMAGE_SUFFIXES, "images: noise/, shapes/, ...")
+    return {kind: LabelledSet(inputs={spec.name: normalise(read_images(files, size))[:, None]},
+                              labels=np.zeros(len(files), np.int64), description=f"{Path(folder) / kind} ({len(files)} images)")
+            for kind, files in kinds.items()}
 
 
 def _fmt(value: float | None) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError
-from edge.evaluation import Head, LabelledSet, infer_outputs
+from edge.evaluation import Head, LabelledSet, infer_outputs, outlier_files
 from edge.evaluation.ordinal import derived_views as ordinal_views
 from edge.evaluation.ordinal import ordinal_metrics
 
@@ -164,22 +164,17 @@ def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) 
     per kind (``python -m edge.evaluation.outliers eeg-raw``)."""
     from edge.errors import InputError
 
-    root = Path(folder)
     shape = tuple(int(d) for d in card.inputs[0].shape[1:])
+    kinds = outlier_files(folder, (".npy",), f".npy windows of shape [N, {shape[0]}, {shape[1]}]")
     out: dict[str, LabelledSet] = {}
-    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        files = sorted(kind.glob("*.npy"))
-        if not files:
-            continue
+    for kind, files in kinds.items():
         arrays = [np.load(f) for f in files]
         for f, a in zip(files, arrays, strict=True):
             if tuple(a.shape[1:]) != shape:
                 raise InputError(f"{f}: outlier windows of shape {tuple(a.shape)}; the model reads [N, {shape[0]}, {shape[1]}]")
         rows = np.concatenate(arrays).astype(np.float32)
-        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
-                                     description=f"{kind} ({len(rows)} windows)")
-    if not out:
-        raise InputError(f"{root}: no outliers (expected one folder per kind with .npy windows of shape [N, {shape[0]}, {shape[1]}])")
+        out[kind] = LabelledSet(inputs={card.inputs[0].name: rows}, labels=np.zeros(len(rows), np.int64),
+                                description=f"{Path(folder) / kind} ({len(rows)} windows)")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.card import ModelCard
-from edge.evaluation import Head, LabelledSet
+from edge.evaluation import Head, LabelledSet, outlier_files
 from edge.features.scene import DEFAULT_SIZE, load_image, scene_input
 from edge.scene.data import from_unit, read, split
 
@@ -92,20 +92,13 @@ def heads(card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray]) -> lis
 
 def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
     """Unlabelled images of ``folder/<kind>/`` as encoder inputs, per kind (``python -m edge.evaluation.outliers scene``)."""
-    from edge.errors import InputError
     from edge.evaluation.face import IMAGE_SUFFIXES
 
     size = int(card.features.params.get("size", DEFAULT_SIZE))
-    root = Path(folder)
-    out: dict[str, LabelledSet] = {}
-    for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        files = sorted(f for f in kind.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            out[kind.name] = LabelledSet(inputs={"image": np.stack([scene_input(load_image(f), size) for f in files])},
-                                         labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} images)")
-    if not out:
-        raise InputError(f"{root}: no outliers (expected one folder per kind with images: noise/, patterns/, ...)")
-    return out
+    kinds = outlier_files(folder, IMAGE_SUFFIXES, "images: noise/, patterns/, ...")
+    return {kind: LabelledSet(inputs={"image": np.stack([scene_input(load_image(f), size) for f in files])},
+                              labels=np.zeros(len(files), np.int64), description=f"{Path(folder) / kind} ({len(files)} images)")
+            for kind, files in kinds.items()}
 
 
 def evaluate(runner: Any, card: ModelCard, data: LabelledSet, raw: dict[str, np.ndarray] | None = None) -> dict[str, Any]:

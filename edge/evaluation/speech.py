@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.card import ModelCard
 from edge.errors import ConfigError, InputError
-from edge.evaluation import Head, LabelledSet, infer_outputs
+from edge.evaluation import Head, LabelledSet, infer_outputs, outlier_files
 from edge.evaluation.eeg import format_classification, stratified_slice
 from edge.evaluation.metrics import classification_metrics
 from edge.features import speech as F
@@ -242,23 +242,17 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
     """Unlabelled clips of ``folder/<kind>/`` (any audio soundfile reads), as model windows z-scored with the
     card's population statistics (a device's view before it knows the speaker), per kind."""
-    root = Path(folder)
-    kinds = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    kinds = outlier_files(folder, AUDIO_SUFFIXES, "audio files: noise/, tones/, ...", recursive=True)
     params = card.features.params
     mean, std = np.asarray(params["population_mean"], np.float32), np.asarray(params["population_std"], np.float32)
+    loud = bool(params.get("loudness_norm", False))
     out: dict[str, LabelledSet] = {}
-    for kind in kinds:
-        files = sorted(f for f in kind.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            continue
-        loud = bool(params.get("loudness_norm", False))
+    for kind, files in kinds.items():
         xs = [F.model_input(F.windows(F.clip_inputs(f)), mean, std, loud) for f in files]
         owner = np.concatenate([[k] * len(x) for k, x in enumerate(xs)])
-        out[kind.name] = LabelledSet(inputs={card.inputs[0].name: np.concatenate(xs)[:, None].astype(np.float32)},
-                                     labels=np.zeros(len(files), np.int64), description=f"{kind} ({len(files)} clips)",
-                                     extra={"owner": owner, "clips": len(files)})
-    if not out:
-        raise InputError(f"{root}: no outliers (expected one folder per kind with audio files: noise/, tones/, ...)")
+        out[kind] = LabelledSet(inputs={card.inputs[0].name: np.concatenate(xs)[:, None].astype(np.float32)},
+                                labels=np.zeros(len(files), np.int64), description=f"{Path(folder) / kind} ({len(files)} clips)",
+                                extra={"owner": owner, "clips": len(files)})
     return out
 
 
