@@ -129,10 +129,15 @@ def _per_item(values: np.ndarray, data: LabelledSet) -> np.ndarray:
     return values if owner is None else values[np.asarray(owner)]
 
 
+def _samples(heads: list[Head], data: LabelledSet) -> int:
+    """Labelled samples (a speech clip, not its windows), or the model's items where no head has labels."""
+    return len(heads[0].labels) if heads else len(data)
+
+
 def _class_ids(heads: list[Head], data: LabelledSet) -> np.ndarray:
     """One class id per sample that joins every head's label (EEG: the valence x arousal quadrant; one class
     for data without labelled heads)."""
-    ids = np.zeros(len(heads[0].labels) if heads else len(data), dtype=np.int64)
+    ids = np.zeros(_samples(heads, data), dtype=np.int64)
     for head in heads:
         ids = ids * len(head.names) + np.asarray(head.labels, dtype=np.int64)
     return ids
@@ -162,7 +167,7 @@ def _gated(result: dict[str, Any], heads: list[Head], card: ModelCard, data: Lab
     owner = data.extra.get("owner")
     if owner is not None:
         owner = np.asarray(owner)
-        samples = len(heads[0].labels) if heads else len(data)
+        samples = _samples(heads, data)
         score = np.bincount(owner, weights=item, minlength=samples) / np.maximum(np.bincount(owner, minlength=samples), 1)
     else:
         score = item
