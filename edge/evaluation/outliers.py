@@ -218,7 +218,7 @@ def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> di
     import cv2
 
     from edge.errors import InputError
-    from edge.features.face import crop_face, detect_faces, load_image
+    from edge.features.face import DEFAULT_SIZE, crop_face, detect_faces, load_image, resize_gray
 
     table = Path(data) / "oasis_labels.csv"
     if not table.is_file():
@@ -233,15 +233,14 @@ def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> di
     hits: list[np.ndarray] = []
     crops: list[np.ndarray] = []
     for path in files:
-        gray = load_image(path)
-        gray = gray if gray.ndim == 2 else cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY)
+        gray = load_image(path)  # gray uint8 already
         frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
         if len(hits) < n:
             hits += [crop_face(frame, box) for box in detect_faces(frame)][: n - len(hits)]
         if len(crops) < n:
             side = int(rng.uniform(0.15, 0.6) * min(frame.shape))
             y, x = int(rng.integers(0, frame.shape[0] - side + 1)), int(rng.integers(0, frame.shape[1] - side + 1))
-            crops.append(cv2.resize(frame[y:y + side, x:x + side], (48, 48), interpolation=cv2.INTER_AREA))
+            crops.append(resize_gray(frame[y:y + side, x:x + side], DEFAULT_SIZE))  # as the runtime resizes a face
         if len(hits) >= n and len(crops) >= n:
             break
     written = {}
