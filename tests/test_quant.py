@@ -82,6 +82,12 @@ def test_task_scores_read_single_and_multi_head_results() -> None:
     assert task_scores(eeg, "accuracy") == {"valence": 0.6, "arousal": 0.7}
     with pytest.raises(Exception, match="unknown gate metric 'f2'"):
         task_scores(eeg, "f2")
+    # HiSTN nests its heads one level deeper (levels and binary per scale); calibration figures have no metric
+    histn = {"valence": {"levels": {"accuracy": 0.4}, "binary": {"accuracy": 0.77}, "ece": 0.06},
+             "anxious": {"accuracy": 0.5}, "n": 720}
+    assert task_scores(histn, "accuracy") == {"valence.levels": 0.4, "valence.binary": 0.77, "anxious": 0.5}
+    with pytest.raises(Exception, match="has no 'macro_f1'"):
+        task_scores(histn, "macro_f1")
 
 
 # --- INT8 ----------------------------------------------------------------------------------------

@@ -242,11 +242,16 @@ def write_card(name: str, rows: list[dict[str, Any]], limit: int, data_dir: Path
     save_card(card, model.card_path)
 
 
+# The extensions that select different ONNX Runtime kernels (MLAS: AVX2/AVX-512 GEMMs, VNNI and AMX int8,
+# AVX-512 FP16, Arm dot products and i8mm), so a machine with any of them is a target of its own.
+NAMED_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_int8", "asimddp", "i8mm")
+
+
 def _native_name() -> str:
     from edge.backends.probe import cpu_info
 
     info = cpu_info()
-    return f"{info.arch} {' '.join(f for f in info.isa if f in ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'asimddp', 'i8mm'))} (native)"
+    return f"{info.arch} {' '.join(f for f in info.isa if f in NAMED_ISA)} (native)"
 
 
 TARGET_NAMES: dict[str, str] = {
@@ -281,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     TARGET_NAMES["native"] = _native_name()
     data = dict(d.split("=", 1) for d in args.data)
+    from edge.bench.targets import dataset_folder
+    from edge.card import load_card, resolve_model_folder
     from edge.paths import data_dir
 
-    defaults = {"face": "fer2013/validation", "speech": "ravdess_speech_16k", "eeg": "eeg_deap_bandpower"}
     rows = []
     for name in args.names or ["face", "speech", "eeg"]:
-        folder = Path(data[name]) if name in data else data_dir() / defaults.get(name, name)
+        # the data set follows the card (face_fast reads fer2013 like face), as `emoedge bench` chooses it
+        folder = Path(data[name]) if name in data else \
+            dataset_folder(load_card(resolve_model_folder(name, args.models) / "card.toml"), data_dir())
+        folder = Path(os.path.relpath(folder)) if folder.is_absolute() else folder  # the card's command reruns anywhere
         found = check_model(name, folder, args.limit, args.targets.split(","), a64, args.precisions.split(","), args.models)
         rows.extend(found)
         if args.write_card:

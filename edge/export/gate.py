@@ -119,7 +119,15 @@ def task_scores(result: Mapping[str, Any], metric: str) -> dict[str, float]:
         raise EmoEdgeError(f"unknown gate metric '{metric}' (expected one of {', '.join(METRICS)})")
     if metric in result and isinstance(result[metric], (int, float)):
         return {"all": float(result[metric])}
-    heads = {k: float(v[metric]) for k, v in result.items() if isinstance(v, Mapping) and isinstance(v.get(metric), (int, float))}
+    heads: dict[str, float] = {}
+    for k, v in result.items():
+        if not isinstance(v, Mapping):
+            continue
+        if isinstance(v.get(metric), (int, float)):
+            heads[k] = float(v[metric])
+        else:  # one level deeper: HiSTN reports valence.levels and valence.binary beside anxious
+            heads.update({f"{k}.{sub}": float(w[metric]) for sub, w in v.items()
+                          if isinstance(w, Mapping) and isinstance(w.get(metric), (int, float))})
     if not heads:
         raise EmoEdgeError(f"the evaluator's result has no '{metric}' (keys: {sorted(result)})")
     return heads
