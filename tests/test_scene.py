@@ -141,6 +141,32 @@ def test_explain_verb_on_drawn_and_bad_images(tmp_path: Path) -> None:
         assert r["explanation"]["tokens"] <= 24
     errors = {Path(r["file"]).name: r["error"] for r in rows if "error" in r}
     assert "not a readable image" in errors["notes.jpg"] and "truncated" in errors["cut.jpg"]
+    # the published probabilities carry the card's temperature (not 1: the test fails without it)
+    from edge.card import load_model
+    from edge.confidence import probabilities
+    from edge.features.scene import load_image
+    from edge.scene.data import EMOTIONS
+
+    model = load_model(SCENE)
+    temperature = model.card.temperature("logits")
+    assert abs(temperature - 1.0) > 0.05
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"image": scene_input(load_image(files[0]), 224)[None]})[0]
+    expected = probabilities(logits.astype(np.float64), temperature)[0]
+    assert np.allclose([ok[0]["probs"][e] for e in EMOTIONS], expected, atol=2e-4)
+    assert 0.0 <= ok[0]["confidence"] <= 1.0 and ok[0]["ood"] is not None
+    # a flat picture (a covered lens) reads unknown and is not explained, as `emoedge run` publishes it
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((240, 320, 3), 40, np.uint8))
+    blank = subprocess.run([sys.executable, "-m", "edge.cli", "explain", str(flat), "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    row = json.loads(blank.stdout)
+    assert blank.returncode == 0 and row["label"] == "unknown" and row["explanation"] is None and row["confidence"] == 0
+    text = subprocess.run([sys.executable, "-m", "edge.cli", "explain", str(flat)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert "unknown" in text.stdout and "not explained" in text.stdout
     # --backend: auto falls back to ONNX Runtime without engines; tensorrt without TensorRT says so and stops
     auto = subprocess.run([sys.executable, "-m", "edge.cli", "explain", files[0], "--backend", "auto", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edge.card import Model
 from edge.estimate import Estimate
-from edge.features.scene import scene_input, shows_no_scene
+from edge.features.scene import scene_input
 from edge.fusion import UNKNOWN
+from edge.pipeline.readout import OutputReader
 from edge.pipeline.stats import Lap
-from edge.scene.model import SceneEstimate, SceneModel
+from edge.scene.model import SceneModel, estimate_of
 
 if TYPE_CHECKING:
     from edge.pipeline.worker import SourceWorker
@@ -27,9 +26,9 @@ def has_decoder(model: Model) -> bool:
     return any(g.name == "decoder" for g in model.card.graphs)
 
 
-def open_scene(model: Model, encoder: Any, threads: int) -> SceneModel:
-    """The decoder side of the scene model around the source's (already active) encoder runner."""
-    return SceneModel(model, threads=max(threads, 1), encoder=encoder).__enter__()
+def open_scene(model: Model, encoder: Any, threads: int, reader: OutputReader) -> SceneModel:
+    """The decoder side of the scene model around the source's (already active) encoder runner and its reader."""
+    return SceneModel(model, threads=max(threads, 1), encoder=encoder, reader=reader).__enter__()
 
 
 def explanation_payload(est: Estimate, text: str, tokens: int, truncated: bool, decode_ms: float) -> dict[str, Any]:
@@ -58,9 +57,7 @@ def scene_loop(worker: SourceWorker) -> None:
             lap.mark("features", 1)
             outputs = run.runner.infer({run.runner.inputs[0].name: item})
             lap.mark("infer")
-            reading = run.reader.read(outputs)[0]
-            if shows_no_scene(item[0]):  # a flat frame: no reading, no weight, no explanation
-                reading = reading._replace(label=UNKNOWN, confidence=0.0)
+            reading = run.scene.reading(item[0], outputs)  # a flat frame: unknown, no weight, no explanation
             lap.mark("fusion")
         except Exception as exc:  # noqa: BLE001 - one bad frame is skipped and counted
             worker.skip(1, exc)
@@ -76,12 +73,8 @@ def scene_loop(worker: SourceWorker) -> None:
             run.unexplained_unknown += 1
             continue
         try:
-            logits = np.asarray(outputs["logits"][0], np.float64)
-            probs = np.exp(logits - logits.max())
             t0 = time.perf_counter()
-            exp = run.scene.explain(SceneEstimate((probs / probs.sum()).astype(np.float32),
-                                                  np.asarray(outputs["va"][0], np.float32),
-                                                  np.asarray(outputs["embedding"][0], np.float32)))
+            exp = run.scene.explain(estimate_of(outputs))
             ms = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # noqa: BLE001 - the estimate stands; this explanation is skipped and counted
             worker.skip(1, exc)

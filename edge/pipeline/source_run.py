@@ -174,7 +174,7 @@ def open_source_run(config: DeviceConfig, src: SourceConfig, source: Source, det
         if all(d > 0 for d in item_shape):  # warm up: the first run of a session is slow (allocation, kernels)
             runner.infer({input_meta.name: np.zeros((1, *item_shape), dtype=input_meta.dtype)})
         if source.kind == "video" and has_decoder(model):  # the scene model: sampled frames, estimate + explanation
-            run.scene = open_scene(model, runner, config.backend.threads)
+            run.scene = open_scene(model, runner, config.backend.threads, reader)
             run.scene_interval = src.hop_s or DEFAULT_INTERVAL_S
             run.slot = NewestFrame()
         elif source.kind == "video":

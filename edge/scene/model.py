@@ -7,16 +7,20 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge.card import GraphSpec, Model, artifact_name
 from edge.errors import ModelError
-from edge.features.scene import DEFAULT_SIZE, scene_input
+from edge.features.scene import DEFAULT_SIZE, scene_input, shows_no_scene
+from edge.fusion import UNKNOWN
 from edge.scene.data import EMOTIONS
 from edge.scene.decode import Explanation, SceneDecoder, condition
 from edge.scene.text import Vocab, load_hashes
+
+if TYPE_CHECKING:  # edge.pipeline imports this module: its reader comes in at run time
+    from edge.pipeline.readout import OutputReader, Reading
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,15 @@ class SceneEstimate:
         return condition(self.probs[None], self.va[None], self.embedding[None])[0]
 
 
+def estimate_of(outputs: dict[str, np.ndarray], i: int = 0) -> SceneEstimate:
+    """Item ``i`` of the encoder's outputs with the plain softmax of its logits: the distribution the decoder was
+    trained on (the card's temperature is for the published confidence, not for the decoder's condition)."""
+    logits = np.asarray(outputs["logits"][i], np.float64)
+    e = np.exp(logits - logits.max())
+    return SceneEstimate((e / e.sum()).astype(np.float32), np.asarray(outputs["va"][i], np.float32),
+                         np.asarray(outputs["embedding"][i], np.float32))
+
+
 def decoder_spec(model: Model) -> GraphSpec:
     spec = next((g for g in model.card.graphs if g.name == "decoder"), None)
     if spec is None:
@@ -53,7 +66,8 @@ class SceneModel:
     def __init__(self, model: Model, backend: str = "onnxruntime", threads: int = 1, beam: int | None = None,
                  max_tokens: int | None = None, block_copies: bool = True, decoder_precision: str = "fp32",
                  guidance: float | None = None, encoder: Any = None, sharpen: float | None = None,
-                 decoder_path: Path | None = None, decoder_runner: Any = None) -> None:
+                 decoder_path: Path | None = None, decoder_runner: Any = None,
+                 reader: OutputReader | None = None) -> None:
         self.model = model
         self.backend, self.threads = backend, threads
         self.spec = decoder_spec(model) if model.card.graphs else None
@@ -71,6 +85,12 @@ class SceneModel:
         self.decoder_runner: Any = decoder_runner  # an active runner of a decoder (an engine under test), else opened here
         self.decoder: SceneDecoder | None = None
         self.vocab: Vocab | None = None
+        # the card's temperature and OOD gate, as every source reads (the pipeline hands in its source's reader)
+        if reader is None:
+            from edge.pipeline.readout import OutputReader
+
+            reader = OutputReader(model.card)
+        self.reader = reader
 
     def __enter__(self) -> SceneModel:
         from edge.backends import open_runner
@@ -130,15 +150,26 @@ class SceneModel:
 
     def estimate_batch(self, inputs: np.ndarray) -> list[SceneEstimate]:
         out = self.encoder.infer({"image": inputs.astype(np.float32)})
-        logits = np.asarray(out["logits"], np.float64)
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        probs = (e / e.sum(1, keepdims=True)).astype(np.float32)
-        return [SceneEstimate(probs[i], np.asarray(out["va"][i], np.float32), np.asarray(out["embedding"][i], np.float32))
-                for i in range(len(inputs))]
+        return [estimate_of(out, i) for i in range(len(inputs))]
 
     def estimate(self, image: np.ndarray) -> SceneEstimate:
         """One BGR frame -> its estimate (the encoder only: this goes out before the explanation)."""
         return self.estimate_batch(scene_input(image, self.size)[None])[0]
+
+    def reading(self, item: np.ndarray, outputs: dict[str, np.ndarray]) -> Reading:
+        """What is published for one encoder input ``(3, S, S)`` and its outputs (batch of one): probabilities
+        with the card's temperature, the OOD gate's ``unknown``, and ``unknown`` for a flat frame (a covered
+        lens), which the OOD gate alone lets through. ``emoedge run`` and ``emoedge explain`` both read so."""
+        reading = self.reader.read(outputs)[0]
+        if shows_no_scene(item):
+            reading = reading._replace(label=UNKNOWN, confidence=0.0)
+        return reading
+
+    def look(self, image: np.ndarray) -> tuple[Reading, SceneEstimate]:
+        """One BGR frame -> its published reading and the estimate the decoder is conditioned on."""
+        item = scene_input(image, self.size)
+        outputs = self.encoder.infer({"image": item[None]})
+        return self.reading(item, outputs), estimate_of(outputs)
 
     def explain(self, estimate: SceneEstimate) -> Explanation:
         if self.decoder is None:

@@ -18,8 +18,10 @@ def register(sub: Any) -> None:
         "  emoedge explain a.jpg b.png --json --beam 1\n"
         "  emoedge explain photo.jpg --backend tensorrt   # on a Jetson, after emoedge build scene --graph ...\n"
         "\n"
-        "A file that is not a usable image (not an image, truncated, too small, too large) is reported and\n"
-        "skipped; the exit status is 1 when any file was refused.",
+        "Probabilities carry the card's temperature, as `emoedge run` publishes them; an image unlike anything\n"
+        "the model was trained on (its OOD score above the card's threshold) or a flat frame reads 'unknown'\n"
+        "and is not explained. A file that is not a usable image (not an image, truncated, too small, too\n"
+        "large) is reported and skipped; the exit status is 1 when any file was refused.",
     )
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     parser.add_argument("--model", default="scene", help="model name or folder (default: scene)")
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.card import load_model
     from edge.errors import InputError
     from edge.features.scene import is_grayscale, load_image
+    from edge.fusion import UNKNOWN
     from edge.scene.data import EMOTIONS
     from edge.scene.model import SceneModel
 
@@ -56,19 +59,29 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"file": path, "error": str(exc)}) if args.json else f"{path}: error: {exc}")
                 continue
             t0 = time.perf_counter()
-            est = scene.estimate(image)
+            reading, est = scene.look(image)
             t1 = time.perf_counter()
-            exp = scene.explain(est)
+            # as `emoedge run` publishes: calibrated probabilities, and nothing to explain in what the model
+            # does not know (out of distribution, or a flat frame)
+            exp = None if reading.label == UNKNOWN else scene.explain(est)
             t2 = time.perf_counter()
-            record = {"file": path, "label": est.label, "probs": {e: round(float(p), 4) for e, p in zip(EMOTIONS, est.probs, strict=True)},
+            record = {"file": path, "label": reading.label,
+                      "probs": {e: round(float(reading.probs[e]), 4) for e in EMOTIONS},
+                      "confidence": round(reading.confidence, 4),
+                      "ood": None if reading.ood is None else round(reading.ood, 4),
                       "valence": round(float(est.va[0]), 4), "arousal": round(float(est.va[1]), 4),
-                      "explanation": exp.as_dict(), "grayscale": is_grayscale(image),
+                      "explanation": None if exp is None else exp.as_dict(), "grayscale": is_grayscale(image),
                       "ms": {"encoder": round((t1 - t0) * 1e3, 2), "decoder": round((t2 - t1) * 1e3, 2)}}
             if args.json:
                 print(json.dumps(record))
-            else:
-                mark = " (truncated)" if exp.truncated else ""
-                gray = " [grayscale input]" if record["grayscale"] else ""
-                print(f"{path}: {est.label} {float(est.probs.max()):.2f}, valence {est.va[0]:+.2f}, arousal {est.va[1]:+.2f}{gray}: "
-                      f"{exp.text}{mark}")
+                continue
+            gray = " [grayscale input]" if record["grayscale"] else ""
+            if exp is None:
+                why = f"out of distribution (ood {reading.ood:.2f} > 1)" if reading.ood is not None and reading.ood > 1 \
+                    else "no scene (a flat frame)"
+                print(f"{path}: unknown: {why}{gray}; not explained")
+                continue
+            mark = " (truncated)" if exp.truncated else ""
+            print(f"{path}: {reading.label} {max(reading.probs.values()):.2f}, valence {est.va[0]:+.2f}, "
+                  f"arousal {est.va[1]:+.2f}{gray}: {exp.text}{mark}")
     return 1 if failed else 0
