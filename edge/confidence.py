@@ -94,20 +94,31 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> float:
-    """The ECE that a perfectly calibrated model with these probabilities would show on this many samples
-    (mean over ``draws`` label sets drawn from the probabilities): ECE's bias on a small set, below which a
-    measured ECE says nothing more."""
+def ece_null(probs: np.ndarray, draws: int = 200, seed: int = 0) -> np.ndarray:
+    """ECEs that a perfectly calibrated model with these probabilities shows on this many samples: one per
+    label set drawn from the probabilities (``draws`` of them), the yardstick of a measured ECE."""
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) == 0:
-        return 0.0
+        return np.zeros(1)
     rng = np.random.default_rng(seed)
     cum = np.cumsum(probs, axis=1)
     out = []
     for _ in range(draws):
         labels = np.minimum((rng.random((len(probs), 1)) > cum).sum(axis=1), probs.shape[1] - 1)
         out.append(expected_calibration_error(probs, labels))
-    return float(np.mean(out))
+    return np.asarray(out)
+
+
+def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """The mean of ``ece_null``: ECE's bias on a small set, below which a measured ECE says nothing more."""
+    return float(ece_null(probs, draws, seed).mean())
+
+
+def ece_p_value(null: np.ndarray, measured: float) -> float:
+    """The share of a perfectly calibrated model's ECEs (``ece_null``) at least as large as ``measured``, counting
+    the measurement itself: near 0 when the ECE shows real miscalibration, large when it is the sample's noise.
+    Samples are taken as independent (windows of one person are not, so for EEG it errs towards small)."""
+    return float((np.sum(null >= measured) + 1) / (len(null) + 1))
 
 
 def calibration_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

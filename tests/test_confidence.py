@@ -38,6 +38,13 @@ def test_ece_of_a_known_case_and_its_small_sample_floor() -> None:
     rng = np.random.default_rng(1)
     p = C.probabilities(rng.standard_normal((4000, 8)) * 2, 1.0)
     assert C.ece_floor(p[:100]) > 2 * C.ece_floor(p)  # a small set shows ECE even when perfectly calibrated
+    # labels drawn from the probabilities (calibrated) read as noise; over-confident probabilities do not
+    small = p[:300]
+    calibrated = np.minimum((rng.random((300, 1)) > np.cumsum(small, axis=1)).sum(axis=1), 7)
+    null = C.ece_null(small)
+    assert C.ece_p_value(null, C.expected_calibration_error(small, calibrated)) > 0.05
+    sharp = C.probabilities(np.log(small), 0.5)  # the same winners, far more confident than they are right
+    assert C.ece_p_value(C.ece_null(sharp), C.expected_calibration_error(sharp, calibrated)) < 0.01
 
 
 def test_cross_fitting_scores_each_group_with_a_temperature_fitted_on_the_others() -> None:

@@ -205,7 +205,9 @@ def confidence_report(
         t = card.temperature(head.output)
         probs = C.probabilities(head.logits, t)
         target.update(C.calibration_metrics(probs, head.labels))
-        target["ece_floor"] = C.ece_floor(probs)
+        null = C.ece_null(probs)
+        target["ece_floor"] = float(null.mean())
+        target["ece_p"] = C.ece_p_value(null, target["ece"])  # is the ECE above what this n shows by chance?
         target["temperature"] = t
         uncalibrated = C.calibration_metrics(C.probabilities(head.logits, 1.0), head.labels)
         target["uncalibrated"] = uncalibrated

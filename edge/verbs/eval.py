@@ -151,7 +151,9 @@ def _print_confidence(result: dict[str, Any]) -> None:
             continue
         name = f"{key}: " if key else ""
         un = m.get("uncalibrated", {})
-        print(f"{name}ece {m['ece']:.3f}, mean confidence {m['mean_confidence']:.3f} at temperature "
+        chance = f" (a perfectly calibrated model: {m['ece_floor']:.3f} on this n; p {m['ece_p']:.2f})" \
+            if "ece_p" in m else ""
+        print(f"{name}ece {m['ece']:.3f}{chance}, mean confidence {m['mean_confidence']:.3f} at temperature "
               f"{m['temperature']:.3g} (uncalibrated: ece {un.get('ece', float('nan')):.3f}, "
               f"mean confidence {un.get('mean_confidence', float('nan')):.3f})")
         if "fit" in m:
