@@ -43,9 +43,10 @@ class SceneEstimate:
 def estimate_of(outputs: dict[str, np.ndarray], i: int = 0) -> SceneEstimate:
     """Item ``i`` of the encoder's outputs with the plain softmax of its logits: the distribution the decoder was
     trained on (the card's temperature is for the published confidence, not for the decoder's condition)."""
-    logits = np.asarray(outputs["logits"][i], np.float64)
-    e = np.exp(logits - logits.max())
-    return SceneEstimate((e / e.sum()).astype(np.float32), np.asarray(outputs["va"][i], np.float32),
+    from edge.confidence import softmax
+
+    probs = softmax(np.asarray(outputs["logits"][i : i + 1], np.float64))[0]
+    return SceneEstimate(probs.astype(np.float32), np.asarray(outputs["va"][i], np.float32),
                          np.asarray(outputs["embedding"][i], np.float32))
 
 
