@@ -115,6 +115,13 @@ def test_tiny_teacher_then_student_distilled_from_it(data_dir: Path, tmp_path: P
     card = load_model(student).card
     assert card.training.teacher == teacher.resolve().as_posix()
     assert "alpha 0.9" in card.notes and "mirror image" in card.notes and "Trained on cpu" in card.notes
+    consistent = tmp_path / "consistent"
+    done = subprocess.run([sys.executable, "-m", "edge", "train", "face", "--out", str(consistent), "--teacher", str(teacher),
+                           "--set", "teacher_views=2", "--set", "init=none", *common],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "over 2 view(s) of each image" in done.stdout
+    assert "2 augmented views of each training image" in load_model(consistent).card.notes
     bad = subprocess.run([sys.executable, "-m", "edge", "train", "face", "--out", str(student), "--set", "alpha=high",
                           *common], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "alpha takes a float, not 'high'" in bad.stderr
@@ -154,3 +161,22 @@ def test_augment_strength_zero_leaves_only_the_flip() -> None:
     gentle = augment(x, torch.Generator().manual_seed(3), flip, strength=0.3)
     full = augment(x, torch.Generator().manual_seed(3), flip)
     assert (gentle - expected).abs().mean() < (full - expected).abs().mean()
+
+
+def test_augmented_views_are_repeatable_and_differ_from_each_other() -> None:
+    """Consistent distillation caches the teachers' logits on the views, so a seed must give the same pixels."""
+    import torch
+
+    from edge.zoo.face_data import augmented_views
+    from edge.zoo.face_fit import fit
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 48, 48), dtype=np.uint8)
+    views = augmented_views(images, 3, seed=5)
+    assert views.shape == (3, 20, 48, 48) and views.dtype == np.uint8
+    assert np.array_equal(views, augmented_views(images, 3, seed=5))
+    assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], images)
+    with pytest.raises(ValueError, match="teacher logits of the same views"):
+        fit(torch.nn.Identity(), images, np.zeros(20, np.int64), images, np.zeros(20, np.int64),
+            np.zeros((2, 20, 7), np.float32), {"epochs": 1, "batch_size": 8, "lr": 1e-3}, torch.Generator(),
+            views=views)

@@ -46,6 +46,7 @@ from edge.zoo.face_data import (
     TEACHER_LABELS,
     TEACHER_SIZE,
     augment,
+    augmented_views,
     load_images_cached,
     teacher_input,
     teacher_labels,
@@ -75,12 +76,14 @@ MAX_PARAMETERS = 60_000
 # override the first three, --set the others. alpha and temperature only apply when a teacher is given;
 # init is the exported student to warm-start from ('none': random weights), relative to the project; ema is
 # the decay of the moving average of the weights that is validated and exported (0: the weights themselves);
-# augment scales the augmentation's ranges (1: as below, 0: flip only).
+# augment scales the augmentation's ranges (1: as below, 0: flip only); teacher_views above 0 distils
+# consistently, from that many augmented copies of each image run through the teachers once (0: the teachers
+# see the unaugmented image and its mirror only).
 RECIPE: dict[str, Any] = {"epochs": 14, "batch_size": 128, "lr": 2e-3, "alpha": 0.7, "temperature": 4.0,
                           "smoothing": 0.1, "weight_power": 0.5, "weight_decay": 0.01, "mirror_average": False,
                           "widths": (16, 32, 64, 128), "extra": 1, "pool_early": True, "separable_stem": False,
                           "init": "models/face/model.onnx", "ema": 0.0,
-                          "augment": 1.0}
+                          "augment": 1.0, "teacher_views": 0}
 TEACHER_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 60, "batch_size": 128, "lr": 2e-3, "alpha": 0.5,
                                   "weight_decay": 0.05, "mirror_average": True, "init": "none"}
 WARM_START_IMAGES = 2048  # training images that set the warm student's BatchNorm statistics
@@ -129,11 +132,16 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
     print(f"{name}: {len(y_train)} training and {len(y_val)} validation images from {data}")
 
     teachers = [] if teacher_model else teacher_paths(getattr(args, "teacher", None), data)
-    soft = teacher_logits(teachers, x_train_u8, show) if teachers else None
+    views = None
+    if teachers and int(recipe["teacher_views"]) > 0:
+        views = augmented_views(x_train_u8, int(recipe["teacher_views"]), seed, float(recipe["augment"]))
+        soft = teacher_logits(teachers, views, show)
+    else:
+        soft = teacher_logits(teachers, x_train_u8, show) if teachers else None
     if soft is not None:
-        agreement = (soft[0].argmax(1) == y_train).mean()
+        agreement = (soft.argmax(2) == y_train[None]).mean()
         print(f"teacher: {', '.join(_teacher_name(p) for p in teachers)} "
-              f"(training-set accuracy {agreement:.3f})")
+              f"(training-set accuracy {agreement:.3f} over {len(soft)} view(s) of each image)")
 
     model: nn.Module = FaceTeacher() if teacher_model else student(recipe)
     parameters = count_parameters(model)
@@ -170,7 +178,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace, 
         return seconds
 
     best, history, _ = fit(model, x_train_u8, y_train, x_val_u8, y_val, soft, recipe, generator, device, show,
-                           max_steps, on_better=None if max_steps else _export)
+                           max_steps, on_better=None if max_steps else _export, views=views)
     seconds = _export(best, len(history), final=True)
     print(f"{name}: best validation accuracy {best['accuracy']:.4f} at epoch {best['epoch']}; {parameters} "
           f"parameters; {seconds:.0f} s")
@@ -253,7 +261,9 @@ def face_card(name: str, recipe: dict[str, Any], parameters: int, embedding_size
                if float(recipe.get("ema") or 0.0) > 0.0 else "")
             + _augmentation(float(recipe.get("augment", 1.0))) + shape
             + (f"; distillation alpha {recipe['alpha']} T {recipe['temperature']} from the teachers' mean logits on "
-               "the unaugmented (or mirrored) training images" if teachers else "")
+               + (f"the very image the student sees ({int(recipe['teacher_views'])} augmented views of each training "
+                  "image, one drawn per sample)" if int(recipe.get("teacher_views") or 0) > 0
+                  else "the unaugmented (or mirrored) training images") if teachers else "")
             + (". The graph averages the embedding of the face and of its mirror image (test-time flip; "
                "selection on validation used the same)" if mirror else "")
             + (". Conv and Gemm weights are stored as per-channel INT8 behind DequantizeLinear (weight-only: the "

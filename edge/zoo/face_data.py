@@ -134,22 +134,45 @@ def teacher_labels(path: Path) -> list[str]:
     return TEACHER_LABELS
 
 
+def augmented_views(images: np.ndarray, views: int, seed: int, strength: float = 1.0) -> np.ndarray:
+    """``views`` augmented copies of uint8 ``images`` (N, S, S) as uint8 (views, N, S, S), each a random flip and
+    ``augment``; the same seed gives the same views, so their teacher logits can be cached.
+
+    Consistent distillation: the student trains on these very images against the teachers' logits on them,
+    where the plain recipe pairs an augmented image with the teachers' view of the unaugmented one.
+    """
+    out = np.empty((views, *images.shape), dtype=np.uint8)
+    for view in range(views):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + view)
+        flips = torch.rand(len(images), generator=generator) < 0.5
+        for start in range(0, len(images), 4096):
+            x = augment(to_tensor(images[start : start + 4096]), generator, flips[start : start + 4096], strength)
+            out[view, start : start + len(x)] = x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    return out
+
+
 def teacher_logits(paths: list[Path], images: np.ndarray, show: bool) -> np.ndarray:
     """Average logits (in LABELS order) of the teachers over ``images`` and their mirror: (2, N, 7), cached.
 
-    HDF5 teachers are converted to ONNX (into the cache) with tools/convert_mini_xception.py first. The cache
-    key holds the teachers' bytes, so a retrained teacher is run again.
+    ``images`` may be (N, S, S) or a stack of views (V, N, S, S) from ``augmented_views``; a stack is run
+    without mirroring (its views are flipped already) and gives (V, N, 7). HDF5 teachers are converted to ONNX
+    (into the cache) with tools/convert_mini_xception.py first. The cache key holds the teachers' bytes, so a
+    retrained teacher is run again.
     """
     import onnxruntime as ort
 
+    stacked = images.ndim == 4
+    groups = images if stacked else images[None]
+    passes = [(g, 0) for g in range(len(groups))] if stacked else [(0, 0), (0, 1)]
     digest = hashlib.sha256()
     for path in paths:
         digest.update(str(path).encode() + (path.read_bytes() if path.exists() else b""))
-    digest.update(images[:: max(1, len(images) // 64)].tobytes() + str(images.shape).encode())
+    sample = images.reshape(-1, *images.shape[-2:])
+    digest.update(sample[:: max(1, len(sample) // 64)].tobytes() + str(images.shape).encode())
     cache = cache_dir() / "face" / f"teacher-logits-{digest.hexdigest()[:16]}.npy"
     if cache.exists():
         return np.load(cache)
-    total = np.zeros((2, len(images), len(LABELS)), dtype=np.float32)
+    total = np.zeros((len(passes), groups.shape[1], len(LABELS)), dtype=np.float32)
     for path in paths:
         labels = teacher_labels(path)
         order = [labels.index(label) for label in LABELS]
@@ -164,12 +187,13 @@ def teacher_logits(paths: list[Path], images: np.ndarray, show: bool) -> np.ndar
         name = session.get_inputs()[0].name
         size = session.get_inputs()[0].shape[-1]
         size = size if isinstance(size, int) else TEACHER_SIZE
-        for flip in (0, 1):
-            for start in progress(range(0, len(images), 512), show, desc=f"teacher {path.stem} flip={flip}"):
-                batch = images[start : start + 512]
+        for row, (group, flip) in enumerate(passes):
+            view = groups[group]
+            for start in progress(range(0, len(view), 512), show, desc=f"teacher {path.stem} pass {row + 1}/{len(passes)}"):
+                batch = view[start : start + 512]
                 batch = batch[:, :, ::-1] if flip else batch
                 logits = np.asarray(session.run(["logits"], {name: teacher_input(batch, size)})[0])
-                total[flip, start : start + len(batch)] += logits[:, order]
+                total[row, start : start + len(batch)] += logits[:, order]
     total /= max(len(paths), 1)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, total)

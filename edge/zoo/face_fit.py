@@ -71,11 +71,14 @@ class WeightAverage:
 def fit(
     model: nn.Module, x_train_u8: np.ndarray, y_train: np.ndarray, x_val_u8: np.ndarray, y_val: np.ndarray,
     soft: np.ndarray | None, recipe: dict[str, Any], generator: torch.Generator, device: str = "cpu",
-    show: bool = False, max_steps: int | None = None, on_better: Any = None,
+    show: bool = False, max_steps: int | None = None, on_better: Any = None, views: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]], int]:
     """Train ``model`` on the arrays by ``recipe``; returns the best epoch (by validation accuracy), history, steps.
 
-    ``soft`` holds teacher logits (2, N, 7) for the plain and mirrored images, or None. With a recipe ``ema``
+    ``soft`` holds teacher logits (2, N, 7) for the plain and mirrored images, or None. With ``views`` (V, N, S, S)
+    uint8 augmented images (``face_data.augmented_views``), ``soft`` is (V, N, 7), the teachers' logits on those
+    very images, and each sample of a batch is one of its views drawn at random (consistent distillation: no
+    further augmentation, so the student and the teachers see the same pixels). With a recipe ``ema``
     decay above 0, each epoch is validated (and kept) as the moving average of the weights (``WeightAverage``).
     ``on_better(best)``
     is called after each epoch that beats the previous best (the CLI writes a checkpoint there). On a GPU
@@ -84,6 +87,9 @@ def fit(
     epochs, batch_size, lr = recipe["epochs"], recipe["batch_size"], recipe["lr"]
     x_train, x_val = to_tensor(x_train_u8).to(device), to_tensor(x_val_u8).to(device)
     soft_t = torch.from_numpy(soft).to(device) if soft is not None else None
+    views_t = torch.from_numpy(views).to(device) if views is not None else None
+    if views_t is not None and (soft_t is None or soft_t.shape[:2] != views_t.shape[:2]):
+        raise ValueError(f"views {tuple(views_t.shape)} need teacher logits of the same views and images")
     # channels_last: about 20% faster on CPU (depthwise convs); torch accepts memory_format, its stubs do not say so
     model = model.to(device).to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
@@ -110,8 +116,14 @@ def fit(
             idx = order[b * batch_size : (b + 1) * batch_size]
             flip = flips[idx]
             idx_d = idx.to(device)
-            xb = augment(x_train[idx_d], generator, flip, float(recipe.get("augment", 1.0))).contiguous(memory_format=torch.channels_last)
-            t = soft_t[flip.long().to(device), idx_d] if soft_t is not None else None
+            if views_t is not None and soft_t is not None:
+                pick = torch.randint(len(views_t), (len(idx),), generator=generator).to(device)
+                xb = views_t[pick, idx_d].float().mul_(2.0 / 255.0).sub_(1.0).unsqueeze(1)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                t = soft_t[pick, idx_d]
+            else:
+                xb = augment(x_train[idx_d], generator, flip, float(recipe.get("augment", 1.0))).contiguous(memory_format=torch.channels_last)
+                t = soft_t[flip.long().to(device), idx_d] if soft_t is not None else None
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
                 logits, _ = model(xb)
             loss = distillation_loss(logits.float(), y_train_t[idx_d], t, recipe["temperature"],
