@@ -175,6 +175,7 @@ def teacher_logits(paths: list[Path], images: np.ndarray, show: bool) -> np.ndar
     total = np.zeros((len(passes), groups.shape[1], len(LABELS)), dtype=np.float32)
     for path in paths:
         labels = teacher_labels(path)
+        shown = path.parent.name if path.stem == "model" else path.stem  # a model folder's file is model.onnx
         order = [labels.index(label) for label in LABELS]
         if path.suffix in (".hdf5", ".h5"):
             onnx_path = cache_dir() / "face" / "teachers" / (path.stem + ".onnx")
@@ -189,7 +190,7 @@ def teacher_logits(paths: list[Path], images: np.ndarray, show: bool) -> np.ndar
         size = size if isinstance(size, int) else TEACHER_SIZE
         for row, (group, flip) in enumerate(passes):
             view = groups[group]
-            for start in progress(range(0, len(view), 512), show, desc=f"teacher {path.stem} pass {row + 1}/{len(passes)}"):
+            for start in progress(range(0, len(view), 512), show, desc=f"teacher {shown} pass {row + 1}/{len(passes)}"):
                 batch = view[start : start + 512]
                 batch = batch[:, :, ::-1] if flip else batch
                 logits = np.asarray(session.run(["logits"], {name: teacher_input(batch, size)})[0])
