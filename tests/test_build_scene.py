@@ -22,7 +22,7 @@ from test_engine_cache import FakeTensorRTBuilder, ort_engine
 
 from edge.backends.engine_cache import find_engine
 from edge.backends.ort import OnnxRuntimeRunner
-from edge.card import load_model, sha256_file
+from edge.card import load_card, load_model, sha256_file
 from edge.errors import BackendUnavailable, InputError, ModelError
 from edge.export import build as build_module
 from edge.export.build import BuildOutcome, build_engine
@@ -60,8 +60,8 @@ def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
 
 def build(scene: dict[str, Path], graph: str | None, precision: str = "fp32", builder: FakeTensorRTBuilder | None = None,
-          open_engine=ort_engine, **kw) -> BuildOutcome:
-    return build_engine(scene["folder"], precision, graph=graph, data=scene["data"], limit=LIMIT,
+          open_engine=ort_engine, limit: int | None = LIMIT, **kw) -> BuildOutcome:
+    return build_engine(scene["folder"], precision, graph=graph, data=scene["data"], limit=limit,
                         builder=builder or FakeTensorRTBuilder(), open_engine=open_engine, trt_version=TRT, gpu=GPU, **kw)
 
 
@@ -86,12 +86,16 @@ def test_decoder_engine_has_a_cache_profile_its_own_key_and_a_gate_on_whole_expl
     assert outcome.engine.with_suffix(".json").is_file()
     again = build(scene, "decoder", builder=builder)
     assert again.status == "cached" and len(builder.requests) == 1
-    # the FP16 decoder gets its own engine, compared with the FP32 ONNX decoder (not with itself: on these 8 images
-    # some sentences differ; its ONNX file passed on all 334 held-out images with 96% token agreement)
-    fp16 = build(scene, "decoder", precision="fp16")
+    # the FP16 decoder gets its own engine, compared with the FP32 ONNX decoder, not with itself: on all 334
+    # held-out images the stand-in engine (ONNX Runtime on decoder.fp16.onnx) agrees with FP32 exactly as often as
+    # the card's record of that file says, and that is less than always
+    fp16 = build(scene, "decoder", precision="fp16", limit=None)
+    record = next(a for g in load_card(scene["folder"] / "card.toml").graphs if g.name == "decoder"
+                  for a in g.artifacts if a.precision == "fp16")
+    assert fp16.gate is not None and fp16.gate.n == record.n and fp16.gate.token_agreement == pytest.approx(record.top1_agreement)
     assert fp16.engine.name != outcome.engine.name and fp16.manifest.onnx_file == "decoder.fp16.onnx"
     assert fp16.manifest.key.model_sha256 == sha256_file(scene["folder"] / "decoder.fp16.onnx")
-    assert isinstance(fp16.gate, DecoderGate) and 0.5 < fp16.gate.token_agreement < 1.0
+    assert isinstance(fp16.gate, DecoderGate) and MIN_TOKEN_AGREEMENT <= fp16.gate.token_agreement < 1.0
     assert fp16.manifest.gate["token_agreement"] == fp16.gate.token_agreement
     assert fp16.status == ("built" if fp16.gate.passed else "rejected")
 

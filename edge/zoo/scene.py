@@ -35,9 +35,8 @@ RECIPE: dict[str, Any] = {
     "folds": 3,
     "cv": True,
     "cv_note": "",
-    "arousal_oasis_grid": "0,0.1,0.15,0.2,0.25,0.35,0.5,1",  # stage=arousal: OASIS's weight (Emotion6's is 1) in the stack's fit
-    "arousal_oasis_loss": 0.1,  # stage=arousal: the most OASIS arousal r (CV) the stack may give up for Emotion6's
-    "arousal_l2": 1.0,
+    "arousal_oasis_grid": "0,0.1,0.2,0.35,0.5,0.75,1",  # stage=arousal: OASIS's weight (Emotion6's is 1) in the branch's fit
+    "arousal_l2_grid": "300,1000,3000,10000,30000",  # stage=arousal: ridge strengths on standardised features
     "stage": "all",  # all | decoder (keep encoder.onnx, retrain the text side) | card (rewrite card.toml from training.json)
     **DECODER_RECIPE,
 }
@@ -104,54 +103,78 @@ def out_of_fold(root: Path, recipe: dict[str, Any], seed: int, show: bool = Fals
     return out
 
 
-def arousal_stack(root: Path, out: Path, recipe: dict[str, Any], seed: int, log: dict[str, Any]) -> None:
-    """Arousal as a linear function of the encoder's emotion probabilities, valence and arousal, fitted on out-of-fold
-    outputs of the training images and written into encoder.onnx.
+def _ridge_cv(x: np.ndarray, y: np.ndarray, w: np.ndarray, train: np.ndarray, test: np.ndarray,
+              alphas: list[float]) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
+    """Weighted ridge on standardised features (intercept not penalised), fitted on ``train`` for every alpha
+    at the cost of one eigendecomposition (the Gram matrix: fewer images than features). Returns the
+    predictions on ``test`` (alphas x len(test)) and, per alpha, the weights and bias on the raw features."""
+    train = train[w[train] > 0]
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+    z = (x[train] - mu) / sd
+    wt = w[train] / w[train].sum()
+    zm, ym = wt @ z, float(wt @ y[train])
+    root = np.sqrt(w[train])[:, None]
+    zc, yc = (z - zm) * root, (y[train] - ym) * root[:, 0]
+    s, u = np.linalg.eigh(zc @ zc.T)
+    uy = u.T @ yc
+    preds, coefs = [], []
+    for alpha in alphas:
+        beta = zc.T @ (u @ (uy / (np.maximum(s, 0.0) + alpha)))
+        coef = beta / sd
+        bias = float(ym - zm @ beta - mu @ coef)  # y = (x - mu) / sd . beta - zm . beta + ym
+        coefs.append((coef, bias))
+        preds.append(x[test] @ coef + bias)
+    return np.array(preds), coefs
 
-    Why: Emotion6's arousal follows its emotion categories more than OASIS's does, and a head fitted on both sets
-    serves Emotion6 worst. OASIS's weight in the fit is chosen by 5-fold CV on the out-of-fold outputs (training
-    images only): the largest Emotion6 arousal r that costs OASIS at most ``arousal_oasis_loss`` of its r."""
-    from edge.zoo.scene_encoder import Targets
-    from edge.zoo.scene_export import add_arousal_stack
+
+def arousal_branch(root: Path, out: Path, recipe: dict[str, Any], seed: int, log: dict[str, Any], show: bool = False) -> None:
+    """Arousal as a ridge fit over the frozen network's features at several depths
+    (``edge.zoo.scene_encoder.LevelFeatures``), written into encoder.onnx in place of the fine-tuned head's.
+
+    Why: the fine-tuned head, fitted on both sets at once, reads Emotion6's arousal worst (held-out r 0.263,
+    below the frozen linear probe), and the two sets' arousal norms disagree: a fit on one predicts the other
+    poorly. Frozen features (no leak from the fine-tune into the CV) at several depths, with much stronger
+    regularisation than the emotion heads need, read it better. OASIS's weight in the fit (Emotion6's is 1)
+    and the L2 strength are chosen by 5-fold CV on the training images: the pair whose two per-set CV r,
+    each as a share of the best that set reaches over the grid, sum highest (both sets count the same)."""
+    from edge.zoo.scene_encoder import LEVELS, Targets, backbone, level_features
+    from edge.zoo.scene_export import add_arousal_branch
 
     items, names, is_val = load_items(root)
-    enc_recipe = dict(recipe, **{k: v for k, v in (log.get("recipe") or {}).items() if k in ("epochs", "folds", "lr", "va_weight")})
-    oof = out_of_fold(root, enc_recipe, seed)
-    e = np.exp(oof["logits"] - oof["logits"].max(1, keepdims=True))
-    x = np.c_[e / e.sum(1, keepdims=True), oof["va"]]
-    y = Targets.of(items, names).va[:, 1]
+    x = level_features(items, show=show).astype(np.float64)
+    y = Targets.of(items, names).va[:, 1].astype(np.float64)
     is_e6 = np.array(names) == "emotion6"
     train_idx = np.flatnonzero(~is_val)
     fold_of = np.random.default_rng(seed + 1).permutation(len(train_idx)) % 5
-
-    def fit(idx: np.ndarray, w_oasis: float) -> np.ndarray:
-        a = np.c_[x[idx], np.ones(len(idx))] * np.sqrt(np.where(is_e6[idx], 1.0, w_oasis))[:, None]
-        b = y[idx] * np.sqrt(np.where(is_e6[idx], 1.0, w_oasis))
-        return np.linalg.solve(a.T @ a + recipe["arousal_l2"] * np.diag(np.r_[np.ones(9), 0.0]), a.T @ b)
-
-    def r(pred: np.ndarray, mask: np.ndarray) -> float:
-        idx = train_idx[mask[train_idx]]
-        return float(np.corrcoef(pred[idx], y[idx])[0, 1])
-
-    table = {"none": {"emotion6": round(r(oof["va"][:, 1], is_e6), 4), "oasis": round(r(oof["va"][:, 1], ~is_e6), 4)}}
-    for w in [float(v) for v in str(recipe["arousal_oasis_grid"]).split(",") if v.strip()]:
-        pred = np.zeros(len(y))
+    weights = [float(v) for v in str(recipe["arousal_oasis_grid"]).split(",") if v.strip()]
+    alphas = [float(v) for v in str(recipe["arousal_l2_grid"]).split(",") if v.strip()]
+    table: dict[str, dict[str, float]] = {}
+    for w_oasis in weights:
+        w = np.where(is_e6, 1.0, w_oasis)
+        pred = np.zeros((len(alphas), len(y)))
         for k in range(5):
             test = train_idx[fold_of == k]
-            pred[test] = np.c_[x[test], np.ones(len(test))] @ fit(train_idx[fold_of != k], w)
-        table[str(w)] = {"emotion6": round(r(pred, is_e6), 4), "oasis": round(r(pred, ~is_e6), 4)}
-    floor = table["none"]["oasis"] - recipe["arousal_oasis_loss"]
-    allowed = [k for k in table if k != "none" and table[k]["oasis"] >= floor]
-    best = max(allowed, key=lambda k: table[k]["emotion6"], default=None)
-    log["arousal_stack"] = {"cv_r_by_oasis_weight": table, "chosen": best, "rule": f"largest Emotion6 r with OASIS r >= {floor:.4f}",
-                            "l2": recipe["arousal_l2"], "inputs": "softmax(logits) (7), valence, arousal (out-of-fold, training images)"}
-    if best is None or table[best]["emotion6"] <= table["none"]["emotion6"]:
-        log["arousal_stack"]["written"] = False
-        return
-    coef = fit(train_idx, float(best))
-    add_arousal_stack(out / "encoder.onnx", coef[:9], float(coef[9]))
-    log["arousal_stack"].update(written=True, weight=[round(float(c), 5) for c in coef[:9]], bias=round(float(coef[9]), 5))
-    print("arousal stack:", json.dumps(log["arousal_stack"]), flush=True)
+            pred[:, test] = _ridge_cv(x, y, w, train_idx[fold_of != k], test, alphas)[0]
+        for a, alpha in enumerate(alphas):
+            r = {s: float(np.corrcoef(pred[a, train_idx[m[train_idx]]], y[train_idx[m[train_idx]]])[0, 1])
+                 for s, m in (("emotion6", is_e6), ("oasis", ~is_e6))}
+            table[f"{w_oasis:g}/{alpha:g}"] = {k: round(v, 4) for k, v in r.items()}
+    best_of = {s: max(v[s] for v in table.values()) for s in ("emotion6", "oasis")}
+    chosen = max(table, key=lambda k: table[k]["emotion6"] / best_of["emotion6"] + table[k]["oasis"] / best_of["oasis"])
+    w_oasis, alpha = (float(v) for v in chosen.split("/"))
+    _, coefs = _ridge_cv(x, y, np.where(is_e6, 1.0, w_oasis), train_idx, train_idx[:1], [alpha])
+    coef, bias = coefs[0]
+    log["arousal_branch"] = {
+        "cv_r_by_oasis_weight_and_l2": table, "chosen": {"oasis_weight": w_oasis, "l2": alpha, **table[chosen]},
+        "rule": "largest sum of the two sets' CV r, each divided by the best that set reaches on the grid",
+        "inputs": f"frozen ImageNet Lite0 channel means: blocks {list(LEVELS)}, block 15 and the head convolution "
+                  f"({x.shape[1]} numbers), mean of the image and its mirror",
+        "folds": 5, "training_images": int(len(train_idx))}
+    earlier = log.pop("arousal_stack", None)  # the stack on the head's own outputs that this replaces (never shipped)
+    if earlier and earlier.get("not_shipped"):
+        log["arousal_branch"]["replaces_stack_not_shipped"] = earlier["not_shipped"]
+    print("arousal branch:", json.dumps(log["arousal_branch"]["chosen"]), flush=True)
+    log["arousal_branch"].update(add_arousal_branch(out / "encoder.onnx", backbone(), coef, bias))
 
 
 def train_encoder(root: Path, recipe: dict[str, Any], seed: int, show: bool, log: dict[str, Any]) -> Any:
@@ -222,9 +245,9 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     t0 = time.time()
     if recipe["stage"] not in ("all", "decoder", "card", "guidance", "arousal"):
         raise ConfigError(f"--set stage={recipe['stage']}: expected all, decoder, guidance, arousal or card")
-    if recipe["stage"] == "arousal":  # a linear arousal stack on the shipped encoder's outputs (see arousal_stack)
+    if recipe["stage"] == "arousal":  # arousal from the frozen network's levels in the shipped encoder (see arousal_branch)
         log = json.loads((out / "training.json").read_text(encoding="utf-8"))
-        arousal_stack(root, out, recipe, args.seed, log)
+        arousal_branch(root, out, recipe, args.seed, log, show)
         (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
         write_scene_card(out, log, log.get("command") or command_line(), root)
         return out

@@ -305,3 +305,81 @@ def linear_probe(cache: Cache, t: Targets, train_idx: np.ndarray, val_idx: np.nd
         out["held_out_per_set"] = {name: run(final, idx) for name, idx in per_set.items()}
     return out
 
+
+
+LEVELS = (0, 2, 4, 7, 10, CUT - 1)  # frozen block outputs (stage ends) whose channel means the arousal branch reads
+
+
+class LevelFeatures(nn.Module):
+    """Channel means of the *ImageNet* (not fine-tuned) network at several depths: the outputs of blocks
+    LEVELS, then block CUT and the 1x1 head convolution run on the last of them (2,064 numbers).
+
+    Why: Emotion6's arousal is read best by a heavily regularised linear fit over low- and high-level
+    frozen features (5-fold CV on the training images; see ``edge.zoo.scene.arousal_branch``). The
+    encoder graph already computes the frozen blocks; only block CUT and the head convolution are
+    run a second time, with their ImageNet weights."""
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.block, self.conv_head, self.bn1, self.act = net._blocks[CUT], net._conv_head, net._bn1, net._swish
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        x = self.block(levels[-1])
+        h = self.act(self.bn1(self.conv_head(x)))
+        return torch.cat([t.mean(dim=(2, 3)) for t in levels] + [x.mean(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
+
+
+def level_outputs(prefix: Prefix, image: torch.Tensor) -> list[torch.Tensor]:
+    """The frozen prefix's block outputs at LEVELS for a batch of images (RGB 0..255)."""
+    n = prefix.net
+    x = (image - prefix.mean) / prefix.std
+    x = n._swish(n._bn0(n._conv_stem(x)))
+    out = []
+    for i, block in enumerate(n._blocks[:CUT]):
+        x = block(x)
+        if i in LEVELS:
+            out.append(x)
+    return out
+
+
+def level_features(items: list[SceneItem], size: int = DEFAULT_SIZE, show: bool = True) -> np.ndarray:
+    """(N, D) LevelFeatures of every image, averaged over it and its mirror as the encoder graph does (the
+    whole frame resized, as at run time); cached under ``edge.paths.cache_dir()`` by the items and LEVELS."""
+    from edge.features.scene import load_image
+    from edge.zoo.common import progress
+
+    key = hashlib.sha256(("|".join(str(i.path.resolve()) for i in items) + f"|{size}|{CUT}|{LEVELS}").encode()).hexdigest()[:16]
+    path = cache_dir() / "scene" / f"levels_{key}.npy"
+    if path.exists():
+        return np.load(path)
+    net = backbone(size)
+    prefix, feats = Prefix(net).eval(), LevelFeatures(net).eval()
+    rows = []
+    with torch.no_grad():
+        for item in progress(items, show, desc="frozen levels"):
+            image = load_image(item.path)
+            x = torch.from_numpy(np.stack([scene_input(image, size), scene_input(image, size, flip=True)]))
+            rows.append(feats(level_outputs(prefix, x)).mean(0).numpy())
+    out = np.stack(rows).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+class ArousalBranch(nn.Module):
+    """clip(w . mean(LevelFeatures(pass a), LevelFeatures(pass b)) + b, -1, 1): the arousal that replaces the
+    fine-tuned head's in encoder.onnx (``edge.zoo.scene_export.add_arousal_branch``). Inputs: the LEVELS
+    block outputs of the plain pass, then those of the mirrored pass."""
+
+    def __init__(self, net: Any, weight: np.ndarray, bias: float) -> None:
+        super().__init__()
+        self.features = LevelFeatures(net)
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        self.register_buffer("weight", torch.from_numpy(np.asarray(weight, np.float32).reshape(-1, 1)))
+        self.register_buffer("bias", torch.tensor([float(bias)], dtype=torch.float32))
+
+    def forward(self, *levels: torch.Tensor) -> torch.Tensor:
+        k = len(LEVELS)
+        f = (self.features(list(levels[:k])) + self.features(list(levels[k:]))) / 2
+        return torch.clamp(f @ self.weight + self.bias, -1.0, 1.0)

@@ -76,11 +76,14 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                            normalisation="RGB float 0..255, whole frame resized to 224x224 (INTER_AREA); "
                            "ImageNet mean/std applied inside the graph")],
         outputs=[TensorSpec(name="logits", shape=["batch", 7], meaning="logits over labels (emotion distribution)"),
-                 TensorSpec(name="va", shape=["batch", 2], meaning="valence, arousal in [-1, 1]"),
+                 TensorSpec(name="va", shape=["batch", 2],
+                            meaning=("valence, arousal in [-1, 1]" + ("; arousal from the frozen network's levels (see notes: "
+                                     "arousal branch)" if log.get("arousal_branch") else ""))),
                  TensorSpec(name="embedding", shape=["batch", 256],
                             meaning="hidden layer the heads read (ReLU), mean of the image's and its mirror's")],
         features=FeatureRecipe(recipe="edge.features.scene.scene_input", params={"size": DEFAULT_SIZE}),
-        parameters=onnx_parameters(out / "encoder.onnx"), flops=int(exp["flops"]),
+        parameters=onnx_parameters(out / "encoder.onnx"),
+        flops=int(exp["flops"]) + int((log.get("arousal_branch") or {}).get("flops", 0)),
         training=TrainingInfo(data=("Emotion6 (../shared/data/emotion6_256, 1680 images) and OASIS (../shared/data/oasis_256, 900 images), "
                            f"split by image: {log['split']['train']} train, {log['split']['held_out']} held out "
                            f"(sha256(set|file|seed) < fraction; edge.scene.data.is_held_out)"),
@@ -98,8 +101,8 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
                f"ORT vs torch max abs difference: "
                f"{exp['max_abs_diff']}. Decoder: {log.get('decoder_data')}; recipe {log.get('decoder_recipe')}; "
                f"decoding guidance chosen on training images: {log.get('guidance')}."
-               + (f" Arousal stack (edge.zoo.scene.arousal_stack, --set stage=arousal): {log['arousal_stack']}."
-                  if log.get("arousal_stack") else "")),
+               + (f" Arousal branch (edge.zoo.scene.arousal_branch, --set stage=arousal): {log['arousal_branch']}."
+                  if log.get("arousal_branch") else "")),
         graphs=[GraphSpec.model_validate(g) for g in log.get("graphs", [])],
         explain=log.get("explain", {}),
     )
@@ -109,41 +112,96 @@ def write_scene_card(out: Path, log: dict[str, Any], command: str, root: Path) -
 
         old = load_card(previous)
         card.metrics, card.artifacts, card.confidence, card.ood = old.metrics, old.artifacts, old.confidence, old.ood
+        kept = {g.name: g.artifacts for g in old.graphs}  # the decoder's FP16/INT8 records too (they name their source)
+        for spec in card.graphs:
+            spec.artifacts = kept.get(spec.name, spec.artifacts)
     return write_card(card, out)
 
 
-def add_arousal_stack(path: Path, weight: Any, bias: float) -> None:
-    """Rewrite encoder.onnx so that its arousal is clip(w . [softmax(logits), va] + b, -1, 1) (valence unchanged):
-    a linear stack fitted on out-of-fold outputs (``edge.zoo.scene.arousal_stack``). Refuses a graph that has one."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
+def _level_tensors(graph: Any, levels: tuple[int, ...]) -> list[str]:
+    """Names of the frozen prefix's block outputs at ``levels`` in encoder.onnx: the plain pass's, then the
+    mirrored pass's (the second pass starts at the second stem convolution; its nodes carry a ``_1``)."""
+    import re
 
     from edge.errors import ModelError
 
+    nodes = list(graph.node)
+    stems = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and "_conv_stem" in n.name]
+    if len(stems) != 2:
+        raise ModelError(f"encoder.onnx: expected two stem convolutions (image and mirror), found {len(stems)}")
+    names: list[str] = []
+    for part in (nodes[stems[0]:stems[1]], nodes[stems[1]:]):
+        last: dict[int, str] = {}
+        for n in part:
+            m = re.match(r"/encoder/prefix/_blocks\.(\d+)(?:_1)?/", n.name)
+            if m and n.op_type in ("Conv", "Add"):
+                last[int(m.group(1))] = n.output[0]
+        missing = [b for b in levels if b not in last]
+        if missing:
+            raise ModelError(f"encoder.onnx: no output found for prefix blocks {missing}")
+        names += [last[b] for b in levels]
+    return names
+
+
+def add_arousal_branch(path: Path, net: Any, weight: Any, bias: float) -> dict[str, float]:
+    """Rewrite encoder.onnx so that its arousal is ``edge.zoo.scene_encoder.ArousalBranch`` (frozen levels of
+    both passes, ``weight``, ``bias``; ``net`` is the ImageNet network) and its valence stays the fine-tuned
+    head's. Checks the rewritten graph against torch on two images; returns the largest arousal difference
+    and the branch's FLOPs for one image. Refuses a graph that already has a branch."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from edge.errors import ModelError
+    from edge.zoo.common import OPSET
+    from edge.zoo.scene_encoder import LEVELS, ArousalBranch, Prefix, level_outputs
+
     proto = onnx.load(str(path))
     g = proto.graph
-    if any(n.name.startswith("arousal_stack") for n in g.node):
-        raise ModelError(f"{path}: already has an arousal stack (train the encoder again first)")
+    tag = "arousal_branch"
+    if any(n.name.startswith(tag) for n in g.node):
+        raise ModelError(f"{path}: already has an arousal branch (train the encoder again first)")
+    sources = _level_tensors(g, LEVELS)
+    branch = ArousalBranch(net, weight, bias).eval()
+    prefix = Prefix(net).eval()
+    example = torch.rand(2, 3, DEFAULT_SIZE, DEFAULT_SIZE) * 255
+    with torch.no_grad():
+        inputs = level_outputs(prefix, example) + level_outputs(prefix, torch.flip(example, dims=[3]))
+        expected = branch(*inputs).numpy()[:, 0]
+    in_names = [f"level{i}" for i in range(len(inputs))]
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        torch.onnx.export(branch, tuple(inputs), f"{tmp}/branch.onnx", input_names=in_names, output_names=["arousal"],
+                          dynamic_axes={n: {0: "batch"} for n in [*in_names, "arousal"]}, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+        sub = onnx.load(f"{tmp}/branch.onnx").graph
+    rename = dict(zip(in_names, sources, strict=True))
+
+    def name(t: str) -> str:
+        return rename.get(t) or (f"{tag}/{t}" if t else t)
+
+    for node in sub.node:
+        node.name = f"{tag}/{node.name or node.output[0]}"
+        node.input[:] = [name(t) for t in node.input]
+        node.output[:] = [name(t) for t in node.output]
+    for init in sub.initializer:
+        init.name = name(init.name)
     for node in g.node:
         node.output[:] = ["va_raw" if o == "va" else o for o in node.output]
         node.input[:] = ["va_raw" if i == "va" else i for i in node.input]
-    w = np.asarray(weight, np.float32).reshape(9, 1)
-    g.initializer.extend([numpy_helper.from_array(w, "arousal_stack_w"),
-                          numpy_helper.from_array(np.array([bias], np.float32), "arousal_stack_b"),
-                          numpy_helper.from_array(np.array([-1.0], np.float32)[0], "arousal_stack_lo"),
-                          numpy_helper.from_array(np.array([1.0], np.float32)[0], "arousal_stack_hi"),
-                          numpy_helper.from_array(np.array([0], np.int64), "arousal_stack_s0"),
-                          numpy_helper.from_array(np.array([1], np.int64), "arousal_stack_s1")])
-    n = "arousal_stack"
-    g.node.extend([
-        helper.make_node("Softmax", ["logits"], [f"{n}_p"], name=f"{n}_softmax", axis=1),
-        helper.make_node("Concat", [f"{n}_p", "va_raw"], [f"{n}_x"], name=f"{n}_concat", axis=1),
-        helper.make_node("MatMul", [f"{n}_x", f"{n}_w"], [f"{n}_m"], name=f"{n}_matmul"),
-        helper.make_node("Add", [f"{n}_m", f"{n}_b"], [f"{n}_a"], name=f"{n}_add"),
-        helper.make_node("Clip", [f"{n}_a", f"{n}_lo", f"{n}_hi"], [f"{n}_c"], name=f"{n}_clip"),
-        helper.make_node("Slice", ["va_raw", f"{n}_s0", f"{n}_s1", f"{n}_s1"], [f"{n}_v"], name=f"{n}_valence"),
-        helper.make_node("Concat", [f"{n}_v", f"{n}_c"], ["va"], name=f"{n}_va", axis=1),
+    g.initializer.extend(list(sub.initializer) + [numpy_helper.from_array(np.array([0], np.int64), f"{tag}/s0"),
+                                                  numpy_helper.from_array(np.array([1], np.int64), f"{tag}/s1")])
+    g.node.extend(list(sub.node) + [
+        helper.make_node("Slice", ["va_raw", f"{tag}/s0", f"{tag}/s1", f"{tag}/s1"], [f"{tag}/valence"], name=f"{tag}/valence"),
+        helper.make_node("Concat", [f"{tag}/valence", f"{tag}/arousal"], ["va"], name=f"{tag}/va", axis=1),
     ])
     onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = np.asarray(session.run(["va"], {"image": example.numpy()})[0])[:, 1]
+    diff = float(np.max(np.abs(got - expected)))
+    if diff > 1e-4:
+        raise ModelError(f"{path}: the arousal branch differs from torch by {diff:.3g}")
     onnx.save(proto, str(path))
+    return {"max_abs_diff": diff, "flops": flops(branch, *(t[:1] for t in inputs))}
