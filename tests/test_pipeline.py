@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -279,10 +280,13 @@ def test_the_pipeline_closes_what_it_opened(tmp_path: Path, monkeypatch: pytest.
 
     runs.clear()
     blas_before = [(i["user_api"], i["num_threads"]) for i in threadpool_info()]
+    cv2.setNumThreads(3)
     got: list[Estimate] = []
     with Pipeline(device(models, [ok]), sources={"mic": ListSource("mic", "audio", blocks, 16000.0)},
                   on_estimate=got.append) as pipe:
         assert pipe.runs["mic"].runner.is_active
+        assert cv2.getNumThreads() == 1  # face detection keeps to one core while the pipeline runs
         wait(lambda: len(got) >= 9)
     assert len(got) == (5 * 1600 - 1600) // 800 + 1 and not runs[0].runner.is_active  # every half-window hop
     assert [(i["user_api"], i["num_threads"]) for i in threadpool_info()] == blas_before
+    assert cv2.getNumThreads() == 3  # and gives the process its setting back
