@@ -248,6 +248,7 @@ def train(data_dir: str | None, out_dir: Path | None, args: argparse.Namespace) 
     if recipe["stage"] == "arousal":  # arousal from the frozen network's levels in the shipped encoder (see arousal_branch)
         log = json.loads((out / "training.json").read_text(encoding="utf-8"))
         arousal_branch(root, out, recipe, args.seed, log, show)
+        log["command"] = f"{log['command']} && {command_line()}" if log.get("command") else command_line()
         (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
         write_scene_card(out, log, log.get("command") or command_line(), root)
         return out
