@@ -307,7 +307,8 @@ def test_a_covered_lens_reads_unknown_and_is_not_explained(tmp_path: Path) -> No
 
 
 def test_sharpening_the_conditioning_probabilities() -> None:
-    """sharpen p raises cond's emotion probabilities to p (renormalised) and leaves the rest of cond alone."""
+    """sharpen p raises cond's emotion probabilities to p (renormalised) and leaves the rest of cond alone; the
+    arousal map moves cond's arousal only."""
     from edge.scene.decode import SceneDecoder
     from edge.scene.text import Vocab
 
@@ -330,6 +331,12 @@ def test_sharpening_the_conditioning_probabilities() -> None:
     seen.clear()
     SceneDecoder(Runner(), vocab, 1, 1, 2, min_tokens=0).explain(cond)
     assert np.allclose(seen[0][0], cond)
+    # the arousal map (a decoder trained on another arousal's spread): only cond's arousal moves, and stays in [-1, 1]
+    for scale, shift, want in ((2.0, 0.1, -0.9), (3.0, 0.0, -1.0)):
+        seen.clear()
+        SceneDecoder(Runner(), vocab, 1, 1, 2, min_tokens=0, arousal_condition=(scale, shift)).explain(cond)
+        assert seen[0][0, 8] == pytest.approx(want)
+        assert np.allclose(np.delete(seen[0][0], 8), np.delete(cond, 8))
 
 
 @needs_model

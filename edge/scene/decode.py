@@ -19,6 +19,7 @@ from edge.scene.text import BOS, EOS, PAD, UNK, Vocab, sequence_hash
 
 MAX_TOKENS = 24
 EMOTION_DIMS = 9  # cond's emotion probabilities and valence/arousal (what guidance contrasts)
+AROUSAL_DIM = 8  # cond = probabilities (7), valence, arousal, embedding
 ENDS = (".", "!", "?")
 
 
@@ -53,7 +54,8 @@ class SceneDecoder:
 
     def __init__(self, runner: Any, vocab: Vocab, layers: int, heads: int, head_dim: int,
                  train_hashes: set[int] | None = None, max_tokens: int = MAX_TOKENS, beam: int = 1,
-                 min_tokens: int = 4, guidance: float = 0.0, sharpen: float = 1.0) -> None:
+                 min_tokens: int = 4, guidance: float = 0.0, sharpen: float = 1.0,
+                 arousal_condition: tuple[float, float] = (1.0, 0.0)) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         self.runner, self.vocab = runner, vocab
@@ -63,6 +65,9 @@ class SceneDecoder:
         self.end_ids = {vocab.ids[p] for p in ENDS if p in vocab.ids}
         self.guidance = guidance
         self.sharpen = sharpen  # cond's emotion probabilities raised to this power (renormalised) before decoding
+        # cond's arousal mapped by (scale, shift) onto the spread of the arousal the decoder was trained on (when
+        # the encoder's arousal output was replaced after the decoder's training: see edge.zoo.scene.arousal_branch)
+        self.arousal_condition = (float(arousal_condition[0]), float(arousal_condition[1]))
         # words that may not come twice in one sentence: all but short function words and punctuation
         self.once = np.array([len(t) > 3 and t.isalpha() for t in vocab.tokens])
 
@@ -109,6 +114,10 @@ class SceneDecoder:
             cond = cond.copy()
             p = np.maximum(cond[:, :7], 1e-12) ** self.sharpen
             cond[:, :7] = p / p.sum(1, keepdims=True)
+        if self.arousal_condition != (1.0, 0.0):
+            cond = cond.copy()
+            scale, shift = self.arousal_condition
+            cond[:, AROUSAL_DIM] = np.clip(scale * cond[:, AROUSAL_DIM] + shift, -1.0, 1.0)
         k = self.beam
         past = [np.zeros((1, self.heads, 0, self.head_dim), np.float32) for _ in range(2 * self.layers)]
         beams: list[tuple[list[int], float]] = [([BOS], 0.0)]

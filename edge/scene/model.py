@@ -114,7 +114,8 @@ class SceneModel:
             self.decoder = SceneDecoder(self.decoder_runner, self.vocab, int(p["layers"]), int(p["heads"]),
                                         int(p["head_dim"]), hashes, max_tokens=self.max_tokens, beam=self.beam,
                                         guidance=guidance,
-                                        sharpen=self.sharpen if self.sharpen is not None else float(p.get("sharpen", 1.0)))
+                                        sharpen=self.sharpen if self.sharpen is not None else float(p.get("sharpen", 1.0)),
+                                        arousal_condition=tuple(p.get("arousal_condition", (1.0, 0.0))))
         return self
 
     def _open_decoder(self, path: Path, guidance: float) -> Any:

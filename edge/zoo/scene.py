@@ -20,7 +20,7 @@ from edge.errors import ConfigError
 from edge.paths import models_dir
 from edge.scene.data import HOLDOUT_FRACTION, HOLDOUT_SEED, read_emotion6, read_oasis, split
 from edge.zoo.common import command_line, seed_everything
-from edge.zoo.scene_text import DECODER_RECIPE, choose_guidance, train_decoder
+from edge.zoo.scene_text import DECODER_RECIPE, choose_guidance, encoder_outputs, train_decoder
 
 RECIPE: dict[str, Any] = {
     "epochs": 14,
@@ -174,7 +174,22 @@ def arousal_branch(root: Path, out: Path, recipe: dict[str, Any], seed: int, log
     if earlier and earlier.get("not_shipped"):
         log["arousal_branch"]["replaces_stack_not_shipped"] = earlier["not_shipped"]
     print("arousal branch:", json.dumps(log["arousal_branch"]["chosen"]), flush=True)
+    train_items = [items[i] for i in train_idx]
+    before = encoder_outputs(out / "encoder.onnx", train_items)["va"][:, 1]
     log["arousal_branch"].update(add_arousal_branch(out / "encoder.onnx", backbone(), coef, bias))
+    after = encoder_outputs(out / "encoder.onnx", train_items)["va"][:, 1]
+    # The decoder was trained on the head's arousal, whose spread the ridge's (strongly shrunk) output lacks: its
+    # condition gets the new arousal mapped onto the old one's mean and spread on the training images (no labels
+    # involved). A decoder trained later on this encoder (stage=decoder) rebuilds its params without the map.
+    scale = float(before.std() / max(float(after.std()), 1e-6))
+    shift = float(before.mean() - scale * after.mean())
+    for spec in log.get("graphs", []):
+        if spec.get("name") == "decoder":
+            spec["params"]["arousal_condition"] = [round(scale, 4), round(shift, 4)]
+            log["arousal_branch"]["decoder_condition"] = {
+                "arousal_condition": spec["params"]["arousal_condition"],
+                "rule": "scale, shift so that the training images' new arousal has the mean and spread of the head's "
+                        f"(head {before.mean():.4f} +- {before.std():.4f}, new {after.mean():.4f} +- {after.std():.4f})"}
 
 
 def train_encoder(root: Path, recipe: dict[str, Any], seed: int, show: bool, log: dict[str, Any]) -> Any:
