@@ -87,12 +87,12 @@ def test_decoder_engine_has_a_cache_profile_its_own_key_and_a_gate_on_whole_expl
     again = build(scene, "decoder", builder=builder)
     assert again.status == "cached" and len(builder.requests) == 1
     # the FP16 decoder gets its own engine, compared with the FP32 ONNX decoder, not with itself: on all 334
-    # held-out images the stand-in engine (ONNX Runtime on decoder.fp16.onnx) agrees with FP32 exactly as often as
-    # the card's record of that file says, and that is less than always
+    # held-out images the stand-in engine (ONNX Runtime on decoder.fp16.onnx) agrees with FP32 as often as the card's
+    # record of that file says (within 2 points: another CPU's kernels may flip a near tie or two), less than always
     fp16 = build(scene, "decoder", precision="fp16", limit=None)
     record = next(a for g in load_card(scene["folder"] / "card.toml").graphs if g.name == "decoder"
                   for a in g.artifacts if a.precision == "fp16")
-    assert fp16.gate is not None and fp16.gate.n == record.n and fp16.gate.token_agreement == pytest.approx(record.top1_agreement)
+    assert fp16.gate is not None and fp16.gate.n == record.n and fp16.gate.token_agreement == pytest.approx(record.top1_agreement, abs=0.02)
     assert fp16.engine.name != outcome.engine.name and fp16.manifest.onnx_file == "decoder.fp16.onnx"
     assert fp16.manifest.key.model_sha256 == sha256_file(scene["folder"] / "decoder.fp16.onnx")
     assert isinstance(fp16.gate, DecoderGate) and MIN_TOKEN_AGREEMENT <= fp16.gate.token_agreement < 1.0

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import cv2
+
 from edge import __version__
 from edge.config import DeviceConfig
 from edge.enroll import Enroller
@@ -122,8 +124,6 @@ class Pipeline:
         # The same for OpenCV: its pool runs each face detection on every core at once, and for those ~30 ms
         # every other source waits for a core. One thread keeps a core free: in `emoedge bench e2e` (2 cores,
         # three paired runs) the p99 fell 13.3-14.3 -> 10.1-11.0 ms (EEG) and 13.8-15.1 -> 10.0-11.3 ms (camera).
-        import cv2
-
         self._cv_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
@@ -180,8 +180,6 @@ class Pipeline:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
         if self._cv_threads is not None:
-            import cv2
-
             cv2.setNumThreads(self._cv_threads)
             self._cv_threads = None
 

@@ -170,9 +170,6 @@ def arousal_branch(root: Path, out: Path, recipe: dict[str, Any], seed: int, log
         "inputs": f"frozen ImageNet Lite0 channel means: blocks {list(LEVELS)}, block 15 and the head convolution "
                   f"({x.shape[1]} numbers), mean of the image and its mirror",
         "folds": 5, "training_images": int(len(train_idx))}
-    earlier = log.pop("arousal_stack", None)  # the stack on the head's own outputs that this replaces (never shipped)
-    if earlier and earlier.get("not_shipped"):
-        log["arousal_branch"]["replaces_stack_not_shipped"] = earlier["not_shipped"]
     print("arousal branch:", json.dumps(log["arousal_branch"]["chosen"]), flush=True)
     train_items = [items[i] for i in train_idx]
     before = encoder_outputs(out / "encoder.onnx", train_items)["va"][:, 1]

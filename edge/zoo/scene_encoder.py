@@ -14,6 +14,8 @@ valence and arousal in [-1, 1] (tanh; MSE against both sets' ratings mapped from
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +55,16 @@ class Prefix(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def blocks(self, image: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each block's output in turn, from a batch of images (RGB 0..255)."""
         n = self.net
-        x = (image - self.mean) / self.std
-        x = n._swish(n._bn0(n._conv_stem(x)))
+        x = n._swish(n._bn0(n._conv_stem((image - self.mean) / self.std)))
         for block in n._blocks[:self.cut]:
             x = block(x)  # no drop-connect: frozen
-        return x
+            yield x
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return deque(self.blocks(image), maxlen=1)[0]  # the last block's output
 
 
 class Top(nn.Module):
@@ -331,15 +336,7 @@ class LevelFeatures(nn.Module):
 
 def level_outputs(prefix: Prefix, image: torch.Tensor) -> list[torch.Tensor]:
     """The frozen prefix's block outputs at LEVELS for a batch of images (RGB 0..255)."""
-    n = prefix.net
-    x = (image - prefix.mean) / prefix.std
-    x = n._swish(n._bn0(n._conv_stem(x)))
-    out = []
-    for i, block in enumerate(n._blocks[:CUT]):
-        x = block(x)
-        if i in LEVELS:
-            out.append(x)
-    return out
+    return [x for i, x in enumerate(prefix.blocks(image)) if i in LEVELS]
 
 
 def level_features(items: list[SceneItem], size: int = DEFAULT_SIZE, show: bool = True) -> np.ndarray:
