@@ -7,13 +7,18 @@ tracks by overlap (IoU), so a face keeps its ``track_id`` while it stays in view
 
 With ``background=True`` the detector runs in its own thread (OpenCV releases the GIL), so a slow
 detection never holds up a frame: its result is applied to the tracks when it is ready (a frame or
-two later, close enough for the overlap match), and frames keep flowing at the tracking cost.
+two later, close enough for the overlap match), and frames keep flowing at the tracking cost. That
+thread also runs at a lower scheduling priority (``detect_nice``): a detection is background work that
+may finish a few milliseconds later, while the threads that carry a window to the broker may not.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +28,29 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, w, h in full-resolution pixels
 DetectFn = Callable[[np.ndarray], list[Box]]
+DETECT_NICE = 10  # the background detector's niceness above the process's own (Linux: per thread)
+
+log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(native_id: int, by: int) -> bool:
+    """Raise one thread's niceness by ``by`` (never needs privileges); False where the OS has no per-thread nice
+    (anywhere but Linux, where a thread id given to setpriority could name another process).
+
+    On one busy core, a 20-30 ms Haar detection otherwise shares the CPU evenly with the reading, inference and
+    publishing threads, and every window waits behind it. ``taskset -c 0 emoedge bench e2e --duration 60``, three
+    interleaved pairs (AMD EPYC Zen 4), p99 without -> with the detector niced: EEG 19.8-22.0 -> 11.4-15.3 ms,
+    microphone 18.7-27.2 -> 14.8-18.5 ms, camera 17.7-20.1 -> 11.9-14.6 ms (p50s fell by a third).
+    """
+    if by <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, native_id)
+        os.setpriority(os.PRIO_PROCESS, native_id, min(19, now + by))
+    except OSError as exc:  # a thread that already ended, or a sandbox that forbids it
+        log.debug("could not lower the priority of thread %d: %s", native_id, exc)
+        return False
+    return True
 
 
 @dataclass
@@ -47,7 +75,7 @@ class FaceTracker:
 
     def __init__(
         self, detect: DetectFn, detect_every: int = 5, scale: float = 0.5, max_missed: int = 2,
-        min_iou: float = 0.3, min_match: float = 0.5, background: bool = False,
+        min_iou: float = 0.3, min_match: float = 0.5, background: bool = False, detect_nice: int = DETECT_NICE,
     ) -> None:
         self.detect = detect
         self.detect_every = max(1, detect_every)
@@ -68,6 +96,8 @@ class FaceTracker:
         if background:
             self._worker = threading.Thread(target=self._detect_loop, name="face-detect", daemon=True)
             self._worker.start()
+            if self._worker.native_id is not None:
+                lower_thread_priority(self._worker.native_id, detect_nice)
 
     def _small_gray(self, frame: np.ndarray) -> np.ndarray:
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame

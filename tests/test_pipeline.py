@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from edge.estimate import Estimate
 from edge.fusion import softmax
 from edge.pipeline import Pipeline
 from edge.pipeline.windows import WindowBuffer
-from edge.tracker import FaceTracker
+from edge.tracker import DETECT_NICE, FaceTracker
 from firmware_bridge.sources.base import Sample
 from tests.pipeline_helpers import (
     FER,
@@ -147,6 +150,27 @@ def test_background_detection_never_holds_up_a_frame() -> None:
     assert ids[0] == [] and ids[-1] == [1]  # found once the first detection came back, one id throughout
     assert all(i in ([], [1]) for i in ids)
     assert 2 <= tracker.detections <= 6
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_background_detector_runs_niced_and_the_callers_priority_is_untouched() -> None:
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    tracker = FaceTracker(bright_square_detector, background=True, detect_nice=5)
+    niced = FaceTracker(bright_square_detector, background=True)
+    plain = FaceTracker(bright_square_detector, background=True, detect_nice=0)
+    try:
+        for t, by in ((tracker, 5), (niced, DETECT_NICE), (plain, 0)):
+            assert t._worker is not None and t._worker.native_id is not None
+            assert os.getpriority(os.PRIO_PROCESS, t._worker.native_id) == min(19, own + by)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+        frames = face_frames(6, step=1)
+        for frame in frames:  # the niced detector still finds the face
+            tracker.update(frame)
+            time.sleep(0.05)
+        assert [t.id for t in tracker.update(frames[-1])] == [1]
+    finally:
+        for t in (tracker, niced, plain):
+            t.close()
 
 
 def test_tracker_keeps_the_id_and_follows_between_detections() -> None:
