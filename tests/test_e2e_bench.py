@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from edge.bench.e2e import measure_e2e
 from edge.bench.e2e_report import E2E_SCHEMA, compare_e2e, format_result, load_e2e
+from edge.bench.environment import usable_cores
 from edge.errors import EmoEdgeError
 from edge.paths import models_dir
 from tests.pipeline_helpers import RAVDESS, make_model
@@ -42,9 +44,18 @@ def test_e2e_latency_bench(benchmark: pytest.FixtureRequest, tmp_path: Path) -> 
         # publish is the rest of the path after the hand-off: outbox and network together
         assert stages["publish"]["p50_ms"] >= 0 and stages["network"]["p50_ms"] >= 0
     assert "per stage" in format_result(result)
+    assert result["cpus"] == usable_cores() and result["cpus_total"] == os.cpu_count()
     if faces:
         assert result["sources"]["camera"]["frames_in_fps"] > 20
         assert result["sources"]["camera"]["model"] == face_model and result["sources"]["camera"]["estimates"] > 0
+
+
+def test_the_header_names_the_cpus_the_run_could_use() -> None:
+    """Under taskset the machine's CPU count would mislead: a run pinned to one core says '1 of 2 CPUs'."""
+    base = {"duration_s": 20.0, "broker": "mosquitto", "video": "v", "load_avg_1m": 0.5, "sources": {}}
+    assert "load 0.5 on 1 of 2 CPUs" in format_result({**base, "cpus": 1, "cpus_total": 2})
+    assert "load 0.5 on 2 CPUs" in format_result({**base, "cpus": 2, "cpus_total": 2})
+    assert "load 0.5 on 4 CPUs" in format_result({**base, "cpus": 4})  # an e2e.json from before cpus_total
 
 
 def _result(total: float, inference: float) -> dict:

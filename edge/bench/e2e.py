@@ -41,6 +41,7 @@ from edge.bench.e2e_report import (
     percentiles,
     stage_percentiles,
 )
+from edge.bench.environment import usable_cores
 from edge.errors import EmoEdgeError
 from firmware_bridge.sources.base import Sample, SampleKind, Source
 
@@ -302,7 +303,8 @@ def measure_e2e(
     result: dict[str, Any] = {
         "schema": E2E_SCHEMA, "duration_s": duration, "video": video_what,
         "broker": "mosquitto" if broker_proc else "amqtt (embedded)",
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "environment": _environment(),
+        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": usable_cores(), "cpus_total": os.cpu_count(),
+        "environment": _environment(),
         "device_checks_s": round(checks_s, 1), "sources": {},
     }
     for name in feeds:

@@ -55,9 +55,15 @@ def stage_percentiles(received: list[dict[str, Any]]) -> dict[str, dict[str, flo
 TABLE_STAGES = ("capture", "queue", "detect", "features", "inference", "fusion", "publish")
 
 
+def _cpus(result: dict[str, Any]) -> str:
+    """The CPUs the run could use ('1 of 2 CPUs' under taskset, where the machine's count would mislead)."""
+    usable, total = result.get("cpus"), result.get("cpus_total")
+    return f"{usable} of {total} CPUs" if total is not None and usable != total else f"{usable} CPUs"
+
+
 def format_result(result: dict[str, Any]) -> str:
     lines = [f"end-to-end latency (window end -> subscriber), {result['duration_s']} s, broker {result['broker']}, "
-             f"video: {result['video']}, load {result['load_avg_1m']} on {result['cpus']} CPUs"]
+             f"video: {result['video']}, load {result['load_avg_1m']} on {_cpus(result)}"]
     lines.append(f"{'source':<8} {'estimates':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  notes")
     for name, e in result["sources"].items():
         note = (f"{e['frames_processed_fps']} of {e['frames_in_fps']} frames/s processed, {e['faces_per_s']} faces/s"
