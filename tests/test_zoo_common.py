@@ -18,6 +18,7 @@ from edge.zoo.common import (  # noqa: E402
     export_onnx,
     progress,
     recipe_overrides,
+    save_cache,
     seed_everything,
     write_card,
 )
@@ -118,3 +119,39 @@ def test_recipe_overrides_name_what_is_wrong(item: str, message: str) -> None:
     recipe = {"alpha": 0.5, "epochs": 60, "mirror_average": True, "widths": (16, 32)}
     with pytest.raises(ConfigError, match=message):
         recipe_overrides([item], recipe)
+
+
+def test_cache_files_are_written_whole_by_concurrent_writers_and_not_at_all_on_failure(tmp_path: Path) -> None:
+    import threading
+
+    one = tmp_path / "one.npy"
+    save_cache(one, np.arange(5.0))
+    assert np.array_equal(np.load(one), np.arange(5.0))
+    many = tmp_path / "many.npz"
+    arrays = [{"x": np.full((200, 200), k, np.float32), "y": np.array([k])} for k in range(8)]
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            for _ in range(5):
+                save_cache(many, arrays[k])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []  # a shared NAME.tmp.npz made a second writer's rename fail
+    with np.load(many) as z:  # one writer's file, whole: x and y agree
+        k = int(z["y"][0])
+        assert np.array_equal(z["x"], arrays[k]["x"])
+
+    class Unsavable:
+        def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+            raise RuntimeError("no array here")
+
+    with pytest.raises(RuntimeError, match="no array here"):
+        save_cache(tmp_path / "bad.npz", {"x": np.zeros(3), "bad": Unsavable()})  # type: ignore[dict-item]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.npz", "one.npy"]  # no torn file, no temporary left

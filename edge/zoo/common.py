@@ -4,6 +4,7 @@
 * ``progress``: a tqdm progress bar that can be switched off (``--no-progress``);
 * ``setup``, ``feature_cache``, ``prepare_out``, ``training_command``: what the recipes read from the train
   verb's arguments (seed, threads), the feature cache, the output folder and the command for the card;
+* ``save_cache``: every cache file (decoded features, teacher logits) written whole or not at all;
 * ``distillation_loss``: KL(teacher || student) at temperature T scaled by T^2 (Hinton et al. 2015),
   mixed with cross-entropy on the labels;
 * ``export_onnx``: torch.onnx.export with a dynamic batch, then ``onnx.checker`` and an ONNX Runtime
@@ -14,13 +15,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -166,6 +169,28 @@ def feature_cache(name: str) -> Path:
     path = cache_dir() / "features" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def save_cache(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
+    """Write one array (``.npy``) or several (``.npz``) to ``path`` whole or not at all.
+
+    A uniquely named temporary file beside it, then an atomic rename: two training runs that fill the same cache
+    at once (leave-speakers-out folds side by side) each land a whole file, and a run killed mid-write leaves no
+    torn cache for the next one to load. (A shared ``NAME.tmp.npz`` made the second run's rename fail.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(arrays, dict):
+                np.savez(f, **cast(dict[str, Any], arrays))  # cast: pyright would match a key to allow_pickle
+            else:
+                np.save(f, arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def prepare_out(out: Path) -> Path:

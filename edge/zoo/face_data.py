@@ -23,7 +23,7 @@ from edge.evaluation.face import list_images, read_images
 from edge.features.face import DEFAULT_SIZE
 from edge.paths import PROJECT_ROOT, cache_dir, models_dir
 from edge.paths import data_dir as default_data_dir
-from edge.zoo.common import progress
+from edge.zoo.common import progress, save_cache
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 # mini-Xception (oarriaga/face_classification) output order -> index into LABELS
@@ -51,10 +51,7 @@ def load_images_cached(root: Path, size: int = DEFAULT_SIZE, labels: list[str] =
             return stored["x"], stored["y"]
     x = read_images(paths, size)
     y = np.asarray(targets, dtype=np.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, x=x, y=y)
-    tmp.replace(cache)
+    save_cache(cache, {"x": x, "y": y})
     return x, y
 
 
@@ -196,8 +193,7 @@ def teacher_logits(paths: list[Path], images: np.ndarray, show: bool) -> np.ndar
                 logits = np.asarray(session.run(["logits"], {name: teacher_input(batch, size)})[0])
                 total[row, start : start + len(batch)] += logits[:, order]
     total /= max(len(paths), 1)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, total)
+    save_cache(cache, total)
     return total
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from edge.errors import ConfigError
 from edge.paths import models_dir
 from edge.scene.data import HOLDOUT_FRACTION, HOLDOUT_SEED, read_emotion6, read_oasis, split
-from edge.zoo.common import command_line, seed_everything
+from edge.zoo.common import command_line, save_cache, seed_everything
 from edge.zoo.scene_text import DECODER_RECIPE, choose_guidance, encoder_outputs, train_decoder
 
 RECIPE: dict[str, Any] = {
@@ -98,8 +98,7 @@ def out_of_fold(root: Path, recipe: dict[str, Any], seed: int, show: bool = Fals
         top, _ = fit_top(net, cache, targets, np.setdiff1d(train_idx, fold), None, recipe, seed + k)
         for name, value in zip(("logits", "va", "embedding"), predict_top(top, cache, fold), strict=True):
             out[name][fold] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, logits=out["logits"], va=out["va"], embedding=out["embedding"])
+    save_cache(path, {k: out[k] for k in ("logits", "va", "embedding")})
     return out
 
 

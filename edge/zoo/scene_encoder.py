@@ -124,7 +124,7 @@ def cached_features(items: list[SceneItem], net: Any, seed: int = 0, size: int =
                     show: bool = True) -> Cache:
     """Run the frozen prefix over VIEWS views of each image once; later runs read the .npz from the cache."""
     from edge.features.scene import load_image
-    from edge.zoo.common import progress
+    from edge.zoo.common import progress, save_cache
 
     key = hashlib.sha256(("|".join(str(i.path.resolve()) for i in items) + f"|{seed}|{size}|{CUT}|{VIEWS}").encode()).hexdigest()[:16]
     path = cache_dir() / "scene" / f"prefix_{key}.npz"
@@ -145,8 +145,7 @@ def cached_features(items: list[SceneItem], net: Any, seed: int = 0, size: int =
             feats.append(x.numpy().astype(np.float16))
             pooled.append(full_top.pooled(x[:1]).numpy()[0])
     cache = Cache(np.stack(feats), np.stack(pooled).astype(np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=cache.features, pooled=cache.pooled)
+    save_cache(path, {"features": cache.features, "pooled": cache.pooled})
     return cache
 
 
@@ -343,7 +342,7 @@ def level_features(items: list[SceneItem], size: int = DEFAULT_SIZE, show: bool 
     """(N, D) LevelFeatures of every image, averaged over it and its mirror as the encoder graph does (the
     whole frame resized, as at run time); cached under ``edge.paths.cache_dir()`` by the items and LEVELS."""
     from edge.features.scene import load_image
-    from edge.zoo.common import progress
+    from edge.zoo.common import progress, save_cache
 
     key = hashlib.sha256(("|".join(str(i.path.resolve()) for i in items) + f"|{size}|{CUT}|{LEVELS}").encode()).hexdigest()[:16]
     path = cache_dir() / "scene" / f"levels_{key}.npy"
@@ -358,8 +357,7 @@ def level_features(items: list[SceneItem], size: int = DEFAULT_SIZE, show: bool 
             x = torch.from_numpy(np.stack([scene_input(image, size), scene_input(image, size, flip=True)]))
             rows.append(feats(level_outputs(prefix, x)).mean(0).numpy())
     out = np.stack(rows).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
+    save_cache(path, out)
     return out
 
 

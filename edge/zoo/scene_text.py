@@ -16,6 +16,7 @@ from edge.scene.data import SceneItem, read_emotion6, read_oasis, split
 from edge.scene.decode import MAX_TOKENS, condition
 from edge.scene.scorer import PROTOTYPES, TextEmotionScorer, bag_of_words
 from edge.scene.text import BOS, EOS, Vocab, artemis_sentences, read_lexicon, sentences, sequence_hash
+from edge.zoo.common import save_cache
 
 DECODER_RECIPE: dict[str, Any] = {
     "dec_epochs": 12, "dec_batch": 48, "dec_lr": 2e-3, "vad_weight": 0.5, "contrastive_weight": 0.1,
@@ -66,8 +67,7 @@ def encoder_outputs(encoder_path: Path, items: list[SceneItem], show: bool = Fal
                                strict=True):
             outs.setdefault(name, []).append(np.asarray(value))
     result = {k: np.concatenate(v) for k, v in outs.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, logits=result["logits"], va=result["va"], embedding=result["embedding"])
+    save_cache(path, {k: result[k] for k in ("logits", "va", "embedding")})
     return result
 
 

@@ -35,6 +35,7 @@ from edge.zoo.common import (
     prepare_out,
     progress,
     recipe_from_args,
+    save_cache,
     setup,
     training_command,
 )
@@ -123,9 +124,7 @@ def load_corpus(
         mels = np.split(flat, np.cumsum(lengths)[:-1], axis=1)
     else:
         mels = [F.log_mel(F.read_wav(folder / r["file"])) for r in progress(rows, args, desc="log-mel")]
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, logmel=np.concatenate(mels, axis=1), lengths=np.array([m.shape[1] for m in mels]))
-        tmp.replace(cache)
+        save_cache(cache, {"logmel": np.concatenate(mels, axis=1), "lengths": np.array([m.shape[1] for m in mels])})
     labels = np.array([EMOTIONS.index(r["emotion"].strip().lower()) for r in rows], dtype=np.int64)
     speakers = sorted({str(speaker_of(r)) for r in rows}, key=lambda s: (len(s), s))
     # numeric ids (RAVDESS actors) stay themselves; other speaker names are numbered in sorted order
