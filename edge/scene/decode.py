@@ -109,13 +109,11 @@ class SceneDecoder:
 
     def explain(self, cond: np.ndarray) -> Explanation:
         """One explanation for one image's ``cond`` (shape (265,) or (1, 265))."""
-        cond = np.asarray(cond, np.float32).reshape(1, -1)
+        cond = np.array(cond, np.float32).reshape(1, -1)  # a copy: the caller's array is not changed below
         if self.sharpen != 1.0:  # held-out images' probabilities are flatter than the training images' the decoder saw
-            cond = cond.copy()
             p = np.maximum(cond[:, :7], 1e-12) ** self.sharpen
             cond[:, :7] = p / p.sum(1, keepdims=True)
         if self.arousal_condition != (1.0, 0.0):
-            cond = cond.copy()
             scale, shift = self.arousal_condition
             cond[:, AROUSAL_DIM] = np.clip(scale * cond[:, AROUSAL_DIM] + shift, -1.0, 1.0)
         k = self.beam
