@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import CardError, ModelError
 from edge.paths import models_dir
@@ -146,9 +146,10 @@ class ConfidenceRecord(_Strict):
 
 
 class OodRecord(_Strict):
-    """Out-of-distribution statistics of the ``embedding`` output (``edge.confidence.mahalanobis``):
-    the training data's mean, whitening projection and class centres, and the threshold. Written by
-    ``emoedge eval NAME --data DIR --fit-ood --ood OUTLIER_DIR --write-card``."""
+    """Out-of-distribution statistics of the ``embedding`` output (``edge.confidence.ood_distance``):
+    the training data's mean, whitening projection and class centres, optionally a background direction,
+    and the threshold. Written by ``emoedge eval NAME --data DIR --fit-ood --ood OUTLIER_DIR
+    [--ood-background DIR] --write-card``."""
 
     method: Literal["mahalanobis"] = "mahalanobis"
     output: str = "embedding"
@@ -163,10 +164,35 @@ class OodRecord(_Strict):
     projection: list[str] = Field(description="k x D: principal axes of the training embeddings, whitened")
     centres: list[str] = Field(description="K x k: class centres in the whitened subspace")
     classes: list[int] = Field(default_factory=list)
+    background: str | None = Field(default=None, description="D weights of the background direction "
+                                   "(edge.confidence.fit_background), None: the distance alone")
+    background_bias: float = 0.0
     command: str
     data: str = Field(description="training statistics from; threshold chosen on")
     measured_at: str
     values: dict[str, Any] = Field(default_factory=dict, description="ood_auroc per outlier kind, rates at the threshold")
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> OodRecord:
+        """Every vector of the statistics has the length the others imply (a damaged card says which does not)."""
+        def width(line: str, what: str) -> int:
+            try:
+                return len([float(v) for v in line.split()])
+            except ValueError as e:
+                raise ValueError(f"{what}: not a list of numbers ({e})") from None
+
+        dim = width(self.mean, "mean")
+        if len(self.projection) != self.components:
+            raise ValueError(f"projection has {len(self.projection)} rows, components says {self.components}")
+        for i, row in enumerate(self.projection):
+            if width(row, f"projection row {i}") != dim:
+                raise ValueError(f"projection row {i} has {width(row, '')} numbers, the mean {dim}")
+        for i, row in enumerate(self.centres):
+            if width(row, f"centres row {i}") != self.components:
+                raise ValueError(f"centres row {i} has {width(row, '')} numbers, components says {self.components}")
+        if self.background is not None and width(self.background, "background") != dim:
+            raise ValueError(f"background has {width(self.background, '')} weights, the mean {dim}")
+        return self
 
     def stats(self) -> dict[str, Any]:
         """The statistics as arrays, for ``edge.confidence.mahalanobis``."""
@@ -175,8 +201,10 @@ class OodRecord(_Strict):
         def rows(lines: list[str]) -> Any:
             return np.array([np.array(line.split(), dtype=np.float64) for line in lines])
 
+        background = None if self.background is None else (
+            np.array(self.background.split(), dtype=np.float64), self.background_bias)
         return {"mean": np.array(self.mean.split(), dtype=np.float64), "projection": rows(self.projection),
-                "centres": rows(self.centres), "transform": self.transform}
+                "centres": rows(self.centres), "transform": self.transform, "background": background}
 
     @staticmethod
     def encode(vector: Any) -> str:

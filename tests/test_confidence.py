@@ -86,6 +86,38 @@ def test_mahalanobis_flags_what_the_training_data_never_varies_in() -> None:
     assert (s_in > threshold).mean() <= 0.05 and (s_out > threshold).mean() > 0.95
 
 
+def test_a_background_direction_catches_what_the_distance_does_not_measure() -> None:
+    """``fit_background``: the statistics measure along the loudest and the quietest axes only, and the
+    background differs along a middle one; the distance misses it, the direction learnt from other examples of
+    that background flags fresh ones, and the product stays a positive distance with the same threshold use."""
+    rng = np.random.default_rng(6)
+    stats, x, scales = _fitted_stats(rng)  # axes 0-3 and 32-39 measured
+    def background(n: int) -> np.ndarray:
+        b = x[rng.integers(0, len(x), n)] + rng.standard_normal((n, x.shape[1])) * scales * 0.1
+        b[:, 15:18] += 3.0 * scales[15:18]
+        return b
+    inliers = x[:1000] + rng.standard_normal((1000, x.shape[1])) * scales * 0.1
+    fresh = background(400)
+    assert C.auroc(C.ood_distance(inliers, stats), C.ood_distance(fresh, stats)) < 0.65  # the distance alone: blind
+    np.testing.assert_array_equal(C.ood_distance(inliers, stats), C.mahalanobis(inliers, stats))
+    direction = C.fit_background(x[1000:], background(1000), stats)
+    assert direction["weights"].shape == (x.shape[1],) and np.isfinite(direction["bias"])
+    with_direction = {**stats, "background": (direction["weights"], direction["bias"])}
+    s_in, s_out = C.ood_distance(inliers, with_direction), C.ood_distance(fresh, with_direction)
+    assert C.auroc(s_in, s_out) > 0.95 and (s_in > 0).all()
+    threshold = C.choose_threshold(s_in, 0.05)
+    assert (C.ood_score(fresh, with_direction, threshold) > 1).mean() > 0.8
+    # the direction scales the distance both ways (that is how a face model keeps blurred faces in), so it can
+    # also hide what the distance alone flags: here the quiet-axis outliers of the test above. eval --fit-ood
+    # therefore chooses the statistics by the worst kind among outliers of every sort, not the background's.
+    quiet = inliers.copy()
+    quiet[:, -5:] += 1.0
+    assert C.auroc(C.mahalanobis(inliers, stats), C.mahalanobis(quiet, stats)) > 0.99
+    assert C.auroc(s_in, C.ood_distance(quiet, with_direction)) < 0.9
+    with pytest.raises(ValueError, match="needs inliers and background"):
+        C.fit_background(x[:0], fresh, stats)
+
+
 def test_ood_statistics_survive_the_card() -> None:
     rng = np.random.default_rng(4)
     stats, x, _ = _fitted_stats(rng, dim=12, n=300)
@@ -96,6 +128,21 @@ def test_ood_statistics_survive_the_card() -> None:
     )
     again = OodRecord.model_validate(record.model_dump())
     np.testing.assert_allclose(C.mahalanobis(x, again.stats()), C.mahalanobis(x, stats), rtol=1e-4)
+    assert again.stats()["background"] is None
+    weights = rng.standard_normal(x.shape[1])
+    directed = OodRecord.model_validate({**record.model_dump(), "background": OodRecord.encode(weights),
+                                         "background_bias": -0.5})
+    np.testing.assert_allclose(C.ood_distance(x, directed.stats()),
+                               C.ood_distance(x, {**stats, "background": (weights, -0.5)}), rtol=1e-4)
+    # a damaged card says which vector does not fit
+    with pytest.raises(ValueError, match="background has 11 weights, the mean 12"):
+        OodRecord.model_validate({**record.model_dump(), "background": OodRecord.encode(weights[:-1])})
+    with pytest.raises(ValueError, match="projection row 2 has 11 numbers"):
+        rows = list(record.projection)
+        rows[2] = " ".join(rows[2].split()[:-1])
+        OodRecord.model_validate({**record.model_dump(), "projection": rows})
+    with pytest.raises(ValueError, match="centres row 0: not a list of numbers"):
+        OodRecord.model_validate({**record.model_dump(), "centres": ["1 2 x"] + list(record.centres[1:])})
     with pytest.raises(ValueError):
         C.transform_embedding(x, "cube")
 

@@ -186,11 +186,15 @@ def confidence_report(
     runner: Any, card: ModelCard, module: Any, data: LabelledSet, raw: dict[str, np.ndarray], result: dict[str, Any],
     restrict: bool = False, fit_temperature: bool = False, outliers: str | None = None, fit_ood: bool = False,
     train_data: str | None = None, mode: str | None = None, more_inliers: str | None = None, split: str = "validation",
+    background: str | None = None,
 ) -> dict[str, Any]:
     """Add calibration (and, as asked, restricted, fitted and out-of-distribution) figures to ``result``.
 
     Returns what ``--write-card`` stores: ``confidence`` (fitted temperatures) and ``ood`` (statistics and
-    threshold), each only when fitted here.
+    threshold), each only when fitted here. With ``fit_ood`` and ``background`` (a folder of what the model must
+    not name, one folder per kind, read like the outliers), every candidate's statistics get a background
+    direction (``edge.confidence.fit_background``) fitted on the train split's embeddings, and on degraded
+    copies of them where the evaluator makes some (``degraded``: blurred faces), against the background's.
     """
     from edge import confidence as C
     from edge.card import OodRecord
@@ -241,6 +245,7 @@ def confidence_report(
     outlier_embeddings = {kind: infer_outputs(runner, card, s, batch_of(module))["embedding"] for kind, s in sets.items()}
     selection: list[dict[str, Any]] = []
     described: list[str] = []
+    background_data = ""  # what the background direction was learnt from, for the card
     inlier_embeddings = raw["embedding"]  # the held-out samples the threshold keeps 95% of
     threshold_data = data.description
     if fit_ood and more_inliers:
@@ -251,9 +256,10 @@ def confidence_report(
             threshold_data += f" + {extra_set.description}"
         inlier_embeddings = np.concatenate(parts)
     if fit_ood:
-        embeddings, class_parts = [], []
+        embeddings, class_parts, train_sets = [], [], []
         for folder in str(train_data).split(","):  # the train splits of one or more corpora
             train = module.load_split(card, folder.strip(), "train", limit=OOD_TRAIN_LIMIT, seed=0, mode=mode)
+            train_sets.append(train)
             if train.description == data.description:
                 raise ConfigError(f"--fit-ood: the train split of {folder} is the evaluated split itself; give the "
                                   "data set's root (with train/ and validation/)")
@@ -263,11 +269,26 @@ def confidence_report(
             described.append(train.description)
         raw_train = {"embedding": np.concatenate(embeddings)}
         classes = np.concatenate(class_parts)
+        background_embeddings, probe_inliers = None, []
+        if background:
+            background_sets = module.load_outliers(card, background, mode=mode)
+            background_embeddings = np.concatenate(
+                [infer_outputs(runner, card, b, batch_of(module))["embedding"] for b in background_sets.values()])
+            probe_inliers = [raw_train["embedding"]]
+            if hasattr(module, "degraded"):
+                for train in train_sets:
+                    probe_inliers.append(infer_outputs(runner, card, module.degraded(card, train), batch_of(module))["embedding"])
+            background_data = (f"; background direction: {len(background_embeddings)} of {Path(background).name} "
+                               f"({', '.join(background_sets)}) against {sum(len(e) for e in probe_inliers)} training "
+                               "samples" + (" (half of them degraded copies)" if len(probe_inliers) > 1 else ""))
         best: tuple[tuple[float, float], dict[str, Any]] | None = None
         for transform, minor, major in C.OOD_CANDIDATES:  # chosen by the worst kind's AUROC, then the mean
             candidate = C.fit_mahalanobis(raw_train["embedding"], classes, minor=minor, major=major, transform=transform)
-            inlier = C.mahalanobis(inlier_embeddings, candidate)
-            aucs = [C.auroc(inlier, C.mahalanobis(e, candidate)) for e in outlier_embeddings.values()]
+            if background_embeddings is not None:
+                direction = C.fit_background(np.concatenate(probe_inliers), background_embeddings, candidate)
+                candidate["background"] = (direction["weights"], direction["bias"])
+            inlier = C.ood_distance(inlier_embeddings, candidate)
+            aucs = [C.auroc(inlier, C.ood_distance(e, candidate)) for e in outlier_embeddings.values()]
             key = (min(aucs), float(np.mean(aucs)))
             selection.append({"transform": transform, "minor": minor, "major": major, "worst_auroc": key[0],
                               "mean_auroc": key[1]})
@@ -276,17 +297,22 @@ def confidence_report(
         assert best is not None
         stats = best[1]
         # the card keeps 6 significant digits: the threshold is set on the statistics as stored
+        def stored(value: Any) -> np.ndarray:
+            value = np.asarray(value)
+            return np.array([float(f"{v:.6g}") for v in value.ravel()]).reshape(value.shape)
+
         for key in ("mean", "projection", "centres"):
-            value = np.asarray(stats[key])
-            stats[key] = np.array([float(f"{v:.6g}") for v in value.ravel()]).reshape(value.shape)
-        threshold = C.choose_threshold(C.mahalanobis(inlier_embeddings, stats), MAX_FALSE_REJECTION)
-        inlier = C.mahalanobis(raw["embedding"], stats)
+            stats[key] = stored(stats[key])
+        if stats.get("background") is not None:
+            stats["background"] = (stored(stats["background"][0]), float(f"{stats['background'][1]:.6g}"))
+        threshold = C.choose_threshold(C.ood_distance(inlier_embeddings, stats), MAX_FALSE_REJECTION)
+        inlier = C.ood_distance(raw["embedding"], stats)
     else:
         if card.ood is None:
             raise ConfigError(f"model '{card.name}': its card has no [ood] statistics; fit them with --fit-ood")
         stats, threshold = card.ood.stats(), card.ood.threshold
-        inlier = C.mahalanobis(raw["embedding"], stats)
-    scores = {kind: C.mahalanobis(e, stats) for kind, e in outlier_embeddings.items()}
+        inlier = C.ood_distance(raw["embedding"], stats)
+    scores = {kind: C.ood_distance(e, stats) for kind, e in outlier_embeddings.items()}
     pooled = np.concatenate(list(scores.values()))
     result["ood_auroc"] = C.auroc(inlier, pooled)
     result["ood_auroc_by_kind"] = {kind: C.auroc(inlier, s) for kind, s in scores.items()}
@@ -301,8 +327,10 @@ def confidence_report(
             "mean": OodRecord.encode(stats["mean"]),
             "projection": [OodRecord.encode(r) for r in stats["projection"]],
             "centres": [OodRecord.encode(r) for r in stats["centres"]], "classes": stats["classes"],
+            **({"background": OodRecord.encode(stats["background"][0]), "background_bias": stats["background"][1]}
+               if stats.get("background") is not None else {}),
             "data": f"statistics: {' + '.join(described)}; threshold: {1 - MAX_FALSE_REJECTION:.0%} of {threshold_data} "
-                    f"below it; outliers: {Path(outliers).name} ({', '.join(sets)})",
+                    f"below it; outliers: {Path(outliers).name} ({', '.join(sets)})" + background_data,
             "values": {**{k: result[k] for k in ("ood_auroc", "ood_auroc_by_kind", "ood_flagged", "ood_n")},
                        "selection": selection},
         }

@@ -115,6 +115,26 @@ def evaluate(runner: Any, card: ModelCard, data: LabelledSet, raw: dict[str, np.
     return result
 
 
+DEGRADED_SIDES = (12, 28)  # a degraded face is shrunk to 12-27 px and scaled back up: far away or out of focus
+
+
+def degraded(card: ModelCard, data: LabelledSet, seed: int = 0) -> LabelledSet:
+    """The same faces shrunk to a random 12-27 px and scaled back (seeded): a far or out-of-focus face, which
+    a camera sends the model often. They join the inliers of the background direction
+    (``edge.confidence.fit_background``), so that the direction learns "not a face", not "not sharp"."""
+    import cv2
+
+    name = card.inputs[0].name
+    x = data.inputs[name]
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    for i, image in enumerate(x[:, 0]):
+        side = int(rng.integers(*DEGRADED_SIDES))
+        small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+        out[i, 0] = cv2.resize(small, image.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return LabelledSet(inputs={name: out}, labels=data.labels, description=f"{data.description}, degraded")
+
+
 def load_outliers(card: ModelCard, folder: str | Path, mode: str | None = None) -> dict[str, LabelledSet]:
     """Unlabelled images of ``folder/<kind>/`` as model inputs (resized gray, normalised), per kind."""
     spec = card.inputs[0]

@@ -13,6 +13,9 @@ under OUT, in the model's input format, for ``emoedge eval NAME --data DIR --ood
   Object, Scenery and Animal images are read and never copied anywhere but ``OUT``): ``detector_hits``
   (what the runtime's face detector finds in them, cropped as the runtime crops: the non-faces a camera
   source would hand the face model) and ``random_crops`` (square crops of 15-60% of the shorter side);
+* face-background (48x48 gray PNG, ``--data`` any folder of photographs, e.g. Emotion6): ``background``,
+  random crops away from the faces the detector finds, not an outlier set to report on but the examples a
+  face model's background direction learns from (``emoedge eval --fit-ood --ood-background``);
 * scene (256x256 colour PNG, what a camera shows when it shows no scene): ``noise`` (colour and blurred
   noise, as a dark sensor's gain gives), ``patterns`` (stripes, checkerboards, gradients and shapes in
   random tints: test cards, screens) and ``blank`` (a nearly uniform colour: a covered lens, a wall);
@@ -252,6 +255,53 @@ def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> di
     return written
 
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def face_background(out: Path, data: Path, n: int = 5000, per_image: int = 3, seed: int = 0) -> dict[str, int]:
+    """Write a ``background`` PNG folder under ``out``: random square crops of the photographs anywhere under
+    ``data``, away from every face the runtime's detector finds, resized as the runtime resizes a face.
+
+    What a face model must not name, for its background direction (``emoedge eval --fit-ood
+    --ood-background``): the world around the faces a camera sees. Each photograph is scaled to 512 px (a
+    camera frame's scale) first; a crop that overlaps a detected face (grown by half its side) by more than
+    5% is dropped. Photographs with people are welcome (their faces are avoided), but keep them apart from
+    the photographs the outliers are reported on (``face-crops`` reads OASIS; Emotion6 is a good source here).
+    """
+    import cv2
+
+    from edge.errors import InputError
+    from edge.features.face import DEFAULT_SIZE, detect_faces, load_image, resize_gray
+
+    files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        raise InputError(f"{data}: no photographs ({', '.join(PHOTO_SUFFIXES)}) under it")
+    rng = np.random.default_rng(seed)
+    (out / "background").mkdir(parents=True, exist_ok=True)
+    written = 0
+    for path in files:
+        gray = load_image(path)
+        frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
+        faces = np.zeros(frame.shape, dtype=bool)
+        for x, y, w, h in detect_faces(frame):
+            faces[max(0, y - h // 2):y + h + h // 2, max(0, x - w // 2):x + w + w // 2] = True
+        kept = 0
+        for _ in range(20 * per_image):
+            if kept >= per_image or written >= n:
+                break
+            side = int(rng.uniform(0.1, 0.6) * min(frame.shape))
+            y, x = int(rng.integers(0, frame.shape[0] - side + 1)), int(rng.integers(0, frame.shape[1] - side + 1))
+            if faces[y:y + side, x:x + side].mean() > 0.05:
+                continue
+            cv2.imwrite(str(out / "background" / f"background_{written:05d}.png"),
+                        resize_gray(frame[y:y + side, x:x + side], DEFAULT_SIZE))
+            kept += 1
+            written += 1
+        if written >= n:
+            break
+    return {"background": written}
+
+
 def scene_outlier(rng: np.random.Generator, kind: str, size: int = 256) -> np.ndarray:
     """One non-scene colour image (BGR uint8, size x size) of a kind: noise, patterns or blank."""
     if kind == "noise":
@@ -335,17 +385,20 @@ def raw_eeg_outliers(out: Path, n: int = 200, seed: int = 0, channels: int = 14,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.evaluation.outliers", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("modality", choices=["speech", "face", "face-crops", "scene", "eeg", "eeg-raw"])
-    parser.add_argument("--data", type=Path, help="face-crops: an OASIS-style folder of photographs (oasis_labels.csv)")
+    parser.add_argument("modality", choices=["speech", "face", "face-crops", "face-background", "scene", "eeg", "eeg-raw"])
+    parser.add_argument("--data", type=Path, help="face-crops: an OASIS-style folder of photographs (oasis_labels.csv); "
+                        "face-background: any folder of photographs")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, scene 100, the others 200)")
+    parser.add_argument("--n", type=int, help="samples per kind (default: speech 40, scene 100, face-background 5000, "
+                        "the others 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    n = args.n or {"speech": 40, "scene": 100}.get(args.modality, 200)
-    if args.modality == "face-crops":
+    n = args.n or {"speech": 40, "scene": 100, "face-background": 5000}.get(args.modality, 200)
+    if args.modality in ("face-crops", "face-background"):
         if args.data is None:
-            parser.error("face-crops needs --data (an OASIS-style folder of photographs)")
-        counts = face_crop_outliers(args.out, args.data, n=n, seed=args.seed)
+            parser.error(f"{args.modality} needs --data (a folder of photographs)")
+        make_from = face_crop_outliers if args.modality == "face-crops" else face_background
+        counts = make_from(args.out, args.data, n=n, seed=args.seed)
     else:
         make = {"speech": speech_outliers, "face": face_outliers, "scene": scene_outliers, "eeg": eeg_outliers,
                 "eeg-raw": raw_eeg_outliers}[args.modality]

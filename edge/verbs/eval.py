@@ -62,6 +62,10 @@ def register(sub: Any) -> None:
                         help="with --fit-ood: more folders whose held-out split joins this one as the inliers the "
                         "threshold (and the choice of statistics) is set on, for a model trained on several corpora "
                         "whose evaluator reads one folder at a time (scene: Emotion6 and OASIS)")
+    parser.add_argument("--ood-background", metavar="DIR",
+                        help="with --fit-ood: examples of what the model must not name, one folder per kind (face: "
+                        "python -m edge.evaluation.outliers face-background DIR --data PHOTOS); a background direction "
+                        "learnt from them joins the distance")
     parser.set_defaults(func=run)
 
 
@@ -86,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--fit-ood needs --ood OUTLIER_DIR (made-up outliers to report the detection rate on)")
     if args.ood_inliers and not args.fit_ood:
         raise ConfigError("--ood-inliers only applies with --fit-ood (it sets the threshold's inliers)")
+    if args.ood_background and not args.fit_ood:
+        raise ConfigError("--ood-background only applies with --fit-ood (the card keeps the direction it fits)")
     data = module.load_split(model.card, args.data, args.split, limit=args.limit, mode=args.mode)
     with open_runner(model, backend=args.backend, threads=args.threads) as runner:
         if args.adapt is not None:
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 runner, model.card, module, data, raw, result, restrict=args.restrict_to_data_labels,
                 fit_temperature=args.fit_temperature, outliers=args.ood, fit_ood=args.fit_ood,
                 train_data=(args.ood_train or args.data) if args.fit_ood else None, mode=args.mode,
-                more_inliers=args.ood_inliers, split=args.split,
+                more_inliers=args.ood_inliers, split=args.split, background=args.ood_background,
             )
         else:
             result = module.evaluate(runner, model.card, data)
