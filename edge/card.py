@@ -166,7 +166,7 @@ class OodRecord(_Strict):
     classes: list[int] = Field(default_factory=list)
     background: str | None = Field(default=None, description="D weights of the background direction "
                                    "(edge.confidence.fit_background), None: the distance alone")
-    background_bias: float = 0.0
+    background_bias: float | None = None
     command: str
     data: str = Field(description="training statistics from; threshold chosen on")
     measured_at: str
@@ -202,7 +202,7 @@ class OodRecord(_Strict):
             return np.array([np.array(line.split(), dtype=np.float64) for line in lines])
 
         background = None if self.background is None else (
-            np.array(self.background.split(), dtype=np.float64), self.background_bias)
+            np.array(self.background.split(), dtype=np.float64), self.background_bias or 0.0)
         return {"mean": np.array(self.mean.split(), dtype=np.float64), "projection": rows(self.projection),
                 "centres": rows(self.centres), "transform": self.transform, "background": background}
 

@@ -101,30 +101,39 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def ece_null(probs: np.ndarray, draws: int = 200, seed: int = 0) -> np.ndarray:
+def ece_null(probs: np.ndarray, draws: int = 200, seed: int = 0, clusters: np.ndarray | None = None) -> np.ndarray:
     """ECEs that a perfectly calibrated model with these probabilities shows on this many samples: one per
-    label set drawn from the probabilities (``draws`` of them), the yardstick of a measured ECE."""
+    label set drawn from the probabilities (``draws`` of them), the yardstick of a measured ECE.
+
+    ``clusters`` (an id per sample) marks samples that share one label, as the 1-s windows of one rated EEG
+    segment do: each cluster then draws one label, from its samples' mean probabilities, for all of them. Such
+    a set holds as much evidence as its clusters, not its samples, and its ECE spreads accordingly."""
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) == 0:
         return np.zeros(1)
     rng = np.random.default_rng(seed)
-    cum = np.cumsum(probs, axis=1)
+    if clusters is None:
+        member, drawn = np.arange(len(probs)), probs
+    else:
+        _, member = np.unique(np.asarray(clusters), return_inverse=True)
+        drawn = np.stack([probs[member == c].mean(axis=0) for c in range(member.max() + 1)])
+    cum = np.cumsum(drawn, axis=1)
     out = []
     for _ in range(draws):
-        labels = np.minimum((rng.random((len(probs), 1)) > cum).sum(axis=1), probs.shape[1] - 1)
-        out.append(expected_calibration_error(probs, labels))
+        labels = np.minimum((rng.random((len(drawn), 1)) > cum).sum(axis=1), probs.shape[1] - 1)
+        out.append(expected_calibration_error(probs, labels[member]))
     return np.asarray(out)
 
 
-def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0, clusters: np.ndarray | None = None) -> float:
     """The mean of ``ece_null``: ECE's bias on a small set, below which a measured ECE says nothing more."""
-    return float(ece_null(probs, draws, seed).mean())
+    return float(ece_null(probs, draws, seed, clusters).mean())
 
 
 def ece_p_value(null: np.ndarray, measured: float) -> float:
     """The share of a perfectly calibrated model's ECEs (``ece_null``) at least as large as ``measured``, counting
     the measurement itself: near 0 when the ECE shows real miscalibration, large when it is the sample's noise.
-    Samples are taken as independent (windows of one person are not, so for EEG it errs towards small)."""
+    Samples are as independent as ``ece_null`` took them (give it the clusters of samples that share a label)."""
     return float((np.sum(null >= measured) + 1) / (len(null) + 1))
 
 

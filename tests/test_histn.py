@@ -193,6 +193,8 @@ def test_shipped_model_is_calibrated_and_flags_made_up_artefacts(tmp_path: Path)
     for key in ("valence", "arousal"):
         assert result[key]["temperature"] == pytest.approx(reader.temperatures[f"{key}_logits"])
         assert result[key]["ece"] < result[key]["uncalibrated"]["ece"] + 1e-9
+        # the null that ECE is read against draws one label per rated situation, as the data has them
+        assert result[key]["ece_clusters"] == 24  # 4 held-out subjects x 6 situations (720 windows)
 
 
 def test_outlier_windows_of_the_wrong_shape_are_refused_by_name(tmp_path: Path) -> None:

@@ -209,8 +209,11 @@ def confidence_report(
         t = card.temperature(head.output)
         probs = C.probabilities(head.logits, t)
         target.update(C.calibration_metrics(probs, head.labels))
-        null = C.ece_null(probs)
+        clusters = data.extra.get("label_clusters")  # a head's samples that share one label (a rated situation's windows)
+        null = C.ece_null(probs, clusters=None if clusters is None else np.asarray(clusters))
         target["ece_floor"] = float(null.mean())
+        if clusters is not None:
+            target["ece_clusters"] = int(len(np.unique(np.asarray(clusters))))
         target["ece_p"] = C.ece_p_value(null, target["ece"])  # is the ECE above what this n shows by chance?
         target["temperature"] = t
         uncalibrated = C.calibration_metrics(C.probabilities(head.logits, 1.0), head.labels)

@@ -130,7 +130,9 @@ def load_split(
         labels={"valence": dasps.rating_level(w.valence), "arousal": dasps.rating_level(w.arousal)},
         description=description,
         extra={"mode": "first-minute", "valence_rating": w.valence, "arousal_rating": w.arousal, "subjects": w.subject,
-               "groups": np.asarray(w.subject).tolist()},  # per subject: the folds of cross-fitted calibration
+               "groups": np.asarray(w.subject).tolist(),  # per subject: the folds of cross-fitted calibration
+               # one rating per situation (its recitation and recall segments): the windows that share a label
+               "label_clusters": np.asarray(w.subject) * 100 + np.asarray(w.situation)},
     )
 
 

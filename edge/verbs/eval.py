@@ -157,7 +157,8 @@ def _print_confidence(result: dict[str, Any]) -> None:
             continue
         name = f"{key}: " if key else ""
         un = m.get("uncalibrated", {})
-        chance = f" (a perfectly calibrated model: {m['ece_floor']:.3f} on this n; p {m['ece_p']:.2f})" \
+        n = f"{m['ece_clusters']} label clusters" if "ece_clusters" in m else "this n"
+        chance = f" (a perfectly calibrated model: {m['ece_floor']:.3f} on {n}; p {m['ece_p']:.2f})" \
             if "ece_p" in m else ""
         print(f"{name}ece {m['ece']:.3f}{chance}, mean confidence {m['mean_confidence']:.3f} at temperature "
               f"{m['temperature']:.3g} (uncalibrated: ece {un.get('ece', float('nan')):.3f}, "
