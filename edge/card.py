@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import CardError, ModelError
-from edge.paths import models_dir
+from edge.paths import atomic_write, models_dir
 
 Dtype = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -289,9 +289,8 @@ def save_card(card: ModelCard, path: str | os.PathLike[str]) -> None:
 
     p = Path(path)
     data = _without_none(card.model_dump(mode="json", exclude_none=True))
-    tmp = p.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-    tmp.replace(p)
+    with atomic_write(p, "w") as f:
+        f.write(tomli_w.dumps(data))
 
 
 def _without_none(value: Any) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.adapt import Adaptation, Head, PersonNorm, adapt_head, population_heads
 from edge.errors import EmoEdgeError
+from edge.paths import atomic_write
 
 FORMAT = 1
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -190,12 +191,8 @@ def save_profile(profile: Profile, state: str | os.PathLike[str] | None = None) 
     path = profile_path(profile.person, profile.model, state)
     _private_dir(path.parent.parent)
     _private_dir(path.parent)
-    tmp = path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", permissions=0o600) as f:
         json.dump(profile.to_json(), f)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
     return path
 
 

@@ -152,6 +152,34 @@ def test_profile_round_trip_on_disk_is_owner_only_and_holds_no_samples(tmp_path:
     assert loaded.adapted == profile.adapted
 
 
+def test_profiles_saved_at_once_land_whole_and_owner_only(tmp_path: Path) -> None:
+    """Two enrolments of one person at the same instant (an MQTT enrol and a CLI one): each save lands a whole,
+    0600 file and leaves no temporary behind (a fixed NAME.json.tmp let one writer's rename fail)."""
+    import threading
+
+    model = load_model("speech")
+    profiles = [_profile(model) for _ in range(6)]
+    errors: list[BaseException] = []
+
+    def save(k: int) -> None:
+        try:
+            for _ in range(5):
+                save_profile(profiles[k], tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(len(profiles))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    folder = tmp_path / "profiles" / "speech"
+    assert [p.name for p in folder.iterdir()] == ["alice.json"]
+    assert stat.S_IMODE((folder / "alice.json").stat().st_mode) == 0o600
+    assert load_profile("alice", model, tmp_path).person == "alice"
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "", "x" * 65, "al ice", "bob."])
 def test_unsafe_person_names_are_refused(name: str) -> None:
     with pytest.raises(ProfileError, match="not a safe file name"):

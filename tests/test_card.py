@@ -69,5 +69,9 @@ def test_untrained_card_refuses_to_load(linear_model_folder: Path) -> None:
 def test_save_card_round_trip(linear_model_folder: Path) -> None:
     card = load_card(linear_model_folder / "card.toml")
     card.notes = "round trip"
+    (linear_model_folder / "card.toml").chmod(0o640)
     save_card(card, linear_model_folder / "card.toml")
     assert load_card(linear_model_folder / "card.toml") == card
+    # written beside and renamed over: the file keeps its permissions and no temporary is left behind
+    assert (linear_model_folder / "card.toml").stat().st_mode & 0o777 == 0o640
+    assert not [p for p in linear_model_folder.iterdir() if p.name.endswith(".tmp")]

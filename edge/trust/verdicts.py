@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from edge.backends.base import Runner
 from edge.card import ArtifactRecord, ModelCard, sha256_file
 from edge.errors import EmoEdgeError, ModelError
-from edge.paths import cache_dir, calibration_dir
+from edge.paths import atomic_write, cache_dir, calibration_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +126,8 @@ def load_verdict(path: Path, sha256: str, identity: Mapping[str, str]) -> Verdic
 
 
 def save_verdict(path: Path, verdict: Verdict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(asdict(verdict), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(asdict(verdict), indent=2, sort_keys=True) + "\n")
 
 
 # --- the check ---------------------------------------------------------------------------------------

@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -32,7 +30,7 @@ from torch import nn
 
 from edge.card import ModelCard, save_card
 from edge.errors import ConfigError, ModelError
-from edge.paths import cache_dir
+from edge.paths import atomic_write, cache_dir
 
 T = TypeVar("T")
 
@@ -172,25 +170,14 @@ def feature_cache(name: str) -> Path:
 
 
 def save_cache(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
-    """Write one array (``.npy``) or several (``.npz``) to ``path`` whole or not at all.
-
-    A uniquely named temporary file beside it, then an atomic rename: two training runs that fill the same cache
-    at once (leave-speakers-out folds side by side) each land a whole file, and a run killed mid-write leaves no
-    torn cache for the next one to load. (A shared ``NAME.tmp.npz`` made the second run's rename fail.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(arrays, dict):
-                np.savez(f, **cast(dict[str, Any], arrays))  # cast: pyright would match a key to allow_pickle
-            else:
-                np.save(f, arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write one array (``.npy``) or several (``.npz``) to ``path`` whole or not at all (``edge.paths.atomic_write``):
+    two training runs that fill the same cache at once (leave-speakers-out folds side by side) each land a whole
+    file, and a run killed mid-write leaves no torn cache for the next one to load."""
+    with atomic_write(path, "wb") as f:
+        if isinstance(arrays, dict):
+            np.savez(f, **cast(dict[str, Any], arrays))  # cast: pyright would match a key to allow_pickle
+        else:
+            np.save(f, arrays)
 
 
 def prepare_out(out: Path) -> Path:
