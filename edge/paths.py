@@ -78,7 +78,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", permissions: int
             permissions = 0o644
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
         os.chmod(tmp, permissions)
         os.replace(tmp, target)
