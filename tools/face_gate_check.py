@@ -19,32 +19,29 @@ Data from ``--data`` or ``EMOEDGE_DATA`` (default ../shared/data).
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.backends import open_runner
 from edge.bench.e2e import video_frames
 from edge.card import ModelCard, load_card, load_model
 from edge.confidence import ood_score
+from edge.evaluation import LabelledSet, infer_outputs
 from edge.evaluation import face as face_eval
-from edge.features.face import crop_face, detect_faces, load_image, normalise
+from edge.evaluation.outliers import camera_frame, oasis_photos
+from edge.features.face import crop_face, detect_faces, normalise
 from edge.paths import PROJECT_ROOT, data_dir
 
 
 def oasis_person_faces(oasis: Path) -> np.ndarray:
-    """The detector's hits in OASIS's Person photographs, each scaled to 512 px first (a camera frame's scale)."""
-    with (oasis / "oasis_labels.csv").open(newline="", encoding="utf-8") as f:
-        files = [oasis / row["file"] for row in csv.DictReader(f) if row.get("category") == "Person"]
+    """The detector's hits in OASIS's Person photographs, each scaled to a camera frame's size first."""
     hits = []
-    for path in files:
-        gray = load_image(path)
-        frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
+    for path in oasis_photos(oasis, ("Person",)):
+        frame = camera_frame(path)
         hits += [crop_face(frame, box) for box in detect_faces(frame)]
     return normalise(np.stack(hits))[:, None]
 
@@ -81,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(tmp) / "card.toml").write_text(text, encoding="utf-8")
                 cards = {args.against: load_card(Path(tmp) / "card.toml"), **cards}
         with open_runner(model, threads=1) as runner:
-            embeddings = {what: np.concatenate([runner.infer({model.card.inputs[0].name: x[s:s + 256]})["embedding"]
-                                                for s in range(0, len(x), 256)]) for what, x in sets.items() if x is not None}
+            embeddings = {what: infer_outputs(runner, model.card, LabelledSet(inputs={model.card.inputs[0].name: x},
+                                                                              labels=np.zeros(len(x), np.int64)))["embedding"]
+                          for what, x in sets.items() if x is not None}
         for what, e in embeddings.items():
             shares = []
             for tag, card in cards.items():

@@ -207,6 +207,37 @@ def face_outliers(out: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
 FACELESS_CATEGORIES = ("Object", "Scenery", "Animal")
 
 
+FRAME_SIDE = 512  # a photograph is scaled so that its longer side is a camera frame's before the detector sees it
+
+
+def camera_frame(path: Path) -> np.ndarray:
+    """A photograph as gray uint8, scaled to a camera frame's size (longer side ``FRAME_SIDE``) for the detector."""
+    import cv2
+
+    from edge.features.face import load_image
+
+    gray = load_image(path)
+    scale = FRAME_SIDE / max(gray.shape)
+    return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+
+
+def oasis_photos(data: Path, categories: tuple[str, ...]) -> list[Path]:
+    """The photographs of an OASIS-style folder (``oasis_labels.csv`` with ``file`` and ``category``) of some
+    categories, sorted; InputError where the table is missing or none is of those categories."""
+    import csv
+
+    from edge.errors import InputError
+
+    table = Path(data) / "oasis_labels.csv"
+    if not table.is_file():
+        raise InputError(f"{data}: no oasis_labels.csv (an OASIS-style folder of photographs is expected)")
+    with table.open(newline="", encoding="utf-8") as f:
+        files = sorted(Path(data) / row["file"] for row in csv.DictReader(f) if row.get("category") in categories)
+    if not files:
+        raise InputError(f"{table}: no images of the categories {', '.join(categories)}")
+    return files
+
+
 def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> dict[str, int]:
     """Write ``detector_hits`` and ``random_crops`` PNG folders of real non-face crops under ``out``.
 
@@ -215,29 +246,20 @@ def face_crop_outliers(out: Path, data: Path, n: int = 200, seed: int = 0) -> di
     seed's parity picks one half of the photographs (by a hash of the file name), so that a selection set
     (seed 0) and a report set (seed 1) never share a photograph.
     """
-    import csv
     import zlib
 
     import cv2
 
-    from edge.errors import InputError
-    from edge.features.face import DEFAULT_SIZE, crop_face, detect_faces, load_image, resize_gray
+    from edge.features.face import DEFAULT_SIZE, crop_face, detect_faces, resize_gray
 
-    table = Path(data) / "oasis_labels.csv"
-    if not table.is_file():
-        raise InputError(f"{data}: no oasis_labels.csv (face-crops reads an OASIS-style folder of photographs)")
-    with table.open(newline="", encoding="utf-8") as f:
-        files = sorted(Path(data) / row["file"] for row in csv.DictReader(f) if row.get("category") in FACELESS_CATEGORIES
-                       and zlib.crc32(row["file"].encode()) % 2 == seed % 2)
-    if not files:
-        raise InputError(f"{table}: no images of the categories {', '.join(FACELESS_CATEGORIES)}")
+    files = [p for p in oasis_photos(data, FACELESS_CATEGORIES)
+             if zlib.crc32(p.relative_to(data).as_posix().encode()) % 2 == seed % 2]
     rng = np.random.default_rng(seed)
     rng.shuffle(files)  # type: ignore[arg-type]
     hits: list[np.ndarray] = []
     crops: list[np.ndarray] = []
     for path in files:
-        gray = load_image(path)  # gray uint8 already
-        frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
+        frame = camera_frame(path)
         if len(hits) < n:
             hits += [crop_face(frame, box) for box in detect_faces(frame)][: n - len(hits)]
         if len(crops) < n:
@@ -271,7 +293,7 @@ def face_background(out: Path, data: Path, n: int = 5000, per_image: int = 3, se
     import cv2
 
     from edge.errors import InputError
-    from edge.features.face import DEFAULT_SIZE, detect_faces, load_image, resize_gray
+    from edge.features.face import DEFAULT_SIZE, detect_faces, resize_gray
 
     files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
     if not files:
@@ -280,8 +302,7 @@ def face_background(out: Path, data: Path, n: int = 5000, per_image: int = 3, se
     (out / "background").mkdir(parents=True, exist_ok=True)
     written = 0
     for path in files:
-        gray = load_image(path)
-        frame = cv2.resize(gray, None, fx=512 / max(gray.shape), fy=512 / max(gray.shape), interpolation=cv2.INTER_LINEAR)
+        frame = camera_frame(path)
         faces = np.zeros(frame.shape, dtype=bool)
         for x, y, w, h in detect_faces(frame):
             faces[max(0, y - h // 2):y + h + h // 2, max(0, x - w // 2):x + w + w // 2] = True
