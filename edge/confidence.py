@@ -242,7 +242,11 @@ def fit_mahalanobis(
 def mahalanobis(embeddings: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """Squared Mahalanobis distance of each embedding to its nearest class centre (``fit_mahalanobis``),
     divided by the subspace's dimension (about 1 for a typical training sample)."""
-    x = transform_embedding(embeddings, str(stats.get("transform", "none")))
+    return _distance(transform_embedding(embeddings, str(stats.get("transform", "none"))), stats)
+
+
+def _distance(x: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """``mahalanobis`` of embeddings already transformed."""
     w = (x - np.asarray(stats["mean"], np.float64)) @ np.asarray(stats["projection"], np.float64).T
     c = np.asarray(stats["centres"], np.float64)
     d2 = ((w[:, None, :] - c[None, :, :]) ** 2).sum(axis=2).min(axis=1)
@@ -283,12 +287,12 @@ def fit_background(
 def ood_distance(embeddings: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """``mahalanobis``, times ``exp(w . x + b)`` where the statistics carry a background direction
     (``fit_background``: ``stats["background"]`` = (weights, bias))."""
-    distance = mahalanobis(embeddings, stats)
+    x = transform_embedding(embeddings, str(stats.get("transform", "none")))
+    distance = _distance(x, stats)
     background = stats.get("background")
     if background is None:
         return distance
     weights, bias = background
-    x = transform_embedding(embeddings, str(stats.get("transform", "none")))
     return distance * np.exp(np.clip(x @ np.asarray(weights, np.float64) + float(bias), -50.0, 50.0))
 
 
